@@ -1,0 +1,115 @@
+"""The Vision Transformer adapted to block-encrypted images."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+from mmengine.logging import print_log
+from mmseg.models.backbones import VisionTransformer
+from mmseg.registry import MODELS
+
+from ..adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
+from ..keys import SecretKey, resolve_key
+
+__all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta']
+
+
+def checkpoint_key_meta(path: str) -> Optional[dict]:
+    """The ``meta['ppenc']`` record of a local checkpoint file, or None.
+
+    Uses a memory-mapped ``torch.load`` so that reading the meta of a large checkpoint
+    does not copy its tensors.
+    """
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    try:
+        ckpt = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+    except Exception:  # legacy (non-zip) files cannot be mmapped; the parent loads them
+        return None
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    return meta.get('ppenc') if isinstance(meta, dict) else None
+
+
+@MODELS.register_module()
+class EncryptedVisionTransformer(VisionTransformer):
+    """mmseg's ``VisionTransformer`` whose pre-trained weights are encrypted with the key.
+
+    ``init_weights()`` loads the pre-trained weights exactly as the parent does
+    (``init_cfg`` / ``pretrained``), then applies the exact adaptation of
+    :func:`mmseg_ppenc.adaptation.encrypt_vit_state_dict`, so the model fed encrypted
+    images computes what the plain model computes on plain images. The weights stay a
+    stock ``VisionTransformer`` state dict.
+
+    The adaptation is never applied twice: a pre-trained checkpoint whose
+    ``meta['ppenc']`` shows it is already encrypted with this key is loaded as is (one
+    encrypted with another key is refused), and weights loaded afterwards by the Runner
+    (``load_from`` / ``resume``) replace the adapted ones.
+
+    Args:
+        key_file (str, optional): Key file. Defaults to None (``$PPENC_KEY_FILE``).
+        mean (Sequence[float]): The data preprocessor's mean, RGB. Defaults to mmseg's
+            ImageNet values.
+        std (Sequence[float]): The data preprocessor's std, RGB. Defaults to mmseg's
+            ImageNet values.
+        **kwargs: Every argument of ``mmseg.models.backbones.VisionTransformer``.
+    """
+
+    def __init__(self,
+                 *args,
+                 key_file: Optional[str] = None,
+                 mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f'mean and std need 3 values (RGB), got {list(mean)} and '
+                             f'{list(std)}.')
+        if self.patch_embed.norm is not None and self.patch_embed.projection.bias is None:
+            raise ValueError('EncryptedVisionTransformer with patch_norm=True needs '
+                             'patch_bias=True: the exact offset goes into the projection '
+                             'bias. Set patch_bias=True (or patch_norm=False).')
+        self.key_file = key_file
+        self.norm_mean = tuple(float(v) for v in mean)
+        self.norm_std = tuple(float(v) for v in std)
+        # Resolve now: a missing key fails when the model is built, not mid-run.
+        self.key_fingerprint = self._key().fingerprint
+        self._ppenc_adapted = False
+
+    @property
+    def block_size(self) -> int:
+        """Cipher block size, which is the patch size."""
+        return self.patch_size
+
+    def _key(self) -> SecretKey:
+        return resolve_key(self.key_file)
+
+    def init_weights(self) -> None:
+        """Load pre-trained weights as the parent does, then encrypt them exactly."""
+        if self._ppenc_adapted:
+            # Re-initialising would replace the (possibly fine-tuned) weights and then
+            # encrypt them again; mmengine's BaseModule also skips a second call.
+            print_log('EncryptedVisionTransformer.init_weights() called again; '
+                      'skipped (weights are already encrypted).', logger='current',
+                      level=30)
+            return
+        super().init_weights()
+        key = self._key()
+        ckpt = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) else None
+        meta = checkpoint_key_meta(ckpt) if ckpt else None
+        if meta is not None:
+            if meta.get('key_fingerprint') != key.fingerprint:
+                raise ValueError(
+                    f'The pre-trained checkpoint {ckpt} is encrypted with key '
+                    f'{meta.get("key_fingerprint")}, but this model uses key '
+                    f'{key.fingerprint}. Use the plain pre-trained checkpoint, or select '
+                    'the key it was encrypted with.')
+            print_log(f'Pre-trained checkpoint is already encrypted with key '
+                      f'{key.fingerprint}; loaded as is.', logger='current')
+        else:
+            adapted = encrypt_vit_state_dict(self.state_dict(), key, self.norm_mean,
+                                             self.norm_std, prefix='')
+            self.load_state_dict(adapted)
+            print_log(f'Encrypted the ViT patch embedding with key {key.fingerprint} '
+                      '(exact adaptation).', logger='current')
+        self._ppenc_adapted = True

@@ -1,0 +1,169 @@
+"""Building mmengine Runners from configs, with the checks users need before a long run.
+
+``tools/train.py`` and ``tools/test.py`` are thin shells over :func:`train` and
+:func:`test`; they accept the same flags as mmsegmentation's tools.
+"""
+from __future__ import annotations
+
+import os.path as osp
+from typing import List, Optional, Sequence
+
+from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for tools)
+
+from .compat import setup_cpu_distributed
+
+__all__ = ['ConfigError', 'load_config', 'check_config_paths', 'build_runner', 'train',
+           'test', 'DictAction']
+
+
+class ConfigError(ValueError):
+    """A config names something that does not exist; the message says how to fix it."""
+
+
+def load_config(config: str, cfg_options: Optional[dict] = None,
+                work_dir: Optional[str] = None, launcher: str = 'none') -> Config:
+    """Read a config the way mmseg's tools do.
+
+    Args:
+        config (str): Config file path.
+        cfg_options (dict, optional): ``--cfg-options`` overrides. Defaults to None.
+        work_dir (str, optional): Overrides ``cfg.work_dir``; when neither is given,
+            ``./work_dirs/<config name>``. Defaults to None.
+        launcher (str): ``'none'`` or ``'pytorch'`` (``'slurm'``/``'mpi'`` on GPUs).
+            Defaults to ``'none'``.
+    """
+    if not osp.isfile(config):
+        raise ConfigError(f'Config file {config!r} not found. The shipped configs are '
+                          'under configs/ppenc/ (tiny CPU ones in configs/ppenc/tiny/).')
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return cfg
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in path
+
+
+def check_config_paths(cfg: Config, modes: Sequence[str] = ('train', 'val')) -> None:
+    """Fail early, with the fix, when data or checkpoints named by ``cfg`` are missing.
+
+    Args:
+        cfg (Config): The config.
+        modes (Sequence[str]): Which dataloaders will be used. Defaults to
+            ``('train', 'val')``.
+
+    Raises:
+        ConfigError: a dataset directory, pre-trained checkpoint or ``load_from`` file
+            does not exist.
+    """
+    problems: List[str] = []
+    for mode in modes:
+        loader = cfg.get(f'{mode}_dataloader')
+        if not loader:
+            continue
+        ds = loader.get('dataset', {})
+        while 'dataset' in ds and 'data_root' not in ds:  # dataset wrappers
+            ds = ds['dataset']
+        root = ds.get('data_root', '') or ''
+        prefix = ds.get('data_prefix', {}) or {}
+        for what, rel in prefix.items():
+            path = osp.join(root, rel) if rel else root
+            if path and not osp.isdir(path):
+                problems.append(
+                    f'{mode}_dataloader: dataset directory {path!r} ({what}) does not '
+                    'exist. Generate the built-in synthetic set with `python '
+                    'tools/make_synthetic_cityscapes.py data/cityscapes`, or point the '
+                    f'config at your data (`--cfg-options {mode}_dataloader.dataset.'
+                    'data_root=PATH`, or PPENC_DATA_ROOT for the tiny configs).')
+                break
+    model = cfg.get('model', {})
+    backbone = model.get('backbone', {}) if isinstance(model, dict) else {}
+    init_cfg = backbone.get('init_cfg') if isinstance(backbone, dict) else None
+    ckpt = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
+    if isinstance(ckpt, str) and not _is_remote(ckpt) and not osp.isfile(ckpt) \
+            and 'train' in modes and not cfg.get('resume') and not cfg.get('load_from'):
+        problems.append(
+            f'model.backbone.init_cfg.checkpoint {ckpt!r} does not exist. Put the '
+            'pre-trained ViT there (converted to mmseg format; see README "Pre-trained '
+            'weights"), or pass `--cfg-options model.backbone.init_cfg=None` to train '
+            'from scratch.')
+    load_from = cfg.get('load_from')
+    if isinstance(load_from, str) and not _is_remote(load_from) and \
+            not osp.isfile(load_from):
+        problems.append(f'load_from={load_from!r} does not exist; check the checkpoint '
+                        'path.')
+    if problems:
+        raise ConfigError('Cannot start the run:\n  - ' + '\n  - '.join(problems))
+
+
+def build_runner(cfg: Config):
+    """Build the Runner (after starting CPU multi-process groups when needed)."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    setup_cpu_distributed(cfg, cfg.get('launcher', 'none'))
+    if 'runner_type' not in cfg:
+        return Runner.from_cfg(cfg)
+    return RUNNERS.build(cfg)
+
+
+def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,
+          resume: bool = False, amp: bool = False, launcher: str = 'none'):
+    """Train a model from a config, as mmseg's ``tools/train.py`` does.
+
+    Args:
+        config (str): Config path.
+        work_dir (str, optional): Work directory. Defaults to None.
+        cfg_options (dict, optional): Config overrides. Defaults to None.
+        resume (bool): Resume from the latest checkpoint in the work_dir (or from
+            ``load_from`` if set). Defaults to False.
+        amp (bool): Mixed precision (``AmpOptimWrapper``). Defaults to False.
+        launcher (str): Job launcher. Defaults to ``'none'``.
+
+    Returns:
+        Runner: The runner after training.
+    """
+    cfg = load_config(config, cfg_options, work_dir, launcher)
+    if amp and cfg.optim_wrapper.get('type') != 'AmpOptimWrapper':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    cfg.resume = resume
+    modes = ('train', 'val') if cfg.get('val_cfg') else ('train',)
+    check_config_paths(cfg, modes)
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
+
+
+def test(config: str, checkpoint: str, work_dir: Optional[str] = None,
+         cfg_options: Optional[dict] = None, launcher: str = 'none',
+         out: Optional[str] = None) -> dict:
+    """Evaluate a checkpoint, as mmseg's ``tools/test.py`` does.
+
+    Args:
+        config (str): Config path.
+        checkpoint (str): Checkpoint to evaluate.
+        work_dir (str, optional): Work directory. Defaults to None.
+        cfg_options (dict, optional): Config overrides. Defaults to None.
+        launcher (str): Job launcher. Defaults to ``'none'``.
+        out (str, optional): Directory for predicted label maps. Defaults to None.
+
+    Returns:
+        dict: The metrics (aAcc, mIoU, mAcc).
+    """
+    cfg = load_config(config, cfg_options, work_dir, launcher)
+    if not osp.isfile(checkpoint):
+        raise ConfigError(f'Checkpoint {checkpoint!r} does not exist.')
+    cfg.load_from = checkpoint
+    if out is not None:
+        cfg.test_evaluator['output_dir'] = out
+        cfg.test_evaluator['keep_results'] = True
+    check_config_paths(cfg, ('test',))
+    runner = build_runner(cfg)
+    return runner.test()
+

@@ -1,0 +1,131 @@
+"""Data transforms: in-pipeline block encryption."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmseg.registry import TRANSFORMS
+
+from .cipher import BlockCipher, get_cipher
+from .keys import resolve_key
+
+__all__ = ['BlockScramble']
+
+
+@TRANSFORMS.register_module()
+class BlockScramble(BaseTransform):
+    """Encrypt the image block-wise with the secret key.
+
+    Put it after every augmentation and before ``PackSegInputs``: the model must see
+    exactly what a client would upload. The bytes produced equal those of loading (with
+    mmcv, in ``channel_order``) an RGB file that :func:`mmseg_ppenc.cipher.encrypt_image`
+    wrote, so in-pipeline and offline encryption are interchangeable.
+
+    Required Keys:
+
+    - img (np.ndarray): H x W x 3 uint8, in ``channel_order``.
+    - gt_seg_map (np.ndarray, optional): only when ``pad_to_grid`` pads.
+
+    Modified Keys:
+
+    - img
+    - img_shape, gt_seg_map and the other ``seg_fields`` (only when ``pad_to_grid`` pads)
+
+    Args:
+        key_file (str, optional): Key file. Defaults to None, which reads the path from
+            the environment variable ``PPENC_KEY_FILE`` (so configs carry no key).
+        block_size (int): Block side; must equal the ViT patch size. Defaults to 16.
+        channel_order (str): Channel order of ``results['img']``: ``'bgr'`` (what mmcv's
+            ``LoadImageFromFile`` yields) or ``'rgb'``. Defaults to ``'bgr'``.
+        pad_to_grid (bool): Pad images whose sides are not multiples of ``block_size``
+            at the bottom/right (image with ``pad_val``, labels with ``seg_pad_val``)
+            instead of raising. Useful after random resizing in training; keep False at
+            test time so that off-grid inputs are reported. Defaults to False.
+        pad_val (int): Image padding value. Defaults to 0.
+        seg_pad_val (int): Label padding value (the ignore index). Defaults to 255.
+    """
+
+    def __init__(self,
+                 key_file: Optional[str] = None,
+                 block_size: int = 16,
+                 channel_order: str = 'bgr',
+                 pad_to_grid: bool = False,
+                 pad_val: int = 0,
+                 seg_pad_val: int = 255) -> None:
+        if channel_order not in ('bgr', 'rgb'):
+            raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+        self.key_file = key_file
+        self.block_size = block_size
+        self.channel_order = channel_order
+        self.pad_to_grid = pad_to_grid
+        self.pad_val = pad_val
+        self.seg_pad_val = seg_pad_val
+        # Load now so that a missing or broken key fails when the pipeline is built.
+        self._cipher: Optional[BlockCipher] = None
+        self._cipher_key_file = None
+        self.cipher
+
+    @property
+    def cipher(self) -> BlockCipher:
+        """The cipher, (re)loaded from the key file if the selection changed."""
+        selected = self.key_file or os.environ.get('PPENC_KEY_FILE')
+        if self._cipher is None or selected != self._cipher_key_file:
+            self._cipher = get_cipher(resolve_key(self.key_file), self.block_size)
+            self._cipher_key_file = selected
+        return self._cipher
+
+    @property
+    def key_fingerprint(self) -> str:
+        """Fingerprint of the key in use (safe to log)."""
+        return self.cipher.key_fingerprint
+
+    def __getstate__(self):
+        # Workers started with 'spawn' unpickle the pipeline; they reload the key from
+        # its file instead of receiving derived key material through a pipe.
+        state = self.__dict__.copy()
+        state['_cipher'] = None
+        return state
+
+    def _pad(self, results: dict) -> None:
+        img = results['img']
+        b = self.block_size
+        h, w = img.shape[:2]
+        ph, pw = (-h) % b, (-w) % b
+        if not (ph or pw):
+            return
+        results['img'] = np.pad(img, ((0, ph), (0, pw), (0, 0)),
+                                constant_values=self.pad_val)
+        for k in results.get('seg_fields', []):
+            results[k] = np.pad(results[k], ((0, ph), (0, pw)),
+                                constant_values=self.seg_pad_val)
+        results['img_shape'] = results['img'].shape[:2]
+
+    def transform(self, results: dict) -> dict:
+        """Encrypt ``results['img']``.
+
+        Args:
+            results (dict): Result dict from the previous transforms.
+
+        Returns:
+            dict: ``results`` with the encrypted image.
+        """
+        if self.pad_to_grid:
+            self._pad(results)
+        img = results['img']
+        try:
+            results['img'] = self.cipher.encrypt(img, self.channel_order)
+        except ValueError as e:
+            name = results.get('img_path', 'the image')
+            raise ValueError(
+                f'BlockScramble cannot encrypt {name}: {e} In a test pipeline, drop '
+                'off-grid resizing (e.g. Resize with keep_ratio to (2049, 1025)) or use '
+                'slide inference on unresized images; in training, pass '
+                'pad_to_grid=True.') from None
+        return results
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(block_size={self.block_size}, '
+                f'key_fingerprint={self.key_fingerprint}, '
+                f'channel_order={self.channel_order!r}, pad_to_grid={self.pad_to_grid})')
