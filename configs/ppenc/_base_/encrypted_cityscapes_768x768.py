@@ -1,0 +1,42 @@
+# Pipelines shared by the Cityscapes 768x768 SETR experiment grid of
+# Sueyoshi, Nishikawa, Kiya, arXiv 2507.12730. Only names prefixed `ppenc_` are defined
+# here so that this file can be a second base of a config that inherits a stock SETR
+# config (mmengine forbids duplicate keys among several bases); use them through
+# `{{_base_.ppenc_xxx}}`.
+
+# The stock train pipeline of mmseg's `_base_/datasets/cityscapes_768x768.py`, restated
+# verbatim (tests/test_configs.py checks it against the stock one).
+ppenc_train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(
+        type='RandomResize',
+        scale=(2049, 1025),
+        ratio_range=(0.5, 2.0),
+        keep_ratio=True),
+    dict(type='RandomCrop', crop_size=(768, 768), cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+# Test pipeline of every setting (baseline included, so that the numbers are comparable):
+# no Resize. The stock Resize to (2049, 1025) with keep_ratio moves 2048x1024 images off
+# the 16-pixel block grid; without it, slide inference (crop 768, stride 512) starts
+# every window on the grid.
+ppenc_test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs'),
+]
+# The encrypted variants: BlockScramble after every augmentation, right before packing.
+# In training, random resizing can leave crops smaller than 768 whose sides are not
+# multiples of 16; pad_to_grid pads them (labels with the ignore index). The key comes
+# from $PPENC_KEY_FILE (key_file=None): configs never carry key material.
+ppenc_encrypted_train_pipeline = ppenc_train_pipeline[:-1] + [
+    dict(type='BlockScramble', pad_to_grid=True),
+    dict(type='PackSegInputs'),
+]
+ppenc_encrypted_test_pipeline = ppenc_test_pipeline[:-1] + [
+    dict(type='BlockScramble'),
+    dict(type='PackSegInputs'),
+]

@@ -1,0 +1,12 @@
+# SETR-PUP with ViT-B/16 on Cityscapes 768x768 -- conventional 2: the plain
+# pre-trained model (not encrypted) fine-tuned and tested on block-wise encrypted images.
+# Experiment grid of Sueyoshi, Nishikawa, Kiya, arXiv 2507.12730.
+# The key comes from $PPENC_KEY_FILE; configs never contain key material.
+_base_ = './setr_vit-b_pup_cityscapes_baseline.py'
+
+# Same pipelines as the baseline with BlockScramble right before PackSegInputs.
+train_dataloader = dict(
+    dataset=dict(pipeline={{_base_.ppenc_encrypted_train_pipeline}}))
+val_dataloader = dict(
+    dataset=dict(pipeline={{_base_.ppenc_encrypted_test_pipeline}}))
+test_dataloader = val_dataloader
