@@ -3,6 +3,8 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 try:
     from mmseg_ppenc.runner import ConfigError, DictAction, test
@@ -31,10 +33,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        test(args.config, args.checkpoint, args.work_dir, args.cfg_options, args.launcher,
-             args.out)
+        metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options,
+                       args.launcher, args.out)
     except (ConfigError, InvalidKeyError) as e:
         sys.exit(f'error: {e}')
+    if metrics:
+        print('Test results: ' + '  '.join(f'{k}={float(v):.2f}' for k, v in
+                                           metrics.items() if np.ndim(v) == 0))
 
 
 if __name__ == '__main__':

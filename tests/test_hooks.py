@@ -1,0 +1,133 @@
+"""KeyManagementHook with the real mmengine Runner on generated data."""
+import base64
+import os
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from mmseg_ppenc.hooks import find_key_material
+from mmseg_ppenc.keys import InvalidKeyError, SecretKey
+
+from conftest import tiny_config
+
+
+def _cfg(work_dir, setting='proposed', iters=2):
+    cfg = Config.fromfile(tiny_config('mla', setting))
+    cfg.work_dir = str(work_dir)
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = 1000
+    cfg.default_hooks.checkpoint.interval = iters
+    cfg.default_hooks.logger.interval = 1
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        loader.num_workers = 0
+        loader.persistent_workers = False
+    cfg.train_dataloader.batch_size = 2
+    return cfg
+
+
+def _set_scramble(pipeline, **kwargs):
+    for t in pipeline:
+        if t['type'] == 'BlockScramble':
+            t.update(kwargs)
+
+
+@pytest.fixture
+def other_key_file(tmp_path):
+    path = tmp_path / 'other.key'
+    SecretKey.generate().save(path)
+    return str(path)
+
+
+def test_checkpoint_meta_and_clean_work_dir(key_env, tmp_path):
+    runner = Runner.from_cfg(_cfg(tmp_path / 'wd'))
+    runner.train()
+    ckpt = torch.load(osp.join(runner.work_dir, 'iter_2.pth'), map_location='cpu')
+    assert ckpt['meta']['ppenc'] == dict(key_fingerprint=key_env.fingerprint,
+                                         cipher='block-shuffle-v1', block_size=16,
+                                         flip_compatible=False,
+                                         version=ckpt['meta']['ppenc']['version'])
+    assert find_key_material([runner.work_dir], key_env) == []
+
+
+@pytest.mark.parametrize('where', ['train', 'val'])
+def test_pipeline_with_other_key_is_refused(key_env, tmp_path, other_key_file, where):
+    cfg = _cfg(tmp_path)
+    loader = cfg.train_dataloader if where == 'train' else cfg.val_dataloader
+    _set_scramble(loader.dataset.pipeline, key_file=other_key_file)
+    other_fp = SecretKey.load(other_key_file).fingerprint
+    with pytest.raises(InvalidKeyError,
+                       match=rf'{where}_pipeline.BlockScramble uses key {other_fp}'):
+        Runner.from_cfg(cfg).train()
+
+
+def test_backbone_with_other_key_is_refused(key_env, tmp_path, other_key_file):
+    cfg = _cfg(tmp_path)
+    cfg.model.backbone.key_file = other_key_file
+    with pytest.raises(InvalidKeyError, match='model.backbone uses key'):
+        Runner.from_cfg(cfg).train()
+
+
+def test_block_size_must_equal_patch_size(key_env, tmp_path):
+    cfg = _cfg(tmp_path)
+    _set_scramble(cfg.train_dataloader.dataset.pipeline, block_size=8)
+    with pytest.raises(InvalidKeyError, match='block size 8, but the backbone patch size '
+                       'is 16'):
+        Runner.from_cfg(cfg).train()
+
+
+def test_off_grid_slide_window_is_refused(key_env, tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.model.test_cfg.stride = (40, 40)
+    with pytest.raises(InvalidKeyError, match=r'stride=\(40, 40\) is not a multiple'):
+        Runner.from_cfg(cfg).train()
+
+
+@pytest.mark.parametrize('encode', [
+    lambda k: k.hex(), lambda k: k.hex().upper(),
+    lambda k: base64.b64encode(k).decode(), lambda k: base64.urlsafe_b64encode(k).decode()
+])
+def test_key_material_in_config_fails_loudly(key_env, tmp_path, encode):
+    cfg = _cfg(tmp_path)
+    cfg.notes = f'my key is {encode(key_env._key)}'
+    with pytest.raises(RuntimeError, match='KEY MATERIAL LEAKED'):
+        Runner.from_cfg(cfg).train()
+
+
+def test_unkeyed_and_foreign_checkpoints(key_env, tmp_path, other_key_file, monkeypatch):
+    base = Runner.from_cfg(_cfg(tmp_path / 'base', 'baseline'))
+    base.train()
+    plain_ckpt = osp.join(base.work_dir, 'iter_2.pth')
+
+    cfg = _cfg(tmp_path / 'p1')
+    cfg.load_from = plain_ckpt
+    with pytest.raises(InvalidKeyError, match='records no mmseg_ppenc key'):
+        Runner.from_cfg(cfg).train()
+
+    cfg = _cfg(tmp_path / 'p2')
+    cfg.load_from = plain_ckpt
+    cfg.custom_hooks = [dict(type='KeyManagementHook', allow_unkeyed_checkpoint=True)]
+    Runner.from_cfg(cfg).train()  # accepted when asked for
+
+    # A checkpoint of another key: made under the other key, loaded under ours.
+    ours = os.environ['PPENC_KEY_FILE']
+    monkeypatch.setenv('PPENC_KEY_FILE', other_key_file)
+    other = Runner.from_cfg(_cfg(tmp_path / 'o'))
+    other.train()
+    monkeypatch.setenv('PPENC_KEY_FILE', ours)
+    cfg = _cfg(tmp_path / 'p3')
+    cfg.load_from = osp.join(other.work_dir, 'iter_2.pth')
+    with pytest.raises(InvalidKeyError, match='fingerprint mismatch'):
+        Runner.from_cfg(cfg).train()
+
+
+def test_find_key_material(tmp_path):
+    key = SecretKey.generate()
+    (tmp_path / 'a.log').write_text('fingerprint ' + key.fingerprint)
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'sub' / 'b.bin').write_bytes(b'xx' + key._key + b'yy')
+    (tmp_path / 'c.txt').write_text(base64.b64encode(key._key).decode())
+    hits = find_key_material([str(tmp_path)], key)
+    assert sorted(osp.basename(h) for h in hits) == ['b.bin', 'c.txt']
