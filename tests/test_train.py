@@ -170,11 +170,12 @@ def test_broken_environment_message(tmp_path):
 
 
 @pytest.mark.slow
-def test_mim_train(data_and_key, tmp_path):
+@pytest.mark.parametrize('setting', ['baseline', 'proposed'])
+def test_mim_train(data_and_key, tmp_path, setting):
     root, key_file, env = data_and_key
     mim = osp.join(osp.dirname(sys.executable), 'mim')
     work_dir = str(tmp_path / 'mim')
-    res = subprocess.run([mim, 'train', 'mmsegmentation', tiny_config('mla', 'proposed'),
+    res = subprocess.run([mim, 'train', 'mmsegmentation', tiny_config('mla', setting),
                           '--work-dir', work_dir, '--cfg-options', 'train_cfg.max_iters=20',
                           'train_cfg.val_interval=20', 'default_hooks.logger.interval=10'],
                          cwd=str(tmp_path), env=env, capture_output=True, text=True,
@@ -186,12 +187,14 @@ def test_mim_train(data_and_key, tmp_path):
 
 
 @pytest.mark.slow
-def test_dist_train_two_cpu_processes(data_and_key, tmp_path):
+@pytest.mark.parametrize('setting', ['baseline', 'proposed'])
+def test_dist_train_two_cpu_processes(data_and_key, tmp_path, setting):
     root, key_file, env = data_and_key
     work_dir = str(tmp_path / 'dist')
-    res = subprocess.run(['bash', 'tools/dist_train.sh', tiny_config('mla', 'proposed'), '2',
+    res = subprocess.run(['bash', 'tools/dist_train.sh', tiny_config('mla', setting), '2',
                           '--work-dir', work_dir, '--cfg-options', 'train_cfg.max_iters=20',
-                          'train_cfg.val_interval=20', 'default_hooks.logger.interval=10'],
+                          'train_cfg.val_interval=20', 'default_hooks.logger.interval=10',
+                          'model.decode_head.norm_cfg.type=SyncBN'],
                          cwd=REPO, env=dict(env, PORT='29517', PYTHON=sys.executable),
                          capture_output=True, text=True, timeout=900)
     log = res.stdout + res.stderr
@@ -201,4 +204,9 @@ def test_dist_train_two_cpu_processes(data_and_key, tmp_path):
     assert osp.isfile(osp.join(work_dir, 'iter_20.pth'))
     assert 'mIoU' in val_metrics(work_dir)
     ck = torch.load(osp.join(work_dir, 'iter_20.pth'), map_location='cpu')
-    assert ck['meta']['ppenc']['key_fingerprint'] == SecretKey.load(key_file).fingerprint
+    if setting == 'proposed':
+        assert ck['meta']['ppenc']['key_fingerprint'] == SecretKey.load(key_file).fingerprint
+    # The head asked for SyncBN (see the command); without CUDA it ran with BN.
+    assert 'replaced 1 SyncBN' in log
+    dumped = open(osp.join(work_dir, osp.basename(tiny_config('mla', setting)))).read()
+    assert 'SyncBN' not in dumped
