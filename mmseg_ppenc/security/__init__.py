@@ -1,0 +1,29 @@
+"""Security measurements: what block scrambling protects, and what it does not.
+
+Attacks and metrics behind ``tools/analyze_security.py`` and ``SECURITY.md``:
+
+- :mod:`.metrics`: PSNR, SSIM, adjacent-pixel correlation, histogram entropy;
+- :mod:`.known_plaintext`: the key from known plain/encrypted pairs;
+- :mod:`.ciphertext_only`: the key from encrypted images alone (correlation statistics);
+- :mod:`.weights`: the key from an encrypted model and its public plain original, and the
+  mitigations a model owner can apply before upload;
+- :mod:`.key_checks`: key material in work_dirs, key-file permissions, wrong/corrupt keys;
+- :mod:`.analysis`: runs everything and formats tables and JSON.
+
+Import it explicitly (``from mmseg_ppenc.security import ...``); ``import mmseg_ppenc``
+does not load it.
+"""
+from .ciphertext_only import CiphertextOnlyResult, ciphertext_only_attack
+from .common import permute_image, recovery_stats, unpermute_image
+from .known_plaintext import KnownPlaintextResult, known_plaintext_attack
+from .metrics import (adjacent_correlation, block_mean_thumbnail, histogram_entropy,
+                      leakage_metrics, luminance, psnr, ssim)
+from .weights import sorted_column_attack, weight_matching_attack
+
+__all__ = [
+    'psnr', 'ssim', 'luminance', 'adjacent_correlation', 'histogram_entropy',
+    'block_mean_thumbnail', 'leakage_metrics', 'known_plaintext_attack',
+    'KnownPlaintextResult', 'ciphertext_only_attack', 'CiphertextOnlyResult',
+    'weight_matching_attack', 'sorted_column_attack', 'recovery_stats', 'permute_image',
+    'unpermute_image'
+]

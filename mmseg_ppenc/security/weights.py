@@ -1,0 +1,271 @@
+"""Model-weight attack: recover the key from an encrypted model and its public original.
+
+The exact adaptation (:mod:`mmseg_ppenc.adaptation`) sets the encrypted patch embedding to
+``E'[:, k] = E[:, pi[k]] * s[c(k)] / s[c(pi[k])]``: every column of ``E'`` is a *positive
+multiple* of one column of the plain ``E``. Anyone holding the plain pre-trained weights
+(timm's are public) normalises the columns of both and matches them (cosine similarity 1,
+Hungarian assignment): that is the key's permutation.
+
+This module implements the attack, the mitigations a model owner could apply before
+uploading the encrypted model, and a cheap measure of what each mitigation costs:
+
+- **noise**: add Gaussian noise to ``E'`` (relative to its RMS);
+- **withhold**: upload a freshly initialised patch embedding instead of ``E'`` (the server
+  then learns it from scratch during fine-tuning; the pre-training of that layer is lost);
+- **hidden permutation**: a key-dependent permutation of the ViT's embedding channels,
+  applied consistently to every layer. It is *exact* (the backbone computes the same
+  features, in permuted channel order) but does not help: a permutation of the rows of
+  ``E'`` keeps the multiset of values of every column, so matching *sorted* columns still
+  recovers the key (:func:`sorted_column_attack`).
+
+A random rotation of the embedding space (``E'' = R E'``) is not exact for mmseg's ViT:
+the LayerNorm that follows subtracts a per-token mean and scales per channel, which does
+not commute with a rotation; making it exact means folding the LayerNorm weights into the
+next layers and rotating every residual-stream weight, and each rotated layer can be
+matched against the public weights by orthogonal Procrustes, which gives the rotation back.
+It is therefore not offered.
+"""
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Dict, Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .common import blocks_of
+
+__all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attack',
+           'sorted_column_attack', 'add_noise_to_patch_embedding',
+           'withhold_patch_embedding', 'permute_hidden_channels', 'load_state_dict',
+           'pca_patch_embedding', 'backbone_features', 'relative_change', 'recovery_of',
+           'noise_sweep']
+
+_PATCH_KEYS = ('patch_embed.projection.weight', 'patch_embed.proj.weight')
+
+
+def load_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
+    """Read a checkpoint file and return its state dict (``state_dict``/``model`` or raw).
+
+    Uses ``torch.load(weights_only=True)``: only tensors and plain containers are read.
+    """
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+    if isinstance(obj, Mapping):
+        for key in ('state_dict', 'model'):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping):
+        raise ValueError(f'{path!r} holds a {type(obj).__name__}, expected a state dict '
+                         '(a mapping of names to tensors).')
+    return OrderedDict(obj)
+
+
+def find_patch_weight(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The key of the patch-embedding projection weight (mmseg or timm naming).
+
+    Raises:
+        KeyError: none or several found.
+    """
+    hits = [k for k in state_dict if k.endswith(_PATCH_KEYS)]
+    if len(hits) != 1:
+        raise KeyError(f'Expected exactly one patch-embedding weight (a key ending in '
+                       f'{" or ".join(_PATCH_KEYS)}), found {len(hits)}: {hits[:5]}.')
+    return hits[0]
+
+
+def patch_embedding_matrix(state_dict: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The patch-embedding weight flattened to ``(D, C*b*b)`` in (channel, y, x) order."""
+    w = state_dict[find_patch_weight(state_dict)]
+    return w.detach().to('cpu', torch.float64).reshape(w.shape[0], -1).numpy()
+
+
+def _unit_columns(m: np.ndarray) -> np.ndarray:
+    return m / np.maximum(np.linalg.norm(m, axis=0, keepdims=True), 1e-300)
+
+
+def weight_matching_attack(plain: np.ndarray, encrypted: np.ndarray) -> np.ndarray:
+    """Recover the permutation by matching normalised patch-embedding columns.
+
+    Args:
+        plain (np.ndarray): Public plain weight ``E``, shape ``(D, n)``.
+        encrypted (np.ndarray): Uploaded weight ``E'``, shape ``(D, n)``.
+
+    Returns:
+        np.ndarray: Estimate ``est`` (``est[k]`` = plain column matched to ``E'[:, k]``),
+        the assignment maximising the total cosine similarity.
+    """
+    if plain.shape != encrypted.shape:
+        raise ValueError(f'Plain weight {plain.shape} and encrypted weight '
+                         f'{encrypted.shape} differ; they must come from the same '
+                         'architecture.')
+    sim = _unit_columns(encrypted).T @ _unit_columns(plain)
+    rows, cols = linear_sum_assignment(-sim)
+    est = np.empty(plain.shape[1], dtype=np.int64)
+    est[rows] = cols
+    return est
+
+
+def sorted_column_attack(plain: np.ndarray, encrypted: np.ndarray) -> np.ndarray:
+    """Like :func:`weight_matching_attack`, but blind to a permutation of the rows.
+
+    Each column is normalised and its entries sorted, which removes any hidden-channel
+    permutation; columns are then matched by Euclidean distance.
+    """
+    a = np.sort(_unit_columns(encrypted), axis=0)
+    b = np.sort(_unit_columns(plain), axis=0)
+    # ||a_k - b_j||^2 = 2 - 2 a_k.b_j for unit columns.
+    rows, cols = linear_sum_assignment(-(a.T @ b))
+    est = np.empty(plain.shape[1], dtype=np.int64)
+    est[rows] = cols
+    return est
+
+
+# ------------------------------------------------------------------------ mitigations
+def add_noise_to_patch_embedding(state_dict: Mapping[str, torch.Tensor], rel_sigma: float,
+                                 seed: int = 0) -> 'OrderedDict[str, torch.Tensor]':
+    """Add Gaussian noise of ``rel_sigma`` times the weight's RMS to the patch embedding.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): Encrypted state dict (not modified).
+        rel_sigma (float): Noise standard deviation relative to the RMS of the weight.
+        seed (int): Noise seed. Defaults to 0.
+    """
+    if rel_sigma < 0:
+        raise ValueError(f'rel_sigma must be >= 0, got {rel_sigma}.')
+    out = OrderedDict(state_dict)
+    key = find_patch_weight(out)
+    w = out[key]
+    gen = torch.Generator().manual_seed(seed)
+    rms = w.double().pow(2).mean().sqrt()
+    noise = torch.randn(w.shape, generator=gen, dtype=torch.float64) * rms * rel_sigma
+    out[key] = (w.double() + noise).to(w.dtype)
+    return out
+
+
+def withhold_patch_embedding(state_dict: Mapping[str, torch.Tensor],
+                             seed: int = 0) -> 'OrderedDict[str, torch.Tensor]':
+    """Replace the patch embedding by a fresh random one of the same RMS (not uploaded)."""
+    out = OrderedDict(state_dict)
+    key = find_patch_weight(out)
+    w = out[key]
+    gen = torch.Generator().manual_seed(seed)
+    rms = w.double().pow(2).mean().sqrt()
+    out[key] = (torch.randn(w.shape, generator=gen, dtype=torch.float64) * rms).to(w.dtype)
+    return out
+
+
+# Parameters of mmseg's VisionTransformer and the axis that carries the embedding
+# channels (the residual stream): permuting all of them by one sigma is exact.
+_HIDDEN_AXES = [
+    (r'cls_token$', -1), (r'pos_embed$', -1),
+    (r'patch_embed\.projection\.(weight|bias)$', 0),
+    (r'patch_embed\.norm\.(weight|bias)$', 0),
+    (r'(pre_ln|ln1|ln2|norm\d*)\.(weight|bias)$', 0),
+    (r'attn\.attn\.in_proj_weight$', 1),
+    (r'attn\.attn\.out_proj\.(weight|bias)$', 0),
+    (r'ffn\.layers\.0\.0\.weight$', 1),
+    (r'ffn\.layers\.1\.(weight|bias)$', 0),
+]
+_HIDDEN_UNCHANGED = [r'attn\.attn\.in_proj_bias$', r'ffn\.layers\.0\.0\.bias$']
+
+
+def permute_hidden_channels(state_dict: Mapping[str, torch.Tensor], sigma: np.ndarray,
+                            prefix: str = '') -> 'OrderedDict[str, torch.Tensor]':
+    """Permute the embedding channels of an mmseg ``VisionTransformer`` (exact).
+
+    The backbone with the returned weights computes ``features[:, sigma]`` of the original
+    (channel ``i`` of every output is the original channel ``sigma[i]``).
+
+    Args:
+        state_dict (Mapping[str, Tensor]): ViT state dict (backbone or segmentor).
+        sigma (np.ndarray): Permutation of ``0..D-1``.
+        prefix (str): Key prefix of the ViT (``''`` or ``'backbone.'``). Defaults to ''.
+
+    Raises:
+        KeyError: a ViT parameter this function does not know how to permute (refusing is
+            safer than returning a silently different model).
+    """
+    sigma = torch.as_tensor(np.asarray(sigma), dtype=torch.long)
+    out = OrderedDict()
+    for name, t in state_dict.items():
+        if not name.startswith(prefix):
+            out[name] = t
+            continue
+        rel = name[len(prefix):]
+        axis = next((ax for pat, ax in _HIDDEN_AXES if re.search(pat, rel)), None)
+        if axis is None:
+            if any(re.search(pat, rel) for pat in _HIDDEN_UNCHANGED):
+                out[name] = t
+                continue
+            raise KeyError(f'permute_hidden_channels does not know how parameter {name!r} '
+                           'relates to the embedding channels; only mmseg '
+                           'VisionTransformer state dicts are supported.')
+        out[name] = t.index_select(axis % t.dim(), sigma.to(t.device))
+    return out
+
+
+def pca_patch_embedding(images: Sequence[np.ndarray], dims: int, block_size: int = 16,
+                        mean: Sequence[float] = (123.675, 116.28, 103.53),
+                        std: Sequence[float] = (58.395, 57.12, 57.375),
+                        rms: float = 0.02) -> np.ndarray:
+    """A stand-in for a pre-trained patch embedding: principal components of patches.
+
+    Trained ViT patch embeddings are dominated by smooth, low-frequency filters, so the
+    columns of neighbouring pixels are similar; the leading principal components of
+    normalised image patches share that property (random weights do not). Used where real
+    pre-trained weights are not available offline.
+
+    Args:
+        images (Sequence[np.ndarray]): RGB uint8 images on the block grid.
+        dims (int): Embedding dimension ``D`` (at most ``3*b*b``).
+        block_size (int): Patch size. Defaults to 16.
+        mean (Sequence[float]): Normalisation mean. Defaults to mmseg's ImageNet mean.
+        std (Sequence[float]): Normalisation std. Defaults to mmseg's ImageNet std.
+        rms (float): RMS of the returned weight. Defaults to 0.02.
+
+    Returns:
+        np.ndarray: ``(dims, 3*b*b)`` float64 weight.
+    """
+    x = blocks_of(images, block_size).astype(np.float64)
+    ch = np.repeat(np.arange(3), block_size * block_size)
+    x = (x - np.asarray(mean)[ch]) / np.asarray(std)[ch]
+    x -= x.mean(0)
+    if dims > x.shape[1]:
+        raise ValueError(f'dims={dims} exceeds the patch dimension {x.shape[1]}.')
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    # Filters weighted by the square root of their singular value: strong, smooth filters
+    # dominate, as in trained embeddings.
+    w = vt[:dims] * np.sqrt(s[:dims] / s[0])[:, None]
+    return w * (rms / np.sqrt(np.mean(w ** 2)))
+
+
+def backbone_features(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """All output feature maps of a backbone, flattened and concatenated (no grad)."""
+    with torch.no_grad():
+        feats = model(images)
+    return torch.cat([f.reshape(f.shape[0], -1) for f in feats], dim=1)
+
+
+def relative_change(reference: torch.Tensor, other: torch.Tensor) -> float:
+    """``||other - reference|| / ||reference||`` over the whole batch."""
+    return float((other - reference).norm() / reference.norm())
+
+
+def recovery_of(est: np.ndarray, true: np.ndarray) -> float:
+    """Fraction of positions with ``est[k] == true[k]``."""
+    return float(np.mean(np.asarray(est) == np.asarray(true)))
+
+
+def noise_sweep(plain: np.ndarray, enc_state: Mapping[str, torch.Tensor],
+                true_perm: np.ndarray, levels: Sequence[float],
+                seed: int = 0) -> Dict[float, float]:
+    """Recovery of :func:`weight_matching_attack` for each relative noise level."""
+    out = {}
+    for lvl in levels:
+        noisy = add_noise_to_patch_embedding(enc_state, lvl, seed)
+        out[float(lvl)] = recovery_of(
+            weight_matching_attack(plain, patch_embedding_matrix(noisy)), true_perm)
+    return out
