@@ -17,7 +17,9 @@ from .cipher import (BlockCipher, decrypt_image, decrypt_tensor,  # noqa: E402
 from .hooks import KeyManagementHook  # noqa: E402
 from .keys import KEY_ENV_VAR, SecretKey, resolve_key  # noqa: E402
 from .models import EncryptedVisionTransformer  # noqa: E402
+from . import optim  # noqa: E402,F401  (registers BF16AmpOptimWrapper)
 from .transforms import BlockScramble  # noqa: E402
+from . import server_transforms  # noqa: E402,F401  (keyless server transforms, dataset, hook)
 
 __all__ = [
     '__version__', 'SecretKey', 'resolve_key', 'KEY_ENV_VAR', 'BlockCipher',

@@ -7,8 +7,10 @@ values of a block are flattened in (channel, y, x) order, the same order as a
 shuffled across the three colour channels within each block.
 
 The cipher is defined on RGB arrays. Every operation is a single gather with an index map
-that is computed once per (shape, layout) and cached, so encrypting a 768x768 crop costs
-about as much as one copy of it.
+that is computed once per (shape, layout) and cached: no Python loop over blocks. On
+numpy arrays the map covers one strip of ``b`` image rows and is applied to every strip
+(about 1 ms for a 768x768 crop on one CPU core); on tensors it covers the whole image,
+which suits GPUs.
 """
 from __future__ import annotations
 
@@ -127,8 +129,14 @@ class BlockCipher:
     def _gather(self, img: np.ndarray, layout: str, inverse: bool) -> np.ndarray:
         self.check_hwc(img)
         h, w, c = img.shape
-        m = self.index_map(h, w, layout, inverse)
-        return np.take(img.reshape(-1), m).reshape(h, w, c)
+        b = self.block_size
+        # Every block gets the same permutation and, in HxWxC layout, each strip of b
+        # image rows is contiguous; so the map of one b x w strip serves every strip.
+        # That index is h/b times smaller than a full map and stays in cache, which
+        # makes the gather 2-3x faster than one with a full-size map (the gather is
+        # bound by reading the 8-byte indices, not the 1-byte pixels).
+        m = self.index_map(b, w, layout, inverse)
+        return np.take(img.reshape(h // b, b * w * c), m, axis=1).reshape(h, w, c)
 
     def encrypt(self, img: np.ndarray, channel_order: str = 'rgb') -> np.ndarray:
         """Encrypt an HxWx3 uint8 image.

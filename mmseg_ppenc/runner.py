@@ -68,8 +68,13 @@ def check_config_paths(cfg: Config, modes: Sequence[str] = ('train', 'val')) -> 
         if not loader:
             continue
         ds = loader.get('dataset', {})
+        keyless = ds.get('type') == 'KeylessEncryptedDataset'
         while 'dataset' in ds and 'data_root' not in ds:  # dataset wrappers
             ds = ds['dataset']
+        fix = ('On the client, encrypt the dataset with `python tools/encrypt_dataset.py '
+               'SRC DST` and upload DST' if keyless else
+               'Generate the built-in synthetic set with `python '
+               'tools/make_synthetic_cityscapes.py data/cityscapes`')
         root = ds.get('data_root', '') or ''
         prefix = ds.get('data_prefix', {}) or {}
         for what, rel in prefix.items():
@@ -77,10 +82,9 @@ def check_config_paths(cfg: Config, modes: Sequence[str] = ('train', 'val')) -> 
             if path and not osp.isdir(path):
                 problems.append(
                     f'{mode}_dataloader: dataset directory {path!r} ({what}) does not '
-                    'exist. Generate the built-in synthetic set with `python '
-                    'tools/make_synthetic_cityscapes.py data/cityscapes`, or point the '
-                    f'config at your data (`--cfg-options {mode}_dataloader.dataset.'
-                    'data_root=PATH`, or PPENC_DATA_ROOT for the tiny configs).')
+                    f'exist. {fix}, or point the config at your data (`--cfg-options '
+                    f'{mode}_dataloader.dataset.data_root=PATH`, or PPENC_DATA_ROOT for '
+                    'the tiny and server configs).')
                 break
     model = cfg.get('model', {})
     backbone = model.get('backbone', {}) if isinstance(model, dict) else {}
@@ -129,7 +133,10 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dic
         Runner: The runner after training.
     """
     cfg = load_config(config, cfg_options, work_dir, launcher)
-    if amp and cfg.optim_wrapper.get('type') != 'AmpOptimWrapper':
+    # --amp asks for mixed precision; configs that already use it (fp16 or our bf16
+    # wrapper, which falls back to fp32 without bf16 support) keep their choice.
+    if amp and cfg.optim_wrapper.get('type') not in ('AmpOptimWrapper',
+                                                     'BF16AmpOptimWrapper'):
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = resume

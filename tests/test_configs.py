@@ -2,7 +2,8 @@
 2507.12730): ``configs/ppenc/setr_vit-{b,l}_{mla,pup,naive}_cityscapes_{setting}.py``.
 
 1. Every config parses and differs from the stock mmseg SETR config only where the
-   method (and the ViT-B variant) requires.
+   method (and the ViT-B variant) requires, plus the speed defaults (fused attention,
+   bf16 mixed precision).
 2. Every config builds and runs a forward pass once shrunk to a tiny width.
 3. The ViT-L MLA proposed config builds at full size.
 """
@@ -28,7 +29,8 @@ from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
 from mmseg_ppenc.keys import InvalidKeyError, SecretKey  # noqa: E402
-from mmseg_ppenc.models import EncryptedVisionTransformer  # noqa: E402
+from mmseg_ppenc.models import (EncryptedVisionTransformer,  # noqa: E402
+                                FusedMultiheadAttention)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / 'configs' / 'ppenc'
@@ -122,8 +124,10 @@ def expected_model(arch: str, decoder: str, setting: str) -> dict:
     spec = ARCH_SPEC[arch]
     backbone = model['backbone']
     backbone['init_cfg'] = dict(type='Pretrained', checkpoint=spec['checkpoint'])
-    if setting == 'proposed':
-        backbone['type'] = 'EncryptedVisionTransformer'
+    # Fused attention by default; both types keep VisionTransformer's parameter names.
+    backbone['type'] = ('EncryptedVisionTransformer' if setting == 'proposed'
+                        else 'FastVisionTransformer')
+    backbone['attn_impl'] = 'fused'
     if arch != 'l':
         backbone.update(embed_dims=spec['embed_dims'], num_layers=spec['num_layers'],
                         num_heads=spec['num_heads'],
@@ -170,7 +174,8 @@ def test_config_parses(arch: str, decoder: str, setting: str) -> None:
     model = cfg.model
     backbone = model.backbone
     assert backbone.type == ('EncryptedVisionTransformer' if setting == 'proposed'
-                             else 'VisionTransformer')
+                             else 'FastVisionTransformer')
+    assert backbone.attn_impl == 'fused'
     assert backbone.embed_dims == spec['embed_dims']
     assert backbone.num_layers == spec['num_layers']
     assert backbone.num_heads == spec['num_heads']
@@ -239,9 +244,14 @@ def test_config_parses(arch: str, decoder: str, setting: str) -> None:
         starts = [max(min(i * stride + crop, img) - crop, 0) for i in range(grids)]
         assert all(s % patch == 0 for s in starts), starts
 
+    # bf16 mixed precision (float32 where unsupported); the optimizer is the stock one.
+    expected_optim = plain(stock.optim_wrapper)
+    expected_optim['type'] = 'BF16AmpOptimWrapper'
+    assert plain(cfg.optim_wrapper) == expected_optim
+
     # Everything else is the stock config.
     allowed = {'model', 'train_dataloader', 'val_dataloader', 'test_dataloader',
-               'custom_imports', 'custom_hooks'}
+               'custom_imports', 'custom_hooks', 'optim_wrapper'}
     ours = {k: v for k, v in plain(cfg.to_dict()).items()
             if k not in allowed and not k.startswith('ppenc_')}
     theirs = {k: v for k, v in plain(stock.to_dict()).items() if k not in allowed}
@@ -336,7 +346,9 @@ def test_config_builds_tiny(arch: str, decoder: str, setting: str, registered: N
         assert isinstance(model.backbone, EncryptedVisionTransformer)
         assert model.backbone.key_fingerprint == key.fingerprint
     else:
-        assert type(model.backbone).__name__ == 'VisionTransformer'
+        assert type(model.backbone).__name__ == 'FastVisionTransformer'
+    assert all(isinstance(layer.attn, FusedMultiheadAttention)
+               for layer in model.backbone.layers)
     model.init_weights()  # init_cfg=None: random init (+ the key adaptation)
     model.eval()
     x = torch.rand(1, 3, *TINY_HW)

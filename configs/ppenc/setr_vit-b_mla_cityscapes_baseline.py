@@ -9,6 +9,11 @@ custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
 model = dict(
     pretrained=None,
     backbone=dict(
+        # Fused scaled-dot-product attention; weights and parameter names are those of
+        # mmseg's VisionTransformer. attn_impl='stock' restores mmcv's attention;
+        # torch_compile=True compiles the backbone (opt-in).
+        type='FastVisionTransformer',
+        attn_impl='fused',
         embed_dims=768,
         num_layers=12,
         num_heads=12,
@@ -19,6 +24,10 @@ model = dict(
             type='Pretrained', checkpoint='pretrain/vit_base_patch16_384.pth')),
     # The auxiliary FCN heads read the neck's 256-channel outputs: no change there.
     neck=dict(in_channels=[768, 768, 768, 768]))
+
+# bf16 mixed precision where the device supports it natively (CUDA, Ampere or newer),
+# float32 elsewhere. `--cfg-options optim_wrapper.type=OptimWrapper` trains in float32.
+optim_wrapper = dict(type='BF16AmpOptimWrapper')
 
 # Test without Resize (see the shared base) so that the three settings are evaluated
 # alike; the stock train pipeline is kept. test_dataloader = val_dataloader was resolved

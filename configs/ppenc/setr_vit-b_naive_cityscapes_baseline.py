@@ -10,6 +10,11 @@ norm_cfg = dict(type='SyncBN', requires_grad=True)
 model = dict(
     pretrained=None,
     backbone=dict(
+        # Fused scaled-dot-product attention; weights and parameter names are those of
+        # mmseg's VisionTransformer. attn_impl='stock' restores mmcv's attention;
+        # torch_compile=True compiles the backbone (opt-in).
+        type='FastVisionTransformer',
+        attn_impl='fused',
         embed_dims=768,
         num_layers=12,
         num_heads=12,
@@ -38,6 +43,10 @@ model = dict(
                 type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4))
         for i in range(3)
     ])
+
+# bf16 mixed precision where the device supports it natively (CUDA, Ampere or newer),
+# float32 elsewhere. `--cfg-options optim_wrapper.type=OptimWrapper` trains in float32.
+optim_wrapper = dict(type='BF16AmpOptimWrapper')
 
 # Test without Resize (see the shared base) so that the three settings are evaluated
 # alike; the stock train pipeline is kept. test_dataloader = val_dataloader was resolved

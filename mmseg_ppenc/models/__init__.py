@@ -1,4 +1,8 @@
 """Models registered in mmseg's ``MODELS`` registry."""
+from .attention import FusedMultiheadAttention, set_attention_impl
+from .data_preprocessor import EncryptedSegDataPreProcessor
 from .encrypted_vit import EncryptedVisionTransformer, checkpoint_key_meta
+from .fast_vit import FastVisionTransformer
 
-__all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta']
+__all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta', 'FastVisionTransformer',
+           'FusedMultiheadAttention', 'set_attention_impl', 'EncryptedSegDataPreProcessor']

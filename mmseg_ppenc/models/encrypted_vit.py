@@ -6,11 +6,11 @@ from typing import Optional, Sequence
 
 import torch
 from mmengine.logging import print_log
-from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
 from ..adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
 from ..keys import SecretKey, resolve_key
+from .fast_vit import FastVisionTransformer
 
 __all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta']
 
@@ -32,8 +32,12 @@ def checkpoint_key_meta(path: str) -> Optional[dict]:
 
 
 @MODELS.register_module()
-class EncryptedVisionTransformer(VisionTransformer):
+class EncryptedVisionTransformer(FastVisionTransformer):
     """mmseg's ``VisionTransformer`` whose pre-trained weights are encrypted with the key.
+
+    A :class:`~mmseg_ppenc.models.FastVisionTransformer`, so its attention is fused by
+    default (``attn_impl='stock'`` gives mmcv's path); module and parameter names are
+    those of ``VisionTransformer``.
 
     ``init_weights()`` loads the pre-trained weights exactly as the parent does
     (``init_cfg`` / ``pretrained``), then applies the exact adaptation of
@@ -52,7 +56,8 @@ class EncryptedVisionTransformer(VisionTransformer):
             ImageNet values.
         std (Sequence[float]): The data preprocessor's std, RGB. Defaults to mmseg's
             ImageNet values.
-        **kwargs: Every argument of ``mmseg.models.backbones.VisionTransformer``.
+        **kwargs: Every argument of ``mmseg.models.backbones.VisionTransformer``, and
+            ``attn_impl`` / ``torch_compile`` of ``FastVisionTransformer``.
     """
 
     def __init__(self,

@@ -11,6 +11,8 @@ norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(
+        # Fused attention (attn_impl='stock': mmcv's); same weights as VisionTransformer.
+        type='FastVisionTransformer', attn_impl='fused',
         img_size=crop_size, embed_dims=64, num_layers=4, num_heads=4, mlp_ratio=2,
         out_indices=(0, 1, 2, 3), init_cfg=None),
     decode_head=dict(in_channels=64, channels=32, num_convs=1, up_scale=4,

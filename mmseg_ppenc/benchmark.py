@@ -1,0 +1,842 @@
+"""Speed benchmarks behind ``tools/benchmark.py``: cipher cost, training throughput, memory.
+
+Three comparisons, each measured side by side in one run:
+
+1. **Cipher cost** (:func:`bench_cipher`, :func:`bench_pipeline`): ``BlockScramble`` on a
+   768x768 crop and a 1024x2048 image against a plain copy of the same array, and its
+   share of the stock Cityscapes training pipeline's per-sample time.
+2. **Encryption at train time** (:func:`bench_train`): images/s and memory of the
+   baseline, conventional 2 and proposed models at the plugin's defaults, same model and
+   shapes.
+3. **Stock mmseg vs the plugin's defaults** (:func:`bench_train`): stock SETR (float32,
+   mmcv attention) against fused attention + bf16 mixed precision (where supported).
+
+Timing rules: variants run interleaved on the CPU (one step of each in turn, rotating
+the order, so that load from other processes hits all alike) and one after another on a
+GPU (so that each one's peak memory is its own); every figure is the median over the
+measured repetitions, after warm-up. CPU work is timed in process CPU time (see
+:func:`default_timer`), GPU steps in wall time between synchronisations.
+
+Memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU, where PyTorch keeps no
+allocator statistics, the bytes that autograd saves for the backward pass (the part of
+training memory that depends on the attention implementation), counted once per storage.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import gc
+import json
+import logging
+import os
+import os.path as osp
+import platform
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ['TARGETS', 'GPU_TARGET_SHAPE', 'TIMERS', 'default_timer', 'time_interleaved',
+           'summarize', 'check', 'bench_cipher', 'bench_pipeline', 'model_configs',
+           'bench_train', 'throughput_ratio', 'evaluate_targets', 'format_report',
+           'write_json', 'run']
+
+#: Thresholds of the speed issue. ``crop_ms`` and ``pipeline_share`` are for a 2-core CPU.
+TARGETS = dict(crop_ms=2.0, pipeline_share=0.03, proposed_ratio=0.98, speedup=6.0,
+               mem_ratio=0.5)
+#: The shape the stock-vs-plugin targets are defined for: (device, arch, decoder, size).
+GPU_TARGET_SHAPE = ('cuda', 'vit-l', 'mla', 768)
+
+_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+_CONFIG_DIR = osp.join(_REPO, 'configs', 'ppenc')
+_SETTINGS = ('baseline', 'conventional2', 'proposed')
+
+
+# --------------------------------------------------------------------------- timing
+#: ``'cpu'``: CPU time of this process; ``'wall'``: wall-clock time.
+TIMERS = ('cpu', 'wall')
+
+
+def _sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def default_timer(device: str) -> str:
+    """``'cpu'`` (process CPU time) on the CPU, ``'wall'`` on accelerators.
+
+    On a shared CPU, wall time counts the time other processes hold the cores; the CPU
+    time of this process does not, so it is the stable measure of what a step costs
+    (about 1 % run-to-run spread here, against 20 % for wall time). A GPU step is
+    measured in wall time between synchronisations.
+    """
+    return 'wall' if device.startswith('cuda') else 'cpu'
+
+
+def time_interleaved(fns: Dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                     device: str = 'cpu') -> Dict[str, Dict[str, List[float]]]:
+    """Time several functions in turn, rotating their order every round.
+
+    Args:
+        fns (dict[str, callable]): Name -> function without arguments.
+        repeats (int): Measured rounds.
+        warmup (int): Unmeasured rounds first. Defaults to 1.
+        device (str): ``'cuda...'`` synchronises around every call. Defaults to ``'cpu'``.
+
+    Returns:
+        dict: Name -> ``{'wall': [...], 'cpu': [...]}``, the ``repeats`` wall-clock and
+        process CPU times in milliseconds, in round order.
+    """
+    if repeats < 1:
+        raise ValueError(f'repeats must be >= 1, got {repeats}')
+    names = list(fns)
+    samples = {n: {'wall': [], 'cpu': []} for n in names}
+    for r in range(warmup + repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            _sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            fns[name]()
+            _sync(device)
+            w1, c1 = time.perf_counter(), time.process_time()
+            if r >= warmup:
+                samples[name]['wall'].append((w1 - w0) * 1e3)
+                samples[name]['cpu'].append((c1 - c0) * 1e3)
+    return samples
+
+
+def summarize(samples_ms: Sequence[float]) -> Dict[str, float]:
+    """Median, min and max of timings in milliseconds, and their count."""
+    return dict(median_ms=float(statistics.median(samples_ms)),
+                min_ms=float(min(samples_ms)), max_ms=float(max(samples_ms)),
+                n=len(samples_ms))
+
+
+def _summary(samples: Dict[str, List[float]], timer: str) -> dict:
+    """:func:`summarize` of the ``timer`` samples, plus the other timer's median."""
+    if timer not in TIMERS:
+        raise ValueError(f'timer must be one of {TIMERS}, got {timer!r}')
+    out = summarize(samples[timer])
+    out.update(timer=timer, wall_median_ms=float(statistics.median(samples['wall'])),
+               cpu_median_ms=float(statistics.median(samples['cpu'])))
+    return out
+
+
+def check(value: Optional[float], threshold: float, op: str,
+          applies: bool = True) -> str:
+    """``'met'``, ``'missed'`` or ``'n/a'`` for ``value op threshold``.
+
+    Args:
+        value (float, optional): The measured value; None (not measured) gives ``'n/a'``.
+        threshold (float): The target.
+        op (str): ``'<='`` or ``'>='``.
+        applies (bool): False when the target is defined for another setup (e.g. a GPU
+            target on a CPU run); gives ``'n/a'``. Defaults to True.
+    """
+    if op not in ('<=', '>='):
+        raise ValueError(f"op must be '<=' or '>=', got {op!r}")
+    if not applies or value is None:
+        return 'n/a'
+    ok = value <= threshold if op == '<=' else value >= threshold
+    return 'met' if ok else 'missed'
+
+
+# --------------------------------------------------------------------------- cipher
+def _temp_key_file(tmp: str) -> str:
+    from .keys import SecretKey
+    path = osp.join(tmp, 'benchmark.key')
+    SecretKey.generate().save(path)
+    return path
+
+
+def bench_cipher(repeats: int = 50, sizes: Sequence[Tuple[int, int]] = ((768, 768),
+                                                                         (1024, 2048)),
+                 key_file: Optional[str] = None, seed: int = 0,
+                 timer: str = 'cpu') -> dict:
+    """``BlockScramble`` vs a plain copy of the same array, per image size.
+
+    The image is BGR uint8, as mmcv's loader yields it, and ``BlockScramble`` runs as in
+    the shipped training pipelines (``pad_to_grid=True``, a no-op on the grid). Also
+    timed, for reference: the previous implementation's gather with a full-size index
+    map.
+
+    Args:
+        repeats (int): Measured repetitions per variant. Defaults to 50.
+        sizes (Sequence[tuple[int, int]]): (height, width) pairs. Defaults to 768x768
+            and 1024x2048.
+        key_file (str, optional): Key file; a throw-away key when None. Defaults to None.
+        seed (int): Image seed. Defaults to 0.
+        timer (str): ``'cpu'`` or ``'wall'`` for the headline figures (both are
+            recorded). Defaults to ``'cpu'``.
+
+    Returns:
+        dict: ``{'HxW': {'copy': {...}, 'scramble': {...}, 'full_map': {...},
+        'scramble_over_copy': float}}`` with :func:`summarize` dicts in milliseconds.
+    """
+    from .transforms import BlockScramble
+    rng = np.random.default_rng(seed)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        scramble = BlockScramble(key_file=key_file or _temp_key_file(tmp),
+                                 pad_to_grid=True)
+        cipher = scramble.cipher
+        for h, w in sizes:
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            full = cipher.index_map(h, w, 'hwc-bgr')
+            flat = img.reshape(-1)
+            fns = {
+                'copy': lambda: img.copy(),
+                'scramble': lambda: scramble.transform(dict(img=img)),
+                'full_map': lambda: np.take(flat, full),
+            }
+            samples = time_interleaved(fns, repeats, warmup=2)
+            res = {k: _summary(v, timer) for k, v in samples.items()}
+            res['scramble_over_copy'] = (res['scramble']['median_ms'] /
+                                         res['copy']['median_ms'])
+            out[f'{h}x{w}'] = res
+            del full
+            cipher._maps.pop((h, w, 'hwc-bgr', False), None)  # a 14-50 MB map
+    return out
+
+
+def _stock_setr_config_path(decoder: str) -> str:
+    import mmseg
+    path = osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs', 'setr',
+                    f'setr_vit-l_{decoder}_8xb1-80k_cityscapes-768x768.py')
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Expected the stock mmseg config at {path}; install '
+                                'mmsegmentation 1.2.2 from its wheel (it ships .mim).')
+    return path
+
+
+def bench_pipeline(repeats: int = 20, key_file: Optional[str] = None,
+                   seed: int = 0, timer: str = 'cpu') -> dict:
+    """Per-sample time of the stock Cityscapes training pipeline, plain and encrypted.
+
+    The pipeline is the ``train_pipeline`` of mmseg's
+    ``setr_vit-l_mla_8xb1-80k_cityscapes-768x768.py`` (load PNGs, random resize, 768x768
+    random crop, flip, photometric distortion, pack) on a synthetic 1024x2048 street
+    scene written as PNGs, as Cityscapes stores them. The encrypted pipeline inserts
+    ``BlockScramble(pad_to_grid=True)`` before packing, as the shipped configs do; its
+    own time is measured inside the pipeline. Both pipelines see the same random
+    augmentation in each repetition.
+
+    Args:
+        repeats (int): Measured samples per pipeline. Defaults to 20.
+        key_file (str, optional): Key file; a throw-away key when None. Defaults to None.
+        seed (int): Seed of the scene and of the augmentations. Defaults to 0.
+        timer (str): ``'cpu'`` or ``'wall'`` for the headline figures. Defaults to
+            ``'cpu'``.
+
+    Returns:
+        dict: ``plain``, ``encrypted`` and ``scramble`` (:func:`summarize` dicts, ms per
+        sample) and ``share`` = median scramble time / median plain pipeline time.
+    """
+    import cv2
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    # mmseg's runtime (env_cfg.mp_cfg.opencv_num_threads=0) runs the pipeline in
+    # dataloader workers with OpenCV's own threads off; do the same.
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    # The augmentations draw from the global generators; leave them as they were.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        return _bench_pipeline(repeats, key_file, seed, timer)
+    finally:
+        cv2.setNumThreads(cv2_threads)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _bench_pipeline(repeats: int, key_file: Optional[str], seed: int, timer: str) -> dict:
+    import cv2
+    from mmengine.config import Config
+    from mmseg.registry import TRANSFORMS
+
+    from .datasets.synthetic import render_scene
+    cfg = Config.fromfile(_stock_setr_config_path('mla'))
+    stock = copy.deepcopy(cfg.train_dataloader.dataset.pipeline)
+    if stock[-1]['type'] != 'PackSegInputs':
+        raise RuntimeError(f'Expected the stock pipeline to end in PackSegInputs, got '
+                           f'{stock[-1]["type"]}.')
+    scramble_time: Dict[str, List[float]] = {'wall': [], 'cpu': []}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        img, lab = render_scene(1024, 2048, np.random.default_rng(seed))
+        img_path, lab_path = osp.join(tmp, 'img.png'), osp.join(tmp, 'lab.png')
+        cv2.imwrite(img_path, np.ascontiguousarray(img[..., ::-1]))
+        cv2.imwrite(lab_path, lab)
+        plain = [TRANSFORMS.build(t) for t in stock]
+        scramble = TRANSFORMS.build(dict(type='BlockScramble', pad_to_grid=True,
+                                         key_file=key_file or _temp_key_file(tmp)))
+
+        def timed_scramble(results: dict) -> dict:
+            w0, c0 = time.perf_counter(), time.process_time()
+            out = scramble(results)
+            scramble_time['wall'].append((time.perf_counter() - w0) * 1e3)
+            scramble_time['cpu'].append((time.process_time() - c0) * 1e3)
+            return out
+
+        encrypted = plain[:-1] + [timed_scramble, plain[-1]]
+
+        def run_pipeline(transforms: list, i: int) -> None:
+            # Same augmentation for both pipelines in repetition i.
+            random.seed(seed + i)
+            np.random.seed(seed + i)
+            results = dict(img_path=img_path, seg_map_path=lab_path, reduce_zero_label=False,
+                           seg_fields=[], label_map=None)
+            for t in transforms:
+                results = t(results)
+
+        counter = {'plain': 0, 'encrypted': 0}
+
+        def step(name: str, transforms: list) -> Callable[[], None]:
+            def fn() -> None:
+                run_pipeline(transforms, counter[name])
+                counter[name] += 1
+            return fn
+
+        samples = time_interleaved({'plain': step('plain', plain),
+                                    'encrypted': step('encrypted', encrypted)},
+                                   repeats, warmup=1)
+    res = {k: _summary(v, timer) for k, v in samples.items()}
+    res['scramble'] = _summary({k: v[-repeats:] for k, v in scramble_time.items()}, timer)
+    res['share'] = res['scramble']['median_ms'] / res['plain']['median_ms']
+    return res
+
+
+# --------------------------------------------------------------------------- models
+def _walk(node: Any):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from _walk(v)
+
+
+def _prepare(model_cfg: dict, size: int) -> dict:
+    """Random init, BN instead of SyncBN (one process), and the input size."""
+    model_cfg = copy.deepcopy(model_cfg)
+    for d in _walk(model_cfg):
+        if d.get('type') == 'SyncBN':
+            d['type'] = 'BN'
+    model_cfg['pretrained'] = None
+    model_cfg['backbone']['init_cfg'] = None
+    model_cfg['backbone']['img_size'] = (size, size)
+    model_cfg['data_preprocessor']['size'] = (size, size)
+    return model_cfg
+
+
+def model_configs(arch: str = 'tiny', decoder: str = 'mla', size: int = 128
+                  ) -> Dict[str, Tuple[dict, dict]]:
+    """``(model_cfg, optim_wrapper_cfg)`` of stock mmseg SETR and the three settings.
+
+    Args:
+        arch (str): ``'tiny'`` (the CPU configs in ``configs/ppenc/tiny``), ``'vit-b'`` or
+            ``'vit-l'`` (the paper configs). Defaults to ``'tiny'``.
+        decoder (str): ``'mla'``, ``'pup'`` or ``'naive'``. Defaults to ``'mla'``.
+        size (int): Square input side, a multiple of 16. Defaults to 128.
+
+    Returns:
+        dict: Keys ``'stock'``, ``'baseline'``, ``'conventional2'``, ``'proposed'``. The
+        stock model for ViT-L is mmseg's own config; for the other archs it is the
+        baseline config with mmseg's ``VisionTransformer`` and ``OptimWrapper`` put back.
+        The plugin settings use ``BF16AmpOptimWrapper`` (the shipped full-size default;
+        float32 where bf16 is unsupported). Conventional 2 and proposed get
+        ``EncryptedSegDataPreProcessor``, so that encrypting the batch is part of the
+        timed step (on the step's device); their shipped configs encrypt in the
+        dataloader workers with ``BlockScramble`` instead (see :func:`bench_cipher`).
+    """
+    from mmengine.config import Config
+    if arch not in ('tiny', 'vit-b', 'vit-l'):
+        raise ValueError(f"arch must be 'tiny', 'vit-b' or 'vit-l', got {arch!r}")
+    if decoder not in ('mla', 'pup', 'naive'):
+        raise ValueError(f"decoder must be 'mla', 'pup' or 'naive', got {decoder!r}")
+    if size % 16:
+        raise ValueError(f'size must be a multiple of 16 (the patch size), got {size}')
+
+    def path(setting: str) -> str:
+        if arch == 'tiny':
+            return osp.join(_CONFIG_DIR, 'tiny', f'setr_tiny_{decoder}_synthetic_{setting}.py')
+        return osp.join(_CONFIG_DIR, f'setr_{arch}_{decoder}_cityscapes_{setting}.py')
+
+    out = {}
+    for setting in _SETTINGS:
+        cfg = Config.fromfile(path(setting))
+        model = _prepare(cfg.model.to_dict(), size)
+        optim = cfg.optim_wrapper.to_dict()
+        optim['type'] = 'BF16AmpOptimWrapper'
+        if setting != 'baseline':
+            model['data_preprocessor']['type'] = 'EncryptedSegDataPreProcessor'
+        out[setting] = (model, optim)
+    if arch == 'vit-l':
+        stock = Config.fromfile(_stock_setr_config_path(decoder))
+        model, optim = _prepare(stock.model.to_dict(), size), stock.optim_wrapper.to_dict()
+    else:
+        model, optim = copy.deepcopy(out['baseline'][0]), copy.deepcopy(
+            Config.fromfile(path('baseline')).optim_wrapper.to_dict())
+        model['backbone']['type'] = 'VisionTransformer'
+        model['backbone'].pop('attn_impl', None)
+        optim['type'] = 'OptimWrapper'
+    if model['backbone']['type'] != 'VisionTransformer' or optim['type'] != 'OptimWrapper':
+        raise RuntimeError(f'The stock model should use VisionTransformer and '
+                           f'OptimWrapper, got {model["backbone"]["type"]} and '
+                           f'{optim["type"]}.')
+    out['stock'] = (model, optim)
+    return {k: out[k] for k in ('stock',) + _SETTINGS}
+
+
+def _synthetic_batch(batch: int, size: int, num_classes: int, seed: int) -> dict:
+    """What the dataloader yields: BGR uint8 images and int64 labels, on the CPU."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.randint(0, 256, (3, size, size), dtype=torch.uint8,
+                                    generator=g))
+        s = SegDataSample()
+        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, size, size),
+                                                    generator=g))
+        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size),
+                            pad_shape=(size, size)))
+        samples.append(s)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def _saved_for_backward_mib(step: Callable[[], Any]) -> float:
+    """MiB of distinct storages autograd saves for backward during one ``step``."""
+    seen: Dict[Tuple[str, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            st = t.untyped_storage()
+            seen[(str(t.device), st.data_ptr())] = st.nbytes()
+        except (RuntimeError, NotImplementedError):  # e.g. tensors without storage
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values()) / 2 ** 20
+
+
+@contextlib.contextmanager
+def _quiet_mmengine():
+    """Silence mmengine's INFO logs (one line per parameter from ``init_weights``)."""
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class _Variant:
+    """One model + optimizer wrapper + batch, ready to train."""
+
+    def __init__(self, name: str, setting: str, batch: int, compile_backbone: bool,
+                 cfgs: dict, size: int, device: str, key_file: str, seed: int) -> None:
+        from mmengine.optim import build_optim_wrapper
+        from mmengine.registry import init_default_scope
+        from mmseg.registry import MODELS
+        # mmseg's own config file (ViT-L stock) carries no `_scope_`; without a default
+        # scope its data preprocessor would be looked up in mmengine's root registry.
+        init_default_scope('mmseg')
+        self.name, self.setting, self.batch = name, setting, batch
+        self.compile = compile_backbone
+        self.device = device
+        model_cfg, optim_cfg = copy.deepcopy(cfgs[setting])
+        if setting in ('conventional2', 'proposed'):
+            model_cfg['data_preprocessor']['key_file'] = key_file
+        if setting == 'proposed':
+            model_cfg['backbone']['key_file'] = key_file
+        if compile_backbone:
+            model_cfg['backbone']['torch_compile'] = True
+        torch.manual_seed(seed)
+        self.model = MODELS.build(model_cfg)
+        # Initialise on the device: random init of ViT-L takes seconds on a CPU.
+        self.model.to(device)
+        self.model.init_weights()
+        self.model.train()
+        self.optim_wrapper = build_optim_wrapper(self.model, optim_cfg)
+        num_classes = self.model.decode_head.num_classes
+        self.data = _synthetic_batch(batch, size, num_classes, seed)
+        self.backbone = type(self.model.backbone).__name__
+        self.attn = getattr(self.model.backbone, 'attn_impl', 'stock')
+        dtype = None
+        if hasattr(self.optim_wrapper, 'autocast_dtype'):
+            dtype = self.optim_wrapper.autocast_dtype(torch.device(device).type)
+        self.precision = 'bf16 autocast' if dtype == torch.bfloat16 else 'fp32'
+        self.encryption = ('on-device in EncryptedSegDataPreProcessor (timed)'
+                           if setting in ('conventional2', 'proposed') else 'none')
+
+    def step(self) -> None:
+        self.model.train_step(self.data, self.optim_wrapper)
+
+    def describe(self) -> dict:
+        return dict(name=self.name, setting=self.setting, backbone=self.backbone,
+                    attention=self.attn, precision=self.precision,
+                    compile=self.compile, batch=self.batch, encryption=self.encryption)
+
+    def free(self) -> None:
+        del self.model, self.optim_wrapper, self.data
+        gc.collect()
+        if self.device.startswith('cuda'):
+            torch.cuda.empty_cache()
+
+
+def _variant_plan(batch: int, stock_batches: Sequence[int], compile_backbone: bool
+                  ) -> List[Tuple[str, str, int, bool]]:
+    plan = [(f'stock fp32 b{b}', 'stock', b, False) for b in stock_batches]
+    plan += [(f'plugin baseline b{b}', 'baseline', b, False)
+             for b in stock_batches if b != batch]
+    plan += [(f'plugin {s} b{batch}', s, batch, False) for s in _SETTINGS]
+    if compile_backbone:
+        plan.append((f'plugin baseline+compile b{batch}', 'baseline', batch, True))
+    return plan
+
+
+def bench_train(arch: str = 'tiny', decoder: str = 'mla', size: int = 128, batch: int = 2,
+                stock_batches: Optional[Sequence[int]] = None, device: str = 'cpu',
+                steps: int = 10, warmup: int = 2, compile_backbone: bool = False,
+                key_file: Optional[str] = None, seed: int = 0,
+                cpu_threads: Optional[int] = 1, timer: Optional[str] = None,
+                log: Callable[[str], None] = print) -> dict:
+    """Training-step throughput and memory of stock SETR and the three settings.
+
+    Args:
+        arch (str): ``'tiny'``, ``'vit-b'`` or ``'vit-l'``. Defaults to ``'tiny'``.
+        decoder (str): ``'mla'``, ``'pup'`` or ``'naive'``. Defaults to ``'mla'``.
+        size (int): Square crop side. Defaults to 128.
+        batch (int): Batch of the plugin variants. Defaults to 2.
+        stock_batches (Sequence[int], optional): Batches of the stock fp32 model (the
+            plugin baseline also runs at each, for the equal-batch memory ratio).
+            Defaults to ``(batch,)``.
+        device (str): ``'cpu'`` or ``'cuda'``. Defaults to ``'cpu'``.
+        steps (int): Measured steps per variant. Defaults to 10.
+        warmup (int): Unmeasured steps first. Defaults to 2.
+        compile_backbone (bool): Add the plugin baseline with ``torch_compile=True``.
+            Defaults to False.
+        key_file (str, optional): Key file; a throw-away key when None. Defaults to None.
+        seed (int): Seed of weights and data. Defaults to 0.
+        cpu_threads (int, optional): ``torch.set_num_threads`` for CPU runs, restored
+            afterwards. One thread keeps step times stable on a shared machine (with
+            two threads on two busy cores, waits at every parallel region make steps
+            vary tenfold). None keeps PyTorch's setting. Defaults to 1.
+        timer (str, optional): ``'cpu'`` or ``'wall'``; None picks
+            :func:`default_timer`. Defaults to None.
+        log (callable): Progress messages. Defaults to ``print``.
+
+    Returns:
+        dict: ``variants``: a list of dicts (``describe()`` fields, ``step`` timing,
+        ``img_per_s``, ``peak_mem_mib`` and ``mem_kind``, or ``error``), and the shapes.
+    """
+    stock_batches = tuple(stock_batches) if stock_batches else (batch,)
+    timer = timer or default_timer(device)
+    plan = _variant_plan(batch, stock_batches, compile_backbone)
+    cfgs = model_configs(arch, decoder, size)
+    cuda = device.startswith('cuda')
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError('--device cuda was asked for, but torch.cuda.is_available() is '
+                           'False.')
+    if cuda:
+        # What mmseg's default runtime (env_cfg.cudnn_benchmark=True) makes the Runner do.
+        torch.backends.cudnn.benchmark = True
+    threads = torch.get_num_threads()
+    if not cuda and cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    results: List[dict] = []
+    with tempfile.TemporaryDirectory() as tmp, _quiet_mmengine():
+        key_file = key_file or _temp_key_file(tmp)
+
+        def build(entry) -> _Variant:
+            name, setting, b, comp = entry
+            log(f'  building {name} ...')
+            return _Variant(name, setting, b, comp, cfgs, size, device, key_file, seed)
+
+        if cuda:
+            # One at a time: each variant's peak memory is its own.
+            for entry in plan:
+                v = None
+                try:
+                    v = build(entry)
+                    for _ in range(warmup):
+                        v.step()
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    samples = time_interleaved({v.name: v.step}, steps, 0, device)[v.name]
+                    rec = v.describe()
+                    rec.update(step=_summary(samples, timer), samples_ms=samples[timer],
+                               peak_mem_mib=torch.cuda.max_memory_allocated() / 2 ** 20,
+                               mem_kind='cuda max_memory_allocated')
+                except Exception as e:  # noqa: BLE001  (one failed variant, e.g.
+                    # out of memory or a torch.compile failure, must not end the run)
+                    err = ('out of memory' if isinstance(e, torch.cuda.OutOfMemoryError)
+                           else f'{type(e).__name__}: {str(e)[:200]}')
+                    rec = dict(name=entry[0], setting=entry[1], batch=entry[2],
+                               compile=entry[3], error=err)
+                results.append(rec)
+                log(f'  {rec["name"]}: ' + (f'{rec["step"]["median_ms"]:.1f} ms/step'
+                                            if 'step' in rec else rec['error']))
+                if v is not None:
+                    v.free()
+                del v
+                gc.collect()
+                torch.cuda.empty_cache()
+        else:
+            variants = [build(e) for e in plan]
+            for v in variants:  # warm-up, and the memory measure, outside the timing
+                for _ in range(max(warmup - 1, 0)):
+                    v.step()
+                v.saved_mib = _saved_for_backward_mib(v.step)
+            log(f'  timing {len(variants)} variants interleaved, {steps} steps each ...')
+            samples = time_interleaved({v.name: v.step for v in variants}, steps, 0,
+                                       device)
+            for v in variants:
+                rec = v.describe()
+                rec.update(step=_summary(samples[v.name], timer),
+                           samples_ms=samples[v.name][timer], peak_mem_mib=v.saved_mib,
+                           mem_kind='saved for backward (CPU)')
+                results.append(rec)
+                v.free()
+    used_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    for rec in results:
+        if 'step' in rec:
+            rec['img_per_s'] = rec['batch'] / (rec['step']['median_ms'] / 1e3)
+    return dict(arch=arch, decoder=decoder, size=size, batch=batch,
+                stock_batches=list(stock_batches), device=device, steps=steps,
+                warmup=warmup, interleaved=not cuda, timer=timer,
+                torch_threads=used_threads, variants=results)
+
+
+def throughput_ratio(train: dict, num: dict, den: dict) -> float:
+    """images/s of ``num`` over images/s of ``den`` (two variants of :func:`bench_train`).
+
+    Interleaved (CPU) runs give the median of the per-round ratios: both steps of a
+    round ran back to back, so a burst of load from other processes hits both, and the
+    median drops the rounds where it hit only one. Sequential (GPU) runs give the ratio
+    of the medians.
+    """
+    a, b = num.get('samples_ms'), den.get('samples_ms')
+    if train.get('interleaved') and a and b and len(a) == len(b):
+        per_round = [(tb / den['batch']) / (ta / num['batch']) for ta, tb in zip(a, b)]
+        return float(statistics.median(per_round))
+    return num['img_per_s'] / den['img_per_s']
+
+
+# --------------------------------------------------------------------------- report
+def _find(variants: List[dict], **kw) -> Optional[dict]:
+    for v in variants:
+        if all(v.get(k) == val for k, val in kw.items()) and 'step' in v:
+            return v
+    return None
+
+
+def evaluate_targets(report: dict) -> List[dict]:
+    """The issue's targets, each with its measured value and ``met``/``missed``/``n/a``.
+
+    Args:
+        report (dict): With optional ``cipher``, ``pipeline`` and ``train`` sections as
+            returned by :func:`bench_cipher`, :func:`bench_pipeline`, :func:`bench_train`.
+
+    Returns:
+        list[dict]: ``name``, ``value``, ``op``, ``threshold``, ``status``, ``note``.
+    """
+    out = []
+
+    def add(name: str, value: Optional[float], op: str, threshold: float,
+            applies: bool = True, note: str = '') -> None:
+        out.append(dict(name=name, value=value, op=op, threshold=threshold,
+                        status=check(value, threshold, op, applies), note=note))
+
+    crop = (report.get('cipher') or {}).get('768x768')
+    if crop is not None:
+        add('BlockScramble ms per 768x768 crop', crop['scramble']['median_ms'], '<=',
+            TARGETS['crop_ms'], note='2-core CPU target')
+    pipe = report.get('pipeline')
+    if pipe is not None:
+        add('BlockScramble share of the stock train pipeline', pipe['share'], '<=',
+            TARGETS['pipeline_share'], note='per sample, median')
+    train = report.get('train')
+    if train is not None:
+        vs, b = train['variants'], train['batch']
+        base = _find(vs, setting='baseline', batch=b, compile=False)
+        how = ('median of per-round ratios' if train.get('interleaved')
+               else 'ratio of medians')
+        for setting, label in (('proposed', 'proposed'), ('conventional2', 'conv. 2')):
+            other = _find(vs, setting=setting, batch=b)
+            ratio = throughput_ratio(train, other, base) if base and other else None
+            add(f'{label}/baseline images/s (batch {b})', ratio, '>=',
+                TARGETS['proposed_ratio'], note=f'encryption included; {how}')
+        on_target = (train['device'].split(':')[0], train['arch'], train['decoder'],
+                     train['size']) == GPU_TARGET_SHAPE
+        note = '' if on_target else 'target is for --device cuda vit-l mla 768'
+        stocks = [v for v in vs if v['setting'] == 'stock' and 'step' in v]
+        plugins = [v for v in vs if v['setting'] == 'baseline' and 'step' in v]
+        speed, speed_note = None, ''
+        if stocks and plugins:
+            best_p = max(plugins, key=lambda v: v['img_per_s'])
+            best_s = max(stocks, key=lambda v: v['img_per_s'])
+            speed = best_p['img_per_s'] / best_s['img_per_s']
+            speed_note = f"{best_p['name']} vs {best_s['name']}"
+        add('plugin/stock fp32 images/s (best of each)', speed, '>=', TARGETS['speedup'],
+            applies=on_target, note='; '.join(n for n in (speed_note, note) if n))
+        mem, mem_note = None, ''
+        for st in stocks:
+            p = _find(vs, setting='baseline', batch=st['batch'], compile=False)
+            if p is not None:
+                mem = p['peak_mem_mib'] / st['peak_mem_mib']
+                mem_note = f"batch {st['batch']}, {st['mem_kind']}"
+                break
+        add('plugin/stock fp32 peak memory (same batch)', mem, '<=', TARGETS['mem_ratio'],
+            applies=on_target, note='; '.join(n for n in (mem_note, note) if n))
+    return out
+
+
+def _fmt(v: Optional[float], digits: int = 2) -> str:
+    if v is None:
+        return '-'
+    return f'{v:.{digits}f}'
+
+
+def _table(headers: List[str], rows: List[List[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+
+    def line(row: List[str]) -> str:
+        return '| ' + ' | '.join(str(x).ljust(w) for x, w in zip(row, widths)) + ' |'
+
+    return '\n'.join([line(headers), '|' + '|'.join('-' * (w + 2) for w in widths) + '|']
+                     + [line(r) for r in rows])
+
+
+def format_report(report: dict) -> str:
+    """The report as Markdown tables (what ``tools/benchmark.py`` prints)."""
+    parts = []
+    meta = report.get('meta', {})
+    if meta:
+        parts.append(f"Device: {meta.get('device_name')}; torch {meta.get('torch')}; "
+                     f"Python {meta.get('python')}; {meta.get('cpu_count')} CPU cores")
+    cipher = report.get('cipher')
+    if cipher:
+        rows = []
+        for size, r in cipher.items():
+            rows.append([size, _fmt(r['copy']['median_ms'], 3),
+                         _fmt(r['scramble']['median_ms'], 3),
+                         _fmt(r['full_map']['median_ms'], 3),
+                         _fmt(r['scramble_over_copy'], 1)])
+        timer = next(iter(cipher.values()))['copy']['timer']
+        parts.append(f'1. Cipher cost (median ms, {timer} time)\n\n' + _table(
+            ['image', 'copy', 'BlockScramble', 'full-size map (previous)',
+             'scramble/copy'], rows))
+    pipe = report.get('pipeline')
+    if pipe:
+        parts.append(f"Stock Cityscapes train pipeline, per sample (median ms, "
+                     f"{pipe['plain']['timer']} time)\n\n" + _table(
+            ['plain pipeline', 'with BlockScramble', 'BlockScramble alone', 'share'],
+            [[_fmt(pipe['plain']['median_ms'], 1), _fmt(pipe['encrypted']['median_ms'], 1),
+              _fmt(pipe['scramble']['median_ms'], 3), f"{100 * pipe['share']:.2f} %"]]))
+    train = report.get('train')
+    if train:
+        rows = []
+        for v in train['variants']:
+            if 'step' in v:
+                rows.append([v['name'], v['backbone'], v['attention'], v['precision'],
+                             str(v['batch']), _fmt(v['step']['median_ms'], 1),
+                             _fmt(v['img_per_s'], 2), _fmt(v['peak_mem_mib'], 0)])
+            else:
+                rows.append([v['name'], '', '', '', str(v['batch']), v.get('error', ''),
+                             '', ''])
+        kind = next((v['mem_kind'] for v in train['variants'] if 'mem_kind' in v), '')
+        parts.append(
+            f"2./3. Training step: {train['arch']} + {train['decoder']}, "
+            f"{train['size']}x{train['size']}, {train['device']}, median of "
+            f"{train['steps']} steps after {train['warmup']} warm-up, "
+            f"{train['timer']} time, {train['torch_threads']} torch thread(s)"
+            f"{', interleaved' if train['interleaved'] else ''}\n\n" + _table(
+                ['variant', 'backbone', 'attention', 'precision', 'batch', 'ms/step',
+                 'img/s', f'memory MiB ({kind})'], rows))
+    targets = report.get('targets')
+    if targets:
+        rows = [[t['name'], _fmt(t['value'], 3), f"{t['op']} {t['threshold']}",
+                 t['status'].upper() if t['status'] != 'n/a' else 'n/a', t['note']]
+                for t in targets]
+        parts.append('Targets\n\n' + _table(['target', 'value', 'goal', 'status', 'note'],
+                                            rows))
+    return '\n\n'.join(parts)
+
+
+def _meta(argv: Optional[Sequence[str]], device: str) -> dict:
+    name = platform.processor() or platform.machine()
+    if device.startswith('cuda') and torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+    return dict(device=device, device_name=name, torch=torch.__version__,
+                numpy=np.__version__, python=platform.python_version(),
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                command=' '.join(['python', 'tools/benchmark.py', *(argv or [])]),
+                time=time.strftime('%Y-%m-%d %H:%M:%S %Z'))
+
+
+def write_json(report: dict, path: str) -> str:
+    """Write ``report`` as indented JSON (directories created); returns the path."""
+    d = osp.dirname(osp.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(report, f, indent=2)
+        f.write('\n')
+    return path
+
+
+def run(sections: Sequence[str] = ('cipher', 'pipeline', 'train'),
+        argv: Optional[Sequence[str]] = None, cipher_repeats: int = 50,
+        pipeline_repeats: int = 20, log: Callable[[str], None] = print,
+        **train_kwargs) -> dict:
+    """Run the chosen sections and evaluate the targets.
+
+    Args:
+        sections (Sequence[str]): Any of ``'cipher'``, ``'pipeline'``, ``'train'``.
+        argv (Sequence[str], optional): The command-line arguments, recorded in meta.
+        cipher_repeats (int): Repetitions of :func:`bench_cipher`. Defaults to 50.
+        pipeline_repeats (int): Samples per pipeline in :func:`bench_pipeline`.
+            Defaults to 20.
+        log (callable): Progress messages. Defaults to ``print``.
+        **train_kwargs: Arguments of :func:`bench_train`; its ``timer`` (if given) also
+            applies to the cipher sections, which are timed in CPU time by default.
+
+    Returns:
+        dict: ``meta``, the sections' results and ``targets``.
+    """
+    unknown = set(sections) - {'cipher', 'pipeline', 'train'}
+    if unknown:
+        raise ValueError(f"sections must be among 'cipher', 'pipeline', 'train'; got "
+                         f'{sorted(unknown)}')
+    report: Dict[str, Any] = dict(meta=_meta(argv, train_kwargs.get('device', 'cpu')))
+    # numpy work runs on the CPU whatever the training device is.
+    cipher_timer = train_kwargs.get('timer') or 'cpu'
+    if 'cipher' in sections:
+        log('Cipher: BlockScramble vs copy ...')
+        report['cipher'] = bench_cipher(cipher_repeats, timer=cipher_timer)
+    if 'pipeline' in sections:
+        log('Cipher: share of the stock Cityscapes train pipeline ...')
+        report['pipeline'] = bench_pipeline(pipeline_repeats, timer=cipher_timer)
+    if 'train' in sections:
+        log('Training throughput ...')
+        report['train'] = bench_train(log=log, **train_kwargs)
+    report['targets'] = evaluate_targets(report)
+    report['meta']['max_rss_mib'] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss /
+                                     (2 ** 20 if sys.platform == 'darwin' else 2 ** 10))
+    return report

@@ -1,0 +1,253 @@
+"""Client-side model encryption: any supported ViT checkpoint in, keyed mmseg checkpoint out.
+
+This is the model creator's step of the paper's workflow (its Fig. 1): the pre-trained
+(or already fine-tuned, "conventional 1") ViT is adapted to the secret key *locally*, and
+only the result is uploaded. The output is an ordinary mmseg checkpoint::
+
+    {'state_dict': <stock VisionTransformer (or segmentor) weights>,
+     'meta': {'ppenc': {key_fingerprint, cipher, block_size, flip_compatible, version},
+              'ppenc_model': {source_layout, mean, std, patch_bias},
+              'dataset_meta': ...}}          # only if the input had one
+
+It loads into a stock ``VisionTransformer`` (``init_cfg=dict(type='Pretrained',
+checkpoint=...)``) without this package and without the key, and
+``EncryptedVisionTransformer`` recognises it as already encrypted (``meta['ppenc']``).
+Optimizer state, message hubs and training meta of the input are not copied: they hold
+plain-model statistics (and file paths of the creator's machine) that the server must
+not get and cannot use.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Mapping, Sequence, Tuple
+
+import torch
+
+from . import __version__
+from .adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
+from .convert import MMSEG_MARKER, TIMM_MARKER, convert_timm_vit, strip_prefix
+from .hooks import CIPHER_NAME
+from .keys import SecretKey
+
+__all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'detect_layout',
+           'encrypt_model_checkpoint', 'ppenc_meta']
+
+
+class ModelEncryptionError(ValueError):
+    """A checkpoint cannot be encrypted; the message says why and what to do."""
+
+
+def ppenc_meta(key: SecretKey, block_size: int) -> dict:
+    """The ``meta['ppenc']`` record, the same fields ``KeyManagementHook`` writes.
+
+    Args:
+        key (SecretKey): The key (only its fingerprint and flip flag are recorded).
+        block_size (int): Cipher block size (= ViT patch size).
+    """
+    return dict(key_fingerprint=key.fingerprint, cipher=CIPHER_NAME,
+                block_size=int(block_size), flip_compatible=key.flip_compatible,
+                version=__version__)
+
+
+def _torch_load(path: str):
+    if path.endswith('.safetensors'):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - safetensors ships with timm
+            raise ModelEncryptionError(f'{path} is a safetensors file; install '
+                                       '`safetensors` to read it.') from None
+        return load_file(path, device='cpu')
+    try:
+        # weights_only: a checkpoint from the internet must not run code on the
+        # creator's machine, which holds the key. The compat layer allow-lists the few
+        # types mmengine checkpoints contain.
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
+        raise ModelEncryptionError(
+            f'Cannot read {path!r} as a PyTorch checkpoint with torch.load(weights_only='
+            f'True): {type(e).__name__}: {str(e).splitlines()[0][:300]}. Expected a '
+            'timm or mmseg ViT checkpoint (.pth/.pt/.bin or .safetensors).') from None
+
+
+def _unwrap(obj) -> Tuple['OrderedDict[str, torch.Tensor]', dict]:
+    meta = {}
+    if isinstance(obj, Mapping):
+        meta = obj.get('meta') if isinstance(obj.get('meta'), dict) else {}
+        for wrapper in ('state_dict', 'model', 'module'):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and inner and all(
+                    isinstance(k, str) for k in inner):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ModelEncryptionError('The checkpoint holds no state dict (expected a dict of '
+                                   'tensors, possibly under "state_dict" or "model").')
+    sd = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
+    return strip_prefix(sd), meta
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
+    """The key layout of a ViT state dict.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): The state dict (wrappers removed).
+
+    Returns:
+        tuple[str, str]: ``(layout, prefix)``: ``('timm', '')``, ``('mmseg', '')`` for
+        a backbone or ``('mmseg', 'backbone.')`` (any prefix) for a whole segmentor.
+
+    Raises:
+        ModelEncryptionError: neither layout, or several ViTs in one state dict.
+    """
+    hits = [k[:-len(MMSEG_MARKER)] for k in state_dict if k.endswith(MMSEG_MARKER)]
+    if len(hits) == 1:
+        return 'mmseg', hits[0]
+    if len(hits) > 1:
+        raise ModelEncryptionError(f'The checkpoint holds {len(hits)} ViTs ({hits}); '
+                                   'encrypt a checkpoint with exactly one.')
+    if TIMM_MARKER in state_dict:
+        return 'timm', ''
+    raise ModelEncryptionError(
+        'Unrecognised checkpoint layout. Expected a timm ViT (keys like '
+        "'patch_embed.proj.weight', 'blocks.0.attn.qkv.weight', 'cls_token', "
+        "'pos_embed') or an mmseg VisionTransformer backbone/segmentor (keys like "
+        "'[backbone.]patch_embed.projection.weight', "
+        "'[backbone.]layers.0.attn.attn.in_proj_weight'); found e.g. "
+        f'{list(state_dict)[:6]}.')
+
+
+def load_vit_checkpoint(path: str, patch_bias: str = 'fold'
+                        ) -> Tuple['OrderedDict[str, torch.Tensor]', dict, str, str]:
+    """Read a timm or mmseg ViT checkpoint and return it in mmseg's layout.
+
+    Args:
+        path (str): Local checkpoint file.
+        patch_bias (str): For timm inputs, see :func:`mmseg_ppenc.convert.convert_timm_vit`.
+            Defaults to ``'fold'``.
+
+    Returns:
+        tuple: ``(state_dict, meta, source_layout, prefix)`` where ``source_layout`` is
+        ``'timm'``, ``'mmseg-backbone'`` or ``'mmseg-segmentor'`` and ``prefix`` the ViT's
+        key prefix in ``state_dict``.
+
+    Raises:
+        ModelEncryptionError: unreadable file, unknown layout, unsupported timm variant.
+    """
+    if not os.path.isfile(path):
+        raise ModelEncryptionError(f'Checkpoint {path!r} does not exist.')
+    sd, meta = _unwrap(_torch_load(path))
+    layout, prefix = detect_layout(sd)
+    if layout == 'timm':
+        try:
+            sd = convert_timm_vit(sd, patch_bias=patch_bias)
+        except ValueError as e:
+            raise ModelEncryptionError(str(e)) from None
+        return sd, meta, 'timm', ''
+    return sd, meta, ('mmseg-backbone' if prefix == '' else 'mmseg-segmentor'), prefix
+
+
+def convert_plain_checkpoint(src: str, dst: str, force: bool = False) -> dict:
+    """Convert a timm ViT checkpoint to an mmseg backbone checkpoint, without encrypting.
+
+    The baseline and conventional-2 configs need the *plain* pre-trained weights in the
+    same layout (patch bias folded exactly as :func:`encrypt_model_checkpoint` does), so
+    that all three settings start from the same function.
+
+    Args:
+        src (str): timm (or mmseg) ViT checkpoint.
+        dst (str): Output path; written atomically.
+        force (bool): Overwrite ``dst``. Defaults to False.
+
+    Returns:
+        dict: ``source_layout``, ``num_tensors``, ``dst``.
+    """
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ModelEncryptionError(f'IN and OUT are the same file ({src}).')
+    if os.path.exists(dst) and not force:
+        raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
+    sd, meta, layout, prefix = load_vit_checkpoint(src)
+    if isinstance(meta.get('ppenc'), dict):
+        fp = meta['ppenc'].get('key_fingerprint')
+        raise ModelEncryptionError(f'{src} is encrypted (key {fp}); this tool converts '
+                                   'plain checkpoints.')
+    sd = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
+    _atomic_save({'state_dict': sd, 'meta': {}}, dst)
+    return dict(source_layout=layout, num_tensors=len(sd), dst=dst)
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = f'{path}.tmp-{os.getpid()}'
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
+                             mean: Sequence[float] = IMAGENET_MEAN,
+                             std: Sequence[float] = IMAGENET_STD,
+                             patch_bias: str = 'fold',
+                             backbone_only: bool = False,
+                             force: bool = False) -> dict:
+    """Encrypt a plain ViT checkpoint for ``key`` and write an mmseg checkpoint.
+
+    Args:
+        src (str): Plain checkpoint: timm ViT (``vit_base_patch16_384`` layout), mmseg
+            ``VisionTransformer`` backbone, or whole mmseg segmentor (e.g. a model
+            fine-tuned on plain images).
+        dst (str): Output path; written atomically.
+        key (SecretKey): The key the data is (or will be) encrypted with.
+        mean (Sequence[float]): The data preprocessor's mean, RGB. Defaults to mmseg's
+            ImageNet values.
+        std (Sequence[float]): The data preprocessor's std, RGB. Defaults to mmseg's
+            ImageNet values.
+        patch_bias (str): timm patch-embedding bias handling (``'fold'`` or ``'keep'``).
+            Defaults to ``'fold'``.
+        backbone_only (bool): For a segmentor input, write only the backbone (for
+            ``init_cfg``) instead of the whole segmentor (for ``load_from``).
+            Defaults to False.
+        force (bool): Overwrite ``dst``. Defaults to False.
+
+    Returns:
+        dict: ``source_layout``, ``output`` (``'backbone'``/``'segmentor'``),
+        ``num_tensors``, ``key_fingerprint``, ``block_size``, ``dst``.
+
+    Raises:
+        ModelEncryptionError: unreadable or unsupported input, an input that is already
+            encrypted, ``dst`` exists (without ``force``) or equals ``src``.
+    """
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ModelEncryptionError(f'IN and OUT are the same file ({src}); write the '
+                                   'encrypted model to a new path and keep the plain one.')
+    if os.path.exists(dst) and not force:
+        raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
+    sd, meta, layout, prefix = load_vit_checkpoint(src, patch_bias)
+    if isinstance(meta.get('ppenc'), dict):
+        raise ModelEncryptionError(
+            f'{src} is already encrypted (meta["ppenc"] records key '
+            f'{meta["ppenc"].get("key_fingerprint")}); encrypting it again would not '
+            'match any images. Start from the plain checkpoint.')
+    if backbone_only and prefix:
+        sd = OrderedDict((k[len(prefix):], v) for k, v in sd.items()
+                         if k.startswith(prefix))
+        prefix = ''
+    try:
+        enc = encrypt_vit_state_dict(sd, key, mean, std, prefix=prefix)
+    except (KeyError, ValueError) as e:
+        raise ModelEncryptionError(f'Cannot adapt {src}: {e}') from None
+    block_size = int(enc[prefix + MMSEG_MARKER].shape[-1])
+    out_meta = {'ppenc': ppenc_meta(key, block_size),
+                'ppenc_model': dict(source_layout=layout, mean=[float(v) for v in mean],
+                                    std=[float(v) for v in std],
+                                    patch_bias=patch_bias if layout == 'timm' else None)}
+    if isinstance(meta.get('dataset_meta'), dict):
+        out_meta['dataset_meta'] = meta['dataset_meta']
+    parent = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(parent, exist_ok=True)
+    _atomic_save({'state_dict': enc, 'meta': out_meta}, dst)
+    return dict(source_layout=layout, output='segmentor' if prefix else 'backbone',
+                num_tensors=len(enc), key_fingerprint=key.fingerprint,
+                block_size=block_size, dst=dst)

@@ -1,0 +1,142 @@
+"""Block encryption on the accelerator, inside the data preprocessor (simulation configs)."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from mmseg.models.data_preprocessor import SegDataPreProcessor
+from mmseg.registry import MODELS
+
+from ..cipher import BlockCipher, get_cipher
+from ..keys import resolve_key
+
+__all__ = ['EncryptedSegDataPreProcessor']
+
+
+@MODELS.register_module()
+class EncryptedSegDataPreProcessor(SegDataPreProcessor):
+    """``SegDataPreProcessor`` that first encrypts the uint8 batch block-wise on its device.
+
+    For simulations, where the plain images are at hand anyway (e.g. measuring the
+    method on a public dataset): the pipeline stays plain and the scrambling runs as one
+    gather on the GPU (``BlockCipher.permute_tensor``), instead of ``BlockScramble`` in
+    the dataloader workers. The model sees exactly the tensor it would get from a
+    pipeline ending in ``BlockScramble`` (same ``pad_to_grid`` semantics), so the two are
+    interchangeable. In a real deployment the server must never see plain images: use
+    ``BlockScramble`` on the client (or encrypted files) there.
+
+    Args:
+        key_file (str, optional): Key file. Defaults to None (``$PPENC_KEY_FILE``).
+        block_size (int): Cipher block size (the ViT patch size). Defaults to 16.
+        pad_to_grid (bool): Pad inputs whose sides are not multiples of ``block_size``
+            at the bottom/right before encryption, images with ``grid_pad_val`` and labels
+            with ``seg_pad_val``, as ``BlockScramble(pad_to_grid=True)`` does. Defaults
+            to False (off-grid inputs raise).
+        grid_pad_val (int): Raw pixel value of that padding. Defaults to 0.
+        **kwargs: Arguments of ``mmseg.models.SegDataPreProcessor``. Inputs are taken to
+            be BGR when ``bgr_to_rgb=True`` (as mmcv loads them), RGB otherwise.
+    """
+
+    def __init__(self,
+                 key_file: Optional[str] = None,
+                 block_size: int = 16,
+                 pad_to_grid: bool = False,
+                 grid_pad_val: int = 0,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.key_file = key_file
+        self.block_size = block_size
+        self.pad_to_grid = pad_to_grid
+        self.grid_pad_val = grid_pad_val
+        self._inputs_bgr = bool(kwargs.get('bgr_to_rgb', False))
+        # Resolve now: a missing key fails when the model is built, not mid-run.
+        self._cipher: Optional[BlockCipher] = None
+        self._cipher_key_file = None
+        self.key_fingerprint = self.cipher.key_fingerprint
+
+    @property
+    def cipher(self) -> BlockCipher:
+        """The cipher, (re)loaded if the selected key file changed."""
+        selected = self.key_file or os.environ.get('PPENC_KEY_FILE')
+        if self._cipher is None or selected != self._cipher_key_file:
+            self._cipher = get_cipher(resolve_key(self.key_file), self.block_size)
+            self._cipher_key_file = selected
+            self.key_fingerprint = self._cipher.key_fingerprint
+        return self._cipher
+
+    def __getstate__(self):
+        # Pickled copies (spawned workers, deepcopy) reload the key from its file instead
+        # of carrying the key-derived permutation.
+        state = self.__dict__.copy()
+        state['_cipher'] = None
+        state['_cipher_key_file'] = None
+        return state
+
+    def _pad(self, img: torch.Tensor, sample: Any) -> torch.Tensor:
+        b = self.block_size
+        h, w = img.shape[-2:]
+        ph, pw = (-h) % b, (-w) % b
+        if not (ph or pw):
+            return img
+        if not self.pad_to_grid:
+            raise ValueError(
+                f'EncryptedSegDataPreProcessor got a {h}x{w} input; expected sides that '
+                f'are multiples of {b}. Keep inputs on the block grid or pass '
+                'pad_to_grid=True.')
+        img = F.pad(img, (0, pw, 0, ph), value=self.grid_pad_val)
+        if sample is not None:
+            for field in ('gt_sem_seg', 'gt_edge_map'):
+                if field in sample:
+                    pix = getattr(sample, field)
+                    data = pix.data
+                    del pix.data
+                    pix.data = F.pad(data, (0, pw, 0, ph), value=self.seg_pad_val)
+            sample.set_metainfo(dict(img_shape=tuple(img.shape[-2:])))
+        return img
+
+    def encrypt_inputs(self, inputs: List[torch.Tensor],
+                       data_samples: Optional[list] = None) -> List[torch.Tensor]:
+        """Encrypt a list of C x H x W uint8 images (loader channel order), on their device.
+
+        Args:
+            inputs (list[torch.Tensor]): Images as the dataloader packs them.
+            data_samples (list, optional): Their data samples (labels are padded along
+                when ``pad_to_grid`` pads). Defaults to None.
+
+        Returns:
+            list[torch.Tensor]: The encrypted images, same order and layout.
+        """
+        samples = data_samples if data_samples is not None else [None] * len(inputs)
+        padded = [self._pad(x, s) for x, s in zip(inputs, samples)]
+        out: List[Optional[torch.Tensor]] = [None] * len(padded)
+        # One gather per group of equal shapes (a training batch is usually one group).
+        groups: Dict[tuple, List[int]] = {}
+        for i, x in enumerate(padded):
+            groups.setdefault((tuple(x.shape), x.dtype), []).append(i)
+        cipher = self.cipher
+        for idx in groups.values():
+            x = torch.stack([padded[i] for i in idx])
+            # The cipher is defined on RGB; mmcv loads BGR.
+            if self._inputs_bgr:
+                x = cipher.permute_tensor(x.flip(1)).flip(1)
+            else:
+                x = cipher.permute_tensor(x)
+            for j, i in enumerate(idx):
+                out[i] = x[j]
+        return out
+
+    def forward(self, data: dict, training: bool = False) -> Dict[str, Any]:
+        """Encrypt the raw batch, then normalise, pad and stack as the parent does.
+
+        Args:
+            data (dict): Data from the dataloader (``inputs``: uint8 C x H x W tensors).
+            training (bool): Training mode. Defaults to False.
+
+        Returns:
+            dict: ``inputs`` (normalised encrypted batch) and ``data_samples``.
+        """
+        data = self.cast_data(data)
+        data['inputs'] = self.encrypt_inputs(data['inputs'], data.get('data_samples'))
+        return super().forward(data, training)

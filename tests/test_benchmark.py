@@ -1,0 +1,267 @@
+"""tools/benchmark.py and its library (no timed assertions), and the bf16 AMP fallback."""
+import copy
+import importlib.util
+import json
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.optim import OptimWrapper, build_optim_wrapper
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
+
+from mmseg_ppenc import benchmark as bm
+from mmseg_ppenc.optim import BF16AmpOptimWrapper, bf16_autocast_supported
+
+from conftest import REPO, tiny_config
+
+register_all_modules(init_default_scope=True)
+
+
+# --------------------------------------------------------------------------- targets
+@pytest.mark.parametrize('value,threshold,op,applies,expected', [
+    (1.0, 2.0, '<=', True, 'met'),
+    (2.0, 2.0, '<=', True, 'met'),
+    (2.1, 2.0, '<=', True, 'missed'),
+    (0.99, 0.98, '>=', True, 'met'),
+    (0.97, 0.98, '>=', True, 'missed'),
+    (7.0, 6.0, '>=', False, 'n/a'),
+    (None, 6.0, '>=', True, 'n/a'),
+])
+def test_check(value, threshold, op, applies, expected):
+    assert bm.check(value, threshold, op, applies) == expected
+
+
+def test_check_rejects_unknown_op():
+    with pytest.raises(ValueError, match="'<=' or '>=', got '<'"):
+        bm.check(1.0, 2.0, '<')
+
+
+def test_time_interleaved_structure():
+    calls = []
+    samples = bm.time_interleaved({'a': lambda: calls.append('a'),
+                                   'b': lambda: calls.append('b')}, repeats=3, warmup=1)
+    assert calls == ['a', 'b', 'b', 'a', 'a', 'b', 'b', 'a']  # order rotates per round
+    for name in 'ab':
+        assert set(samples[name]) == {'wall', 'cpu'}
+        assert len(samples[name]['wall']) == len(samples[name]['cpu']) == 3
+    with pytest.raises(ValueError, match='repeats must be >= 1, got 0'):
+        bm.time_interleaved({'a': lambda: None}, repeats=0)
+
+
+def _variant(name, setting, batch, ms, mem, compile=False, samples=None):
+    return dict(name=name, setting=setting, batch=batch, compile=compile,
+                step=dict(median_ms=ms), samples_ms=samples or [ms], img_per_s=batch / ms * 1e3,
+                peak_mem_mib=mem, mem_kind='cuda max_memory_allocated', backbone='x',
+                attention='fused', precision='bf16 autocast')
+
+
+def _fake_report(device='cuda', arch='vit-l', plugin_ms=200.0, proposed_ms=201.0,
+                 plugin_b2_mem=9000.0):
+    variants = [
+        _variant('stock fp32 b2', 'stock', 2, 375.0, 27000.0),
+        dict(name='stock fp32 b8', setting='stock', batch=8, compile=False,
+             error='out of memory'),
+        _variant('plugin baseline b2', 'baseline', 2, 100.0, plugin_b2_mem),
+        _variant('plugin baseline b8', 'baseline', 8, plugin_ms, 25000.0),
+        _variant('plugin conventional2 b8', 'conventional2', 8, plugin_ms, 25000.0),
+        _variant('plugin proposed b8', 'proposed', 8, proposed_ms, 25000.0),
+    ]
+    size = dict(cpu_median_ms=1.0, wall_median_ms=1.0, timer='cpu')
+    return dict(
+        cipher={'768x768': dict(copy=dict(size, median_ms=0.1),
+                                scramble=dict(size, median_ms=1.5),
+                                full_map=dict(size, median_ms=3.0),
+                                scramble_over_copy=15.0)},
+        pipeline=dict(plain=dict(size, median_ms=100.0), encrypted=dict(size, median_ms=101.0),
+                      scramble=dict(size, median_ms=1.5), share=0.015),
+        train=dict(device=device, arch=arch, decoder='mla', size=768, batch=8,
+                   steps=10, warmup=3, interleaved=False, timer='wall', torch_threads=16,
+                   variants=variants))
+
+
+def _status(targets, prefix):
+    (t,) = [t for t in targets if t['name'].startswith(prefix)]
+    return t['status'], t['value']
+
+
+def test_evaluate_targets_met_and_missed():
+    targets = bm.evaluate_targets(_fake_report())
+    assert _status(targets, 'BlockScramble ms')[0] == 'met'
+    assert _status(targets, 'BlockScramble share')[0] == 'met'
+    assert _status(targets, 'proposed/baseline') == ('met', pytest.approx(200 / 201))
+    status, speed = _status(targets, 'plugin/stock fp32 images/s')
+    # best plugin (b8: 40 img/s) over the best stock that ran (b2: 5.33 img/s)
+    assert speed == pytest.approx((8 / 0.2) / (2 / 0.375)) and status == 'met'
+    assert _status(targets, 'plugin/stock fp32 peak memory') == ('met',
+                                                                 pytest.approx(1 / 3))
+
+    targets = bm.evaluate_targets(_fake_report(plugin_ms=1000.0, proposed_ms=1100.0,
+                                               plugin_b2_mem=20000.0))
+    assert _status(targets, 'proposed/baseline')[0] == 'missed'
+    assert _status(targets, 'plugin/stock fp32 images/s')[0] == 'missed'
+    assert _status(targets, 'plugin/stock fp32 peak memory')[0] == 'missed'
+
+    # The stock-vs-plugin targets are for ViT-L + MLA at 768 on a GPU only.
+    targets = bm.evaluate_targets(_fake_report(device='cpu', arch='tiny'))
+    assert _status(targets, 'plugin/stock fp32 images/s')[0] == 'n/a'
+    assert _status(targets, 'plugin/stock fp32 peak memory')[0] == 'n/a'
+    assert _status(targets, 'proposed/baseline')[0] == 'met'
+
+
+def test_interleaved_ratio_is_median_of_rounds():
+    train = dict(interleaved=True)
+    base = _variant('b', 'baseline', 2, 100.0, 1.0, samples=[100.0, 100.0, 300.0])
+    prop = _variant('p', 'proposed', 2, 100.0, 1.0, samples=[101.0, 99.0, 600.0])
+    # rounds: 100/101, 100/99, 300/600 -> median 100/101
+    assert bm.throughput_ratio(train, prop, base) == pytest.approx(100 / 101)
+
+
+def test_format_report_and_json(tmp_path):
+    report = _fake_report()
+    report['targets'] = bm.evaluate_targets(report)
+    text = bm.format_report(report)
+    for needle in ('1. Cipher cost', 'Stock Cityscapes train pipeline', '2./3. Training',
+                   'out of memory', 'Targets', 'MET'):
+        assert needle in text
+    report['targets'][0]['status'] = 'missed'
+    assert 'MISSED' in bm.format_report(report)
+    path = bm.write_json(report, str(tmp_path / 'sub' / 'b.json'))
+    assert json.load(open(path)) == json.loads(json.dumps(report))
+
+
+# --------------------------------------------------------------------------- library
+def test_bench_cipher_small():
+    res = bm.bench_cipher(repeats=2, sizes=((32, 48),))
+    r = res['32x48']
+    for k in ('copy', 'scramble', 'full_map'):
+        assert r[k]['n'] == 2 and r[k]['median_ms'] >= 0 and r[k]['timer'] == 'cpu'
+        assert {'wall_median_ms', 'cpu_median_ms', 'min_ms', 'max_ms'} <= set(r[k])
+    assert r['scramble_over_copy'] > 0
+
+
+def test_model_configs():
+    cfgs = bm.model_configs('tiny', 'pup', 32)
+    assert list(cfgs) == ['stock', 'baseline', 'conventional2', 'proposed']
+    stock, stock_optim = cfgs['stock']
+    assert stock['backbone']['type'] == 'VisionTransformer'
+    assert 'attn_impl' not in stock['backbone'] and stock_optim['type'] == 'OptimWrapper'
+    for setting in ('baseline', 'conventional2', 'proposed'):
+        model, optim = cfgs[setting]
+        assert optim['type'] == 'BF16AmpOptimWrapper'
+        assert model['backbone']['attn_impl'] == 'fused'
+        assert model['backbone']['img_size'] == (32, 32)
+        assert model['data_preprocessor']['size'] == (32, 32)
+        assert model['data_preprocessor']['type'] == (
+            'SegDataPreProcessor' if setting == 'baseline' else 'EncryptedSegDataPreProcessor')
+    assert cfgs['proposed'][0]['backbone']['type'] == 'EncryptedVisionTransformer'
+    # Same model apart from attention and the encryption.
+    a, b = copy.deepcopy(stock), copy.deepcopy(cfgs['baseline'][0])
+    for m in (a, b):
+        m['backbone'].pop('type')
+        m['backbone'].pop('attn_impl', None)
+    assert a == b
+
+    # ViT-L: mmseg's own stock config, made single-process.
+    stock_l, _ = bm.model_configs('vit-l', 'mla', 768)['stock']
+    assert stock_l['backbone']['embed_dims'] == 1024
+    assert 'SyncBN' not in json.dumps(stock_l) and stock_l['backbone']['init_cfg'] is None
+    with pytest.raises(ValueError, match="got 'vit-h'"):
+        bm.model_configs('vit-h')
+    with pytest.raises(ValueError, match='multiple of 16.*got 40'):
+        bm.model_configs('tiny', 'mla', 40)
+
+
+def test_bench_train_tiny():
+    res = bm.bench_train('tiny', 'naive', size=32, batch=1, steps=1, warmup=1,
+                         log=lambda msg: None)
+    names = [v['name'] for v in res['variants']]
+    assert names == ['stock fp32 b1', 'plugin baseline b1', 'plugin conventional2 b1',
+                     'plugin proposed b1']
+    by = {v['setting']: v for v in res['variants']}
+    assert by['stock']['backbone'] == 'VisionTransformer' and by['stock']['attention'] == 'stock'
+    assert by['proposed']['backbone'] == 'EncryptedVisionTransformer'
+    assert all(v['precision'] == 'fp32' for v in res['variants'])  # CPU: bf16 falls back
+    assert by['baseline']['encryption'] == 'none'
+    assert 'EncryptedSegDataPreProcessor' in by['proposed']['encryption']
+    for v in res['variants']:
+        assert v['img_per_s'] > 0 and v['peak_mem_mib'] > 0 and v['step']['n'] == 1
+    assert res['interleaved'] and res['timer'] == 'cpu'
+
+
+def test_tool_end_to_end(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('benchmark_tool',
+                                                  osp.join(REPO, 'tools', 'benchmark.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / 'bench.json'
+    tool.main(['--sections', 'cipher', 'pipeline', 'train', '--cipher-repeats', '2',
+               '--pipeline-repeats', '1', '--size', '32', '--batch', '1', '--steps', '1',
+               '--warmup', '1', '--out', str(out)])
+    text = capsys.readouterr().out
+    assert 'Targets' in text and str(out) in text
+    report = json.load(open(out))
+    assert set(report) == {'meta', 'cipher', 'pipeline', 'train', 'targets'}
+    assert set(report['cipher']) == {'768x768', '1024x2048'}
+    assert 0 < report['pipeline']['share'] < 1
+    assert report['meta']['command'].startswith('python tools/benchmark.py --sections')
+    statuses = {t['name']: t['status'] for t in report['targets']}
+    assert len(statuses) == 6 and set(statuses.values()) <= {'met', 'missed', 'n/a'}
+    assert statuses['plugin/stock fp32 images/s (best of each)'] == 'n/a'
+
+
+# --------------------------------------------------------------------------- AMP
+def test_bf16_support_rules():
+    assert not bf16_autocast_supported('cpu')
+    assert bf16_autocast_supported('cpu', allow_cpu=True)
+    assert not bf16_autocast_supported('mps')
+    if not torch.cuda.is_available():
+        assert not bf16_autocast_supported('cuda')
+
+
+def _shipped_optim_cfg():
+    cfg = Config.fromfile(osp.join(REPO, 'configs', 'ppenc',
+                                   'setr_vit-b_mla_cityscapes_baseline.py'))
+    assert cfg.optim_wrapper.type == 'BF16AmpOptimWrapper'
+    return cfg.optim_wrapper.to_dict()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU fallback')
+def test_amp_falls_back_to_fp32_on_this_cpu(key_env):
+    """A shipped full-size optim_wrapper trains a (tiny) model on the CPU in float32."""
+    cfg = Config.fromfile(tiny_config('mla', 'proposed'))
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    wrapper = build_optim_wrapper(model, _shipped_optim_cfg())
+    assert isinstance(wrapper, BF16AmpOptimWrapper)
+    assert wrapper.autocast_dtype('cpu') is None
+    with wrapper.optim_context(model):
+        assert not torch.is_autocast_enabled('cpu')
+        assert model.backbone.patch_embed.projection(torch.randn(1, 3, 16, 16)).dtype == \
+            torch.float32
+    data = bm._synthetic_batch(2, 64, 19, seed=0)
+    before = model.backbone.patch_embed.projection.weight.detach().clone()
+    log_vars = model.train_step(data, wrapper)
+    assert torch.isfinite(log_vars['loss'])
+    assert not torch.equal(before, model.backbone.patch_embed.projection.weight)
+
+
+def test_amp_bf16_when_allowed_and_checkpoints_interchange():
+    model = torch.nn.Linear(8, 4)
+    wrapper = BF16AmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1,
+                                                            momentum=0.9),
+                                  allow_cpu=True)
+    assert wrapper.autocast_dtype('cpu') == torch.bfloat16
+    with wrapper.optim_context(model):
+        out = model(torch.randn(2, 8))
+        assert out.dtype == torch.bfloat16
+        loss = out.float().square().mean()
+    wrapper.update_params(loss)
+    assert model.weight.dtype == torch.float32 and model.weight.grad is None
+    # No loss scaler: the state dict is a plain OptimWrapper's, in both directions.
+    plain = OptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    plain.load_state_dict(wrapper.state_dict())
+    wrapper.load_state_dict(plain.state_dict())
+    assert 'loss_scaler' not in wrapper.state_dict()

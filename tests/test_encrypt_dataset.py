@@ -1,0 +1,278 @@
+"""tools/encrypt_dataset.py: exact, non-destructive, atomic and resumable (acceptance 2)."""
+import hashlib
+import importlib.util
+import json
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmseg_ppenc.cipher import decrypt_image, encrypt_image
+from mmseg_ppenc.datasets import (MANIFEST_NAME, DatasetEncryptionError, encrypt_dataset,
+                                  make_synthetic_cityscapes, read_manifest)
+from mmseg_ppenc.hooks import find_key_material
+from mmseg_ppenc.keys import SecretKey
+
+from conftest import REPO
+
+TOOL = osp.join(REPO, 'tools', 'encrypt_dataset.py')
+_spec = importlib.util.spec_from_file_location('encrypt_dataset_tool', TOOL)
+tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tool)
+
+
+def snapshot(root):
+    """relative path -> (sha256, size, mtime_ns) of every file under root."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = osp.join(d, f)
+            st = os.stat(p)
+            with open(p, 'rb') as fh:
+                out[osp.relpath(p, root)] = (hashlib.sha256(fh.read()).hexdigest(),
+                                             st.st_size, st.st_mtime_ns)
+    return out
+
+
+def contents(root):
+    return {k: v[0] for k, v in snapshot(root).items()}
+
+
+def run_main(argv, capsys):
+    """Run the tool's main() in-process; return (exit message or None, stdout)."""
+    try:
+        tool.main(argv)
+        code = None
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture(scope='module')
+def src_tree(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('encds') / 'cityscapes')
+    make_synthetic_cityscapes(root, num_train=9, num_val=3, height=64, width=128, seed=5)
+    # Files that are neither images nor label maps are copied too.
+    with open(osp.join(root, 'README.txt'), 'w') as f:
+        f.write('synthetic\n')
+    with open(osp.join(root, 'gtFine', 'train', 'aachen',
+                       'aachen_000000_000019_gtFine_polygons.json'), 'w') as f:
+        json.dump({'objects': []}, f)
+    return root
+
+
+@pytest.fixture(scope='module')
+def key_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('encds_key') / 'client.key')
+    SecretKey.generate().save(path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def reference(src_tree, key_file, tmp_path_factory):
+    """An uninterrupted run with several worker processes.
+
+    OpenCV's thread pool is started first, as in any program that used OpenCV before
+    calling the library: forked workers must not hang on it.
+    """
+    cv2.resize(np.zeros((1024, 1024, 3), np.uint8), (512, 512))
+    before = snapshot(src_tree)
+    dst = str(tmp_path_factory.mktemp('encds_ref') / 'enc')
+    summary = encrypt_dataset(src_tree, dst, SecretKey.load(key_file), workers=2,
+                              progress=False)
+    assert snapshot(src_tree) == before  # SRC untouched (contents and mtimes)
+    return dst, summary
+
+
+@pytest.mark.timeout(300)
+def test_outputs_decrypt_to_source(src_tree, key_file, reference):
+    dst, summary = reference
+    key = SecretKey.load(key_file)
+    assert summary.images_encrypted == 12 and summary.images_skipped == 0
+    assert summary.files_copied == 12 + 2  # label maps + README + json
+    assert summary.key_fingerprint == key.fingerprint and summary.images_per_second > 0
+    src_files, dst_files = contents(src_tree), contents(dst)
+    assert set(dst_files) == set(src_files) | {MANIFEST_NAME}
+    n_images = 0
+    for rel in src_files:
+        if rel.startswith('leftImg8bit'):
+            src_rgb = cv2.imread(osp.join(src_tree, rel))[..., ::-1]
+            enc_rgb = cv2.imread(osp.join(dst, rel))[..., ::-1]
+            assert not np.array_equal(enc_rgb, src_rgb)
+            assert np.array_equal(decrypt_image(np.ascontiguousarray(enc_rgb), key), src_rgb)
+            assert np.array_equal(encrypt_image(np.ascontiguousarray(src_rgb), key), enc_rgb)
+            n_images += 1
+        else:
+            assert dst_files[rel] == src_files[rel], rel  # labels and others: byte copies
+    assert n_images == 12
+    manifest = read_manifest(dst)
+    assert manifest['complete'] is True and manifest['key_fingerprint'] == key.fingerprint
+    assert manifest['block_size'] == 16 and manifest['layout'] == 'cityscapes'
+    assert manifest['counts'] == {'images': 12, 'label_maps': 12, 'other_files': 2,
+                                  'padded_images': 0, 'padded_label_maps': 0}
+    assert find_key_material([dst], key) == []
+
+
+def test_killed_run_resumes_to_identical_tree(src_tree, key_file, reference, tmp_path,
+                                              capsys):
+    ref_dst, _ = reference
+    dst = str(tmp_path / 'enc')
+    env = dict(os.environ, PPENC_KEY_FILE=key_file, PYTHONWARNINGS='ignore')
+    # A real SIGKILL of the tool and its workers after 7 files (deterministic point).
+    res = subprocess.run([sys.executable, TOOL, src_tree, dst, '--workers', '2',
+                          '--_kill-after', '7'], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    partial = contents(dst)
+    finished = [p for p in partial if p not in (MANIFEST_NAME, '.ppenc_encrypt.lock')
+                and '.tmp-' not in p]
+    assert 7 <= len(finished) < 26
+    assert read_manifest(dst)['complete'] is False
+    # Leftovers of a write in progress must not survive the rerun.
+    stale = osp.join(dst, 'leftImg8bit', 'val', 'frankfurt',
+                     'frankfurt_000000_000019_leftImg8bit.png.tmp-99999')
+    os.makedirs(osp.dirname(stale), exist_ok=True)
+    with open(stale, 'wb') as f:
+        f.write(b'\x89PNG partial')
+    code, out = run_main([src_tree, dst, '--key-file', key_file, '--no-progress'], capsys)
+    assert code is None
+    images_done = sum(p.startswith('leftImg8bit') for p in finished)
+    assert f'Encrypted {12 - images_done} images ({images_done} already done)' in out
+    assert 'Removed' in out and 'partial file' in out
+    assert contents(dst) == contents(ref_dst)  # byte-identical to the uninterrupted run
+    # A second run does no work and touches nothing.
+    before = snapshot(dst)
+    code, out = run_main([src_tree, dst, '--key-file', key_file, '--no-progress'], capsys)
+    assert code is None
+    assert 'Encrypted 0 images (12 already done), copied 0 files (14 already done)' in out
+    assert snapshot(dst) == before
+
+
+def test_rerun_with_another_key_is_refused(src_tree, reference, tmp_path, capsys):
+    other = str(tmp_path / 'other.key')
+    SecretKey.generate().save(other)
+    code, _ = run_main([src_tree, reference[0], '--key-file', other], capsys)
+    assert code.startswith('error: ') and 'key_fingerprint=' in code and 'new DST' in code
+
+
+@pytest.mark.parametrize('case', ['same', 'inside', 'lossy', 'no_key', 'not_cityscapes',
+                                  'already_encrypted', 'foreign_dst'])
+def test_user_errors(case, src_tree, key_file, reference, tmp_path, capsys, monkeypatch):
+    args = [src_tree, str(tmp_path / 'out'), '--key-file', key_file]
+    expect = {'same': 'same directory', 'inside': 'lies inside SRC',
+              'lossy': 'lossy', 'no_key': 'tools/keygen.py',
+              'not_cityscapes': 'no leftImg8bit/', 'already_encrypted': 'already an encrypted',
+              'foreign_dst': 'not an encrypted tree'}[case]
+    if case == 'same':
+        args[1] = src_tree
+    elif case == 'inside':
+        args[1] = osp.join(src_tree, 'encrypted')
+    elif case == 'lossy':
+        args += ['--format', 'jpg']
+    elif case == 'no_key':
+        args = args[:2]
+        monkeypatch.delenv('PPENC_KEY_FILE', raising=False)
+    elif case == 'not_cityscapes':
+        args[0] = osp.join(src_tree, 'gtFine')
+    elif case == 'already_encrypted':
+        args[0] = reference[0]
+    elif case == 'foreign_dst':
+        os.makedirs(args[1])
+        open(osp.join(args[1], 'something.txt'), 'w').close()
+    before = snapshot(src_tree)
+    code, _ = run_main(args, capsys)
+    assert isinstance(code, str) and code.startswith('error: ') and expect in code, code
+    assert snapshot(src_tree) == before
+    assert not osp.exists(osp.join(src_tree, 'encrypted'))
+
+
+@pytest.fixture
+def off_grid_tree(tmp_path):
+    root = tmp_path / 'offgrid'
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {'a': (60, 100), 'b': (64, 128), 'c': (50, 64)}.items():
+        d = root / 'leftImg8bit' / 'train' / 'x'
+        g = root / 'gtFine' / 'train' / 'x'
+        d.mkdir(parents=True, exist_ok=True)
+        g.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f'{name}_leftImg8bit.png'),
+                    rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        Image.fromarray(rng.integers(0, 19, (h, w), dtype=np.uint8)).save(
+            g / f'{name}_gtFine_labelTrainIds.png')
+    return str(root)
+
+
+def test_off_grid_refused_with_list(off_grid_tree, key_file, tmp_path, capsys):
+    code, _ = run_main([off_grid_tree, str(tmp_path / 'o'), '--key-file', key_file], capsys)
+    assert code.startswith('error: 2 image(s)')
+    assert 'a_leftImg8bit.png (60x100)' in code and 'c_leftImg8bit.png (50x64)' in code
+    assert 'b_leftImg8bit' not in code and '--pad' in code
+    assert not osp.exists(tmp_path / 'o')  # refused before writing anything
+
+
+def test_pad_option(off_grid_tree, key_file, tmp_path, capsys):
+    dst = str(tmp_path / 'padded')
+    code, out = run_main([off_grid_tree, dst, '--key-file', key_file, '--pad',
+                          '--workers', '1', '--no-progress'], capsys)
+    assert code is None and 'Padded to the block grid: 2 images, 2 label maps' in out
+    key = SecretKey.load(key_file)
+    for name, (h, w) in {'a': (60, 100), 'b': (64, 128), 'c': (50, 64)}.items():
+        rel = f'leftImg8bit/train/x/{name}_leftImg8bit.png'
+        src = cv2.imread(osp.join(off_grid_tree, rel))[..., ::-1]
+        enc = np.ascontiguousarray(cv2.imread(osp.join(dst, rel))[..., ::-1])
+        H, W = -(-h // 16) * 16, -(-w // 16) * 16
+        assert enc.shape == (H, W, 3)
+        dec = decrypt_image(enc, key)
+        assert np.array_equal(dec[:h, :w], src) and (dec[h:] == 0).all() and \
+            (dec[:, w:] == 0).all()
+        lrel = f'gtFine/train/x/{name}_gtFine_labelTrainIds.png'
+        lab_src = np.asarray(Image.open(osp.join(off_grid_tree, lrel)))
+        lab = np.asarray(Image.open(osp.join(dst, lrel)))
+        assert lab.shape == (H, W) and np.array_equal(lab[:h, :w], lab_src)
+        assert (lab[h:] == 255).all() and (lab[:, w:] == 255).all()
+    assert read_manifest(dst)['pad'] is True
+
+
+def test_ade20k_jpeg_source_becomes_png(tmp_path, key_file):
+    src = tmp_path / 'ade'
+    rng = np.random.default_rng(1)
+    (src / 'images' / 'training').mkdir(parents=True)
+    (src / 'annotations' / 'training').mkdir(parents=True)
+    img = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    cv2.imwrite(str(src / 'images' / 'training' / 'ADE_train_1.jpg'), img)
+    Image.fromarray(rng.integers(0, 150, (48, 80), dtype=np.uint8)).save(
+        src / 'annotations' / 'training' / 'ADE_train_1.png')
+    dst = tmp_path / 'ade_enc'
+    key = SecretKey.load(key_file)
+    encrypt_dataset(str(src), str(dst), key, layout='ade20k', workers=1, progress=False)
+    out = dst / 'images' / 'training' / 'ADE_train_1.png'
+    assert out.is_file() and not (dst / 'images' / 'training' / 'ADE_train_1.jpg').exists()
+    # Decrypts to exactly what mmseg would decode from the JPEG.
+    jpg_rgb = cv2.imread(str(src / 'images' / 'training' / 'ADE_train_1.jpg'))[..., ::-1]
+    dec = decrypt_image(np.ascontiguousarray(cv2.imread(str(out))[..., ::-1]), key)
+    assert np.array_equal(dec, jpg_rgb)
+    assert (dst / 'annotations' / 'training' / 'ADE_train_1.png').read_bytes() == \
+        (src / 'annotations' / 'training' / 'ADE_train_1.png').read_bytes()
+    assert read_manifest(str(dst))['img_suffix'] == '.png'
+
+
+def test_folder_layout_and_name_collision(tmp_path, key_file):
+    src = tmp_path / 'folder'
+    (src / 'sub').mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    cv2.imwrite(str(src / 'sub' / 'x.png'), rng.integers(0, 256, (32, 32, 3), np.uint8))
+    (src / 'notes.md').write_text('n')
+    key = SecretKey.load(key_file)
+    s = encrypt_dataset(str(src), str(tmp_path / 'f_enc'), key, layout='folder',
+                        workers=1, progress=False)
+    assert s.images_encrypted == 1 and s.files_copied == 1
+    cv2.imwrite(str(src / 'sub' / 'x.jpg'), rng.integers(0, 256, (32, 32, 3), np.uint8))
+    with pytest.raises(DatasetEncryptionError, match='would both be written to'):
+        encrypt_dataset(str(src), str(tmp_path / 'f_enc2'), key, layout='folder',
+                        workers=1, progress=False)
