@@ -92,11 +92,15 @@ def check_config_paths(cfg: Config, modes: Sequence[str] = ('train', 'val')) -> 
     ckpt = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
     if isinstance(ckpt, str) and not _is_remote(ckpt) and not osp.isfile(ckpt) \
             and 'train' in modes and not cfg.get('resume') and not cfg.get('load_from'):
+        keyless = any(h.get('type') == 'KeylessServerHook'
+                      for h in cfg.get('custom_hooks', []) or [])
+        how = ('encrypt the plain pre-trained ViT on the client with `python '
+               'tools/encrypt_model.py IN OUT` and upload OUT there' if keyless else
+               'convert the timm pre-trained ViT there with `python '
+               'tools/convert_timm_vit.py IN OUT`')
         problems.append(
-            f'model.backbone.init_cfg.checkpoint {ckpt!r} does not exist. Put the '
-            'pre-trained ViT there (converted to mmseg format; see README "Pre-trained '
-            'weights"), or pass `--cfg-options model.backbone.init_cfg=None` to train '
-            'from scratch.')
+            f'model.backbone.init_cfg.checkpoint {ckpt!r} does not exist: {how}, or pass '
+            '`--cfg-options model.backbone.init_cfg=None` to train from scratch.')
     load_from = cfg.get('load_from')
     if isinstance(load_from, str) and not _is_remote(load_from) and \
             not osp.isfile(load_from):

@@ -11,7 +11,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 WHL="${WHL_DIR:-$ROOT/.whl}"
-SITE="${PPENC_SITE:-/tmp/ppenc-site}"
+SITE="${PPENC_SITE:-$(mktemp -d -t ppenc-site.XXXXXX)}"
 DEST="${OUT:-$ROOT/work_dirs/benchmark}"
 mkdir -p "$DEST"
 

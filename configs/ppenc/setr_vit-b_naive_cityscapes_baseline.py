@@ -19,8 +19,8 @@ model = dict(
         num_layers=12,
         num_heads=12,
         out_indices=(4, 7, 9, 11),  # ViT-L's (9, 14, 19, 23) scaled to 12 layers
-        # timm `vit_base_patch16_384` weights converted to mmseg format (mmseg's
-        # tools/model_converters/vit2mmseg.py), as in the paper.
+        # timm `vit_base_patch16_384` weights converted to mmseg format with
+        # tools/convert_timm_vit.py, as in the paper.
         init_cfg=dict(
             type='Pretrained', checkpoint='pretrain/vit_base_patch16_384.pth')),
     decode_head=dict(in_channels=768),

@@ -14,8 +14,8 @@ model = dict(
         # torch_compile=True compiles the backbone (opt-in).
         type='FastVisionTransformer',
         attn_impl='fused',
-        # timm `vit_large_patch16_384` weights converted to mmseg format (mmseg's
-        # tools/model_converters/vit2mmseg.py), as in the paper.
+        # timm `vit_large_patch16_384` weights converted to mmseg format with
+        # tools/convert_timm_vit.py, as in the paper.
         init_cfg=dict(
             type='Pretrained', checkpoint='pretrain/vit_large_patch16_384.pth')))
 
