@@ -42,6 +42,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .compat import replace_syncbn
+
 __all__ = ['TARGETS', 'GPU_TARGET_SHAPE', 'TIMERS', 'default_timer', 'time_interleaved',
            'summarize', 'check', 'bench_cipher', 'bench_pipeline', 'model_configs',
            'bench_train', 'throughput_ratio', 'evaluate_targets', 'format_report',
@@ -313,22 +315,10 @@ def _bench_pipeline(repeats: int, key_file: Optional[str], seed: int, timer: str
 
 
 # --------------------------------------------------------------------------- models
-def _walk(node: Any):
-    if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from _walk(v)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            yield from _walk(v)
-
-
 def _prepare(model_cfg: dict, size: int) -> dict:
     """Random init, BN instead of SyncBN (one process), and the input size."""
     model_cfg = copy.deepcopy(model_cfg)
-    for d in _walk(model_cfg):
-        if d.get('type') == 'SyncBN':
-            d['type'] = 'BN'
+    replace_syncbn(model_cfg)
     model_cfg['pretrained'] = None
     model_cfg['backbone']['init_cfg'] = None
     model_cfg['backbone']['img_size'] = (size, size)

@@ -14,14 +14,15 @@ which suits GPUs.
 """
 from __future__ import annotations
 
+import os
 import threading
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .keys import SecretKey
+from .keys import KEY_ENV_VAR, SecretKey, resolve_key
 
-__all__ = ['BlockCipher', 'get_cipher', 'encrypt_image', 'decrypt_image',
+__all__ = ['BlockCipher', 'SelectedCipher', 'get_cipher', 'encrypt_image', 'decrypt_image',
            'encrypt_tensor', 'decrypt_tensor']
 
 
@@ -221,6 +222,42 @@ def get_cipher(key: SecretKey, block_size: int = 16) -> BlockCipher:
     if cipher is None:
         cipher = _CIPHERS[ck] = BlockCipher(key, block_size)
     return cipher
+
+
+class SelectedCipher:
+    """The cipher of the key a component selects by file path (or ``$PPENC_KEY_FILE``).
+
+    Shared by the components that encrypt (``BlockScramble``, the GPU data
+    preprocessor): the key is loaded at construction so that a missing or broken key
+    fails when the pipeline or model is built, reloaded if the selection changes, and
+    never pickled: copies sent to dataloader workers or deep-copied reload it from the
+    file instead of carrying the key-derived permutation.
+
+    Args:
+        key_file (str, optional): Key file. Defaults to None (``$PPENC_KEY_FILE``).
+        block_size (int): Block size. Defaults to 16.
+    """
+
+    def __init__(self, key_file=None, block_size: int = 16) -> None:
+        self.key_file = key_file
+        self.block_size = block_size
+        self._cipher: Optional[BlockCipher] = None
+        self._selected = None
+        self.get()
+
+    def get(self) -> BlockCipher:
+        """The cipher, (re)loaded if the selected key file changed."""
+        selected = self.key_file or os.environ.get(KEY_ENV_VAR)
+        if self._cipher is None or selected != self._selected:
+            self._cipher = get_cipher(resolve_key(self.key_file), self.block_size)
+            self._selected = selected
+        return self._cipher
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_cipher'] = None
+        state['_selected'] = None
+        return state
 
 
 def encrypt_image(img: np.ndarray, key: SecretKey, block_size: int = 16) -> np.ndarray:

@@ -24,7 +24,7 @@ import types
 from typing import Any
 
 __all__ = ['install_mmcv_ops_fallback', 'register_safe_globals', 'setup_cpu_distributed',
-           'has_compiled_mmcv_ops', 'apply']
+           'replace_syncbn', 'has_compiled_mmcv_ops', 'apply']
 
 _FALLBACK_ATTR = '__mmseg_ppenc_fallback__'
 
@@ -168,24 +168,29 @@ def setup_cpu_distributed(cfg, launcher: str) -> None:
     cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
     cfg.env_cfg = cfg.get('env_cfg', {})
     cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    n = _replace_norm(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
+    n = replace_syncbn(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
     if n:
         from mmengine.logging import print_log
         print_log(f'No CUDA: replaced {n} SyncBN layer config(s) by BN for CPU '
                   'multi-process training.', logger='current')
 
 
-def _replace_norm(node) -> int:
+def replace_syncbn(node: Any) -> int:
+    """Turn every ``type='SyncBN'`` of a (nested) config dict into ``'BN'`` in place.
+
+    Returns:
+        int: How many were replaced.
+    """
     n = 0
     if isinstance(node, dict):
         if node.get('type') == 'SyncBN':
             node['type'] = 'BN'
             n += 1
         for v in node.values():
-            n += _replace_norm(v)
+            n += replace_syncbn(v)
     elif isinstance(node, (list, tuple)):
         for v in node:
-            n += _replace_norm(v)
+            n += replace_syncbn(v)
     return n
 
 

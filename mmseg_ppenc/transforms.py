@@ -1,15 +1,13 @@
 """Data transforms: in-pipeline block encryption."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from .cipher import BlockCipher, get_cipher
-from .keys import resolve_key
+from .cipher import BlockCipher, SelectedCipher
 
 __all__ = ['BlockScramble']
 
@@ -62,31 +60,17 @@ class BlockScramble(BaseTransform):
         self.pad_to_grid = pad_to_grid
         self.pad_val = pad_val
         self.seg_pad_val = seg_pad_val
-        # Load now so that a missing or broken key fails when the pipeline is built.
-        self._cipher: Optional[BlockCipher] = None
-        self._cipher_key_file = None
-        self.cipher
+        self._selected = SelectedCipher(key_file, block_size)
 
     @property
     def cipher(self) -> BlockCipher:
         """The cipher, (re)loaded from the key file if the selection changed."""
-        selected = self.key_file or os.environ.get('PPENC_KEY_FILE')
-        if self._cipher is None or selected != self._cipher_key_file:
-            self._cipher = get_cipher(resolve_key(self.key_file), self.block_size)
-            self._cipher_key_file = selected
-        return self._cipher
+        return self._selected.get()
 
     @property
     def key_fingerprint(self) -> str:
         """Fingerprint of the key in use (safe to log)."""
         return self.cipher.key_fingerprint
-
-    def __getstate__(self):
-        # Workers started with 'spawn' unpickle the pipeline; they reload the key from
-        # its file instead of receiving derived key material through a pipe.
-        state = self.__dict__.copy()
-        state['_cipher'] = None
-        return state
 
     def _pad(self, results: dict) -> None:
         img = results['img']

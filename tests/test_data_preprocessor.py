@@ -92,9 +92,10 @@ def test_rgb_inputs_and_pickling(key_env):
     (enc,) = pre.encrypt_inputs([x])
     from mmseg_ppenc.cipher import encrypt_tensor
     assert torch.equal(enc, encrypt_tensor(x[None], key_env)[0])
-    state = pre.__getstate__()
-    assert state['_cipher'] is None
-    clone = pickle.loads(pickle.dumps(pre))
+    data = pickle.dumps(pre)
+    assert pre._selected.__getstate__()['_cipher'] is None
+    assert np.asarray(key_env.block_permutation(16)).tobytes() not in data
+    clone = pickle.loads(data)
     assert torch.equal(clone.encrypt_inputs([x])[0], enc)
 
 

@@ -1,7 +1,6 @@
 """Block encryption on the accelerator, inside the data preprocessor (simulation configs)."""
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -9,8 +8,7 @@ import torch.nn.functional as F
 from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.registry import MODELS
 
-from ..cipher import BlockCipher, get_cipher
-from ..keys import resolve_key
+from ..cipher import BlockCipher, SelectedCipher
 
 __all__ = ['EncryptedSegDataPreProcessor']
 
@@ -51,28 +49,17 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor):
         self.pad_to_grid = pad_to_grid
         self.grid_pad_val = grid_pad_val
         self._inputs_bgr = bool(kwargs.get('bgr_to_rgb', False))
-        # Resolve now: a missing key fails when the model is built, not mid-run.
-        self._cipher: Optional[BlockCipher] = None
-        self._cipher_key_file = None
-        self.key_fingerprint = self.cipher.key_fingerprint
+        self._selected = SelectedCipher(key_file, block_size)
 
     @property
     def cipher(self) -> BlockCipher:
         """The cipher, (re)loaded if the selected key file changed."""
-        selected = self.key_file or os.environ.get('PPENC_KEY_FILE')
-        if self._cipher is None or selected != self._cipher_key_file:
-            self._cipher = get_cipher(resolve_key(self.key_file), self.block_size)
-            self._cipher_key_file = selected
-            self.key_fingerprint = self._cipher.key_fingerprint
-        return self._cipher
+        return self._selected.get()
 
-    def __getstate__(self):
-        # Pickled copies (spawned workers, deepcopy) reload the key from its file instead
-        # of carrying the key-derived permutation.
-        state = self.__dict__.copy()
-        state['_cipher'] = None
-        state['_cipher_key_file'] = None
-        return state
+    @property
+    def key_fingerprint(self) -> str:
+        """Fingerprint of the key in use (safe to log)."""
+        return self.cipher.key_fingerprint
 
     def _pad(self, img: torch.Tensor, sample: Any) -> torch.Tensor:
         b = self.block_size
