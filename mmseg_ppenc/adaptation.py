@@ -1,4 +1,4 @@
-"""Exact adaptation of a Vision Transformer to block-encrypted images (DESIGN section 2).
+"""Exact adaptation of a Vision Transformer to block-encrypted images (derivation: docs/method.md).
 
 Write ``E`` for the patch-embedding weight flattened to ``(D, n)`` in (channel, y, x)
 order, ``pi`` for the block permutation (``enc[k] = plain[pi[k]]``) and ``m``, ``s`` for
@@ -24,6 +24,7 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .convert import TIMM_MARKER, locate_vit
 from .keys import SecretKey
 
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'encrypt_vit_state_dict',
@@ -42,13 +43,12 @@ def find_vit_prefix(state_dict: Mapping[str, torch.Tensor]) -> str:
     Raises:
         KeyError: no ``patch_embed.projection.weight`` entry, or several.
     """
-    hits = [k[:-len(_PROJ)] for k in state_dict if k.endswith(_PROJ)]
-    if len(hits) != 1:
-        raise KeyError(f'Expected exactly one "*{_PROJ}" entry (an mmseg VisionTransformer '
-                       f'state dict), found {len(hits)}: {hits[:5]}. Convert timm '
-                       'checkpoints to the mmseg layout first (tools/encrypt_model.py '
-                       'does this).')
-    return hits[0]
+    layout, prefix = locate_vit(state_dict)
+    if layout != 'mmseg':
+        raise KeyError(f'The state dict has the timm layout (key "{prefix}{TIMM_MARKER}"); '
+                       'convert it to the mmseg layout first (tools/encrypt_model.py and '
+                       'tools/convert_timm_vit.py do this).')
+    return prefix
 
 
 def _channel_of(n: int, channels: int) -> np.ndarray:

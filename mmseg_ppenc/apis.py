@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from .cipher import get_cipher
-from .keys import InvalidKeyError, SecretKey
+from .core.grid import pad_to_grid
+from .core.meta import check_meta, meta_of
+from .keys import SecretKey
 
 __all__ = ['encrypt_for_upload', 'predict_encrypted', 'inference_encrypted', 'colorize',
            'load_encrypted_model', 'check_model_key', 'model_block_size']
@@ -53,8 +55,7 @@ def encrypt_for_upload(img_rgb: np.ndarray, key: SecretKey, block_size: int = 16
         ValueError: wrong shape/dtype, or an off-grid image without ``pad``.
     """
     if pad and isinstance(img_rgb, np.ndarray) and img_rgb.ndim == 3:
-        h, w = img_rgb.shape[:2]
-        img_rgb = np.pad(img_rgb, ((0, (-h) % block_size), (0, (-w) % block_size), (0, 0)))
+        img_rgb = pad_to_grid(img_rgb, block_size, 0)
     return get_cipher(key, block_size).encrypt(np.ascontiguousarray(img_rgb), 'rgb')
 
 
@@ -183,8 +184,7 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
         config = Config.fromfile(config)
     model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
     ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
-    meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
-    model.ppenc_meta = meta.get('ppenc') if isinstance(meta, dict) else None
+    model.ppenc_meta = meta_of(ckpt)
     return model
 
 
@@ -200,14 +200,8 @@ def check_model_key(model_or_meta, key: SecretKey) -> None:
         InvalidKeyError: the checkpoint records another key or none.
     """
     meta = getattr(model_or_meta, 'ppenc_meta', model_or_meta)
-    if not isinstance(meta, dict):
-        raise InvalidKeyError(
-            'The checkpoint records no key fingerprint, so it is not known to be '
-            f'adapted to key {key.fingerprint}; its predictions on encrypted images would '
-            'be meaningless. Use a checkpoint from tools/encrypt_model.py or from '
-            'keyless server training.')
-    fp = meta.get('key_fingerprint')
-    if fp != key.fingerprint:
-        raise InvalidKeyError(f'Key fingerprint mismatch: the model was made for key {fp}, '
-                              f'but the selected key is {key.fingerprint}. Select the '
-                              'key the model was encrypted with (PPENC_KEY_FILE).')
+    check_meta(meta if isinstance(meta, dict) else None, key.fingerprint, 'the model',
+               missing_fix='Its predictions on encrypted images would be meaningless. Use '
+               'a checkpoint from tools/encrypt_model.py or from keyless server training.',
+               mismatch_fix='Select the key the model was encrypted with '
+               '(PPENC_KEY_FILE).')

@@ -1,4 +1,4 @@
-"""Block-wise pixel shuffling, the image cipher of the method (DESIGN section 2).
+"""Block-wise pixel shuffling, the image cipher of the method (specification: docs/method.md).
 
 An image is cut into ``b x b`` blocks (``b`` = the ViT patch size). The ``n = 3*b*b``
 values of a block are flattened in (channel, y, x) order, the same order as a
@@ -23,7 +23,7 @@ import numpy as np
 from .keys import KEY_ENV_VAR, SecretKey, resolve_key
 
 __all__ = ['BlockCipher', 'SelectedCipher', 'get_cipher', 'encrypt_image', 'decrypt_image',
-           'encrypt_tensor', 'decrypt_tensor']
+           'encrypt_tensor', 'decrypt_tensor', 'block_grid', 'from_block_grid']
 
 
 class BlockCipher:
@@ -78,12 +78,8 @@ class BlockCipher:
     # ------------------------------------------------------------------ index maps
     def _permute_blocks(self, arr: np.ndarray, perm: np.ndarray) -> np.ndarray:
         """Apply ``perm`` inside every block of an HxWxC array (any dtype)."""
-        b, c = self.block_size, self.channels
-        h, w = arr.shape[:2]
-        blocks = arr.reshape(h // b, b, w // b, b, c).transpose(0, 2, 4, 1, 3)
-        blocks = blocks.reshape(h // b, w // b, c * b * b)[:, :, perm]
-        return blocks.reshape(h // b, w // b, c, b, b).transpose(0, 3, 1, 4, 2).reshape(
-            h, w, c)
+        grid = block_grid(arr, self.block_size)[:, :, perm]
+        return from_block_grid(grid, self.block_size, self.channels)
 
     def index_map(self, height: int, width: int, layout: str = 'hwc-rgb',
                   inverse: bool = False) -> np.ndarray:
@@ -192,6 +188,43 @@ class BlockCipher:
         """Inverse of :meth:`encrypt_tensor`."""
         _check_uint8_tensor(x, self.channels)
         return self.permute_tensor(x, inverse=True)
+
+
+def block_grid(img: np.ndarray, block_size: int) -> np.ndarray:
+    """View an HxWxC image as a ``(H/b, W/b, C*b*b)`` grid of flattened blocks.
+
+    This is the cipher's block layout: each block is flattened in (channel, y, x) order,
+    and the key permutes positions of that vector.
+
+    Args:
+        img (np.ndarray): HxWxC array, H and W multiples of ``block_size``.
+        block_size (int): Block side ``b``.
+
+    Returns:
+        np.ndarray: Entry ``[i, j]`` is block ``(i, j)`` flattened in (channel, y, x)
+        order (a copy).
+    """
+    b = block_size
+    h, w, c = img.shape
+    return img.reshape(h // b, b, w // b, b, c).transpose(0, 2, 4, 1, 3).reshape(
+        h // b, w // b, c * b * b)
+
+
+def from_block_grid(grid: np.ndarray, block_size: int, channels: int = 3) -> np.ndarray:
+    """Inverse of :func:`block_grid`.
+
+    Args:
+        grid (np.ndarray): ``(H/b, W/b, C*b*b)`` array.
+        block_size (int): Block side ``b``.
+        channels (int): ``C``. Defaults to 3.
+
+    Returns:
+        np.ndarray: The HxWxC image.
+    """
+    b = block_size
+    nh, nw, _ = grid.shape
+    return grid.reshape(nh, nw, channels, b, b).transpose(0, 3, 1, 4, 2).reshape(
+        nh * b, nw * b, channels)
 
 
 def _order(channel_order: str) -> str:

@@ -1,4 +1,4 @@
-"""Compatibility with the dependency stack (DESIGN section 5), applied on ``import mmseg_ppenc``.
+"""Compatibility with the dependency stack, applied before the plugin imports mmseg.
 
 Three problems of mmsegmentation 1.2.2 / mmengine 0.10.7 on current PyTorch are fixed here
 without editing installed packages:
@@ -8,6 +8,8 @@ without editing installed packages:
    when) that extension is missing, :func:`install_mmcv_ops_fallback` registers a small
    ``mmcv.ops`` module: ``point_sample`` is mmcv's own pure-PyTorch implementation, any
    other op is a stub that raises ``ModuleNotFoundError`` naming the op and the fix.
+   Installing it also adds one ``warnings`` filter, for mmcv's import-time warning
+   :data:`MMCV_LITE_WARNING` about that missing op; no other warning is affected.
 2. **torch.load(weights_only=True)**, the default since torch 2.6, refuses the objects in
    mmengine checkpoints (``HistoryBuffer``, numpy scalars and arrays).
    :func:`register_safe_globals` allow-lists exactly those types; ``weights_only`` stays on.
@@ -21,12 +23,16 @@ import importlib.util
 import os
 import sys
 import types
+import warnings
 from typing import Any
 
 __all__ = ['install_mmcv_ops_fallback', 'register_safe_globals', 'setup_cpu_distributed',
            'replace_syncbn', 'has_compiled_mmcv_ops', 'apply']
 
 _FALLBACK_ATTR = '__mmseg_ppenc_fallback__'
+#: Start of mmcv's import-time warning about its missing compiled deformable attention,
+#: the one warning the fallback silences (with ``warnings.filterwarnings``).
+MMCV_LITE_WARNING = 'Fail to import ``MultiScaleDeformable'
 
 
 def has_compiled_mmcv_ops() -> bool:
@@ -101,6 +107,9 @@ def install_mmcv_ops_fallback() -> bool:
         if hasattr(point_sample_mod, name):
             setattr(ops, name, getattr(point_sample_mod, name))
     ops.__getattr__ = _ops_getattr  # PEP 562
+    # mmcv's transformer module warns on import that mmcv-lite lacks this compiled op; the
+    # fallback raises a clearer error where the op is used. Only this message is silenced.
+    warnings.filterwarnings('ignore', message=MMCV_LITE_WARNING)
     sys.modules['mmcv.ops'] = ops
     sys.modules['mmcv.ops.point_sample'] = point_sample_mod
     sys.modules['mmcv'].ops = ops
@@ -194,11 +203,19 @@ def replace_syncbn(node: Any) -> int:
     return n
 
 
+_applied = False
+
+
 def apply() -> None:
-    """Apply every fix that is safe to apply at import time."""
-    if install_mmcv_ops_fallback():
-        import warnings
-        # mmcv's transformer module warns on every import that mmcv-lite lacks this
-        # compiled op; the fallback above already explains it where it matters.
-        warnings.filterwarnings('ignore', message='Fail to import ``MultiScaleDeformable')
+    """Apply every fix that is safe to apply at import time (idempotent).
+
+    Runs when the plugin's mmseg components are first imported (see
+    :mod:`mmseg_ppenc.registration`); it must precede the first import of ``mmseg.utils``
+    or ``mmseg.models``.
+    """
+    global _applied
+    if _applied:
+        return
+    _applied = True
+    install_mmcv_ops_fallback()
     register_safe_globals()

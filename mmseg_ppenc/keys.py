@@ -25,6 +25,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .core.errors import InvalidKeyError
+
 __all__ = [
     'KEY_ENV_VAR', 'KEY_BYTES', 'InvalidKeyError', 'SecretKey', 'resolve_key',
     'flip_compatible_permutation'
@@ -46,12 +48,6 @@ _HOW_TO_MAKE = ('Create one with `python tools/keygen.py KEYFILE` and select it 
                 f'`export {KEY_ENV_VAR}=KEYFILE` (or pass key_file=KEYFILE).')
 
 
-class InvalidKeyError(ValueError):
-    """A key is missing, unreadable, corrupt or does not match.
-
-    Subclasses :class:`ValueError`; the message names the problem and the fix and never
-    contains key material.
-    """
 
 
 PathLike = Union[str, 'os.PathLike[str]']

@@ -24,30 +24,27 @@ from typing import Mapping, Sequence, Tuple
 
 import torch
 
-from . import __version__
 from .adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
-from .convert import MMSEG_MARKER, TIMM_MARKER, convert_timm_vit, strip_prefix
-from .hooks import CIPHER_NAME
+from .convert import MMSEG_MARKER, convert_timm_vit, locate_vit, strip_prefix
+from .core.errors import ModelEncryptionError
+from .core.meta import build_meta
 from .keys import SecretKey
 
 __all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'detect_layout',
            'encrypt_model_checkpoint', 'ppenc_meta']
 
 
-class ModelEncryptionError(ValueError):
-    """A checkpoint cannot be encrypted; the message says why and what to do."""
-
-
-def ppenc_meta(key: SecretKey, block_size: int) -> dict:
-    """The ``meta['ppenc']`` record, the same fields ``KeyManagementHook`` writes.
+def ppenc_meta(key: SecretKey, block_size: int, mean=None, std=None) -> dict:
+    """The ``meta['ppenc']`` record for ``key`` (see :func:`mmseg_ppenc.core.meta.build_meta`).
 
     Args:
         key (SecretKey): The key (only its fingerprint and flip flag are recorded).
         block_size (int): Cipher block size (= ViT patch size).
+        mean (Sequence[float], optional): RGB mean the weights are adapted for.
+            Defaults to None.
+        std (Sequence[float], optional): RGB std. Defaults to None.
     """
-    return dict(key_fingerprint=key.fingerprint, cipher=CIPHER_NAME,
-                block_size=int(block_size), flip_compatible=key.flip_compatible,
-                version=__version__)
+    return build_meta(key.fingerprint, block_size, key.flip_compatible, mean, std)
 
 
 def _torch_load(path: str):
@@ -100,21 +97,14 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
     Raises:
         ModelEncryptionError: neither layout, or several ViTs in one state dict.
     """
-    hits = [k[:-len(MMSEG_MARKER)] for k in state_dict if k.endswith(MMSEG_MARKER)]
-    if len(hits) == 1:
-        return 'mmseg', hits[0]
-    if len(hits) > 1:
-        raise ModelEncryptionError(f'The checkpoint holds {len(hits)} ViTs ({hits}); '
-                                   'encrypt a checkpoint with exactly one.')
-    if TIMM_MARKER in state_dict:
-        return 'timm', ''
-    raise ModelEncryptionError(
-        'Unrecognised checkpoint layout. Expected a timm ViT (keys like '
-        "'patch_embed.proj.weight', 'blocks.0.attn.qkv.weight', 'cls_token', "
-        "'pos_embed') or an mmseg VisionTransformer backbone/segmentor (keys like "
-        "'[backbone.]patch_embed.projection.weight', "
-        "'[backbone.]layers.0.attn.attn.in_proj_weight'); found e.g. "
-        f'{list(state_dict)[:6]}.')
+    try:
+        layout, prefix = locate_vit(state_dict)
+    except KeyError as e:
+        raise ModelEncryptionError(e.args[0]) from None
+    if layout == 'timm' and prefix:
+        raise ModelEncryptionError(f'The timm ViT keys carry the prefix {prefix!r}; expected '
+                                   'a bare timm state dict.')
+    return layout, prefix
 
 
 def load_vit_checkpoint(path: str, patch_bias: str = 'fold'
@@ -239,7 +229,7 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
     except (KeyError, ValueError) as e:
         raise ModelEncryptionError(f'Cannot adapt {src}: {e}') from None
     block_size = int(enc[prefix + MMSEG_MARKER].shape[-1])
-    out_meta = {'ppenc': ppenc_meta(key, block_size),
+    out_meta = {'ppenc': ppenc_meta(key, block_size, mean, std),
                 'ppenc_model': dict(source_layout=layout, mean=[float(v) for v in mean],
                                     std=[float(v) for v in std],
                                     patch_bias=patch_bias if layout == 'timm' else None)}

@@ -11,13 +11,12 @@ from typing import List, Optional, Sequence
 from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for tools)
 
 from .compat import setup_cpu_distributed
+from .core.errors import ConfigError
 
 __all__ = ['ConfigError', 'load_config', 'check_config_paths', 'build_runner', 'train',
            'test', 'DictAction']
 
 
-class ConfigError(ValueError):
-    """A config names something that does not exist; the message says how to fix it."""
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None,

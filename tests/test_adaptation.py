@@ -122,5 +122,5 @@ def test_other_patch_size_and_non_vit_state_dict():
     sd = _vit(patch=8).state_dict()
     enc = encrypt_vit_state_dict(sd, SecretKey.generate())  # 8x8 blocks: fine
     assert enc['patch_embed.projection.weight'].shape[-1] == 8
-    with pytest.raises(KeyError, match='exactly one'):
+    with pytest.raises(KeyError, match='Unrecognised checkpoint layout'):
         encrypt_vit_state_dict({'foo': torch.zeros(1)}, SecretKey.generate())

@@ -16,7 +16,7 @@ from PIL import Image
 from mmseg_ppenc.cipher import decrypt_image, encrypt_image
 from mmseg_ppenc.datasets import (MANIFEST_NAME, DatasetEncryptionError, encrypt_dataset,
                                   make_synthetic_cityscapes, read_manifest)
-from mmseg_ppenc.hooks import find_key_material
+from mmseg_ppenc.leak_scan import find_key_material
 from mmseg_ppenc.keys import SecretKey
 
 from conftest import REPO

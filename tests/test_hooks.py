@@ -8,7 +8,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmseg_ppenc.hooks import find_key_material
+from mmseg_ppenc.leak_scan import find_key_material
+from mmseg_ppenc.core.errors import GridError
 from mmseg_ppenc.keys import InvalidKeyError, SecretKey
 
 from conftest import tiny_config
@@ -48,7 +49,10 @@ def test_checkpoint_meta_and_clean_work_dir(key_env, tmp_path):
     assert ckpt['meta']['ppenc'] == dict(key_fingerprint=key_env.fingerprint,
                                          cipher='block-shuffle-v1', block_size=16,
                                          flip_compatible=False,
-                                         version=ckpt['meta']['ppenc']['version'])
+                                         version=ckpt['meta']['ppenc']['version'],
+                                         # the normalisation the backbone is adapted for
+                                         mean=[123.675, 116.28, 103.53],
+                                         std=[58.395, 57.12, 57.375])
     assert find_key_material([runner.work_dir], key_env) == []
 
 
@@ -81,7 +85,8 @@ def test_block_size_must_equal_patch_size(key_env, tmp_path):
 def test_off_grid_slide_window_is_refused(key_env, tmp_path):
     cfg = _cfg(tmp_path)
     cfg.model.test_cfg.stride = (40, 40)
-    with pytest.raises(InvalidKeyError, match=r'stride=\(40, 40\) is not a multiple'):
+    with pytest.raises(GridError, match=r'stride=\(40, 40\) is off the 16-pixel block grid.*'
+                                        r'use 32 or 48'):
         Runner.from_cfg(cfg).train()
 
 
@@ -103,7 +108,7 @@ def test_unkeyed_and_foreign_checkpoints(key_env, tmp_path, other_key_file, monk
 
     cfg = _cfg(tmp_path / 'p1')
     cfg.load_from = plain_ckpt
-    with pytest.raises(InvalidKeyError, match='records no mmseg_ppenc key'):
+    with pytest.raises(InvalidKeyError, match='records no key'):
         Runner.from_cfg(cfg).train()
 
     cfg = _cfg(tmp_path / 'p2')

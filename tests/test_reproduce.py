@@ -94,7 +94,7 @@ def test_markdown_shape(small_run):
 
 def test_key_is_never_written(small_run, session_key_file):
     """Only the fingerprint reaches the outputs (JSON, markdown, run dirs)."""
-    from mmseg_ppenc.hooks import find_key_material
+    from mmseg_ppenc.leak_scan import find_key_material
     out, result = small_run
     key = SecretKey.load(session_key_file)
     assert result['key_fingerprint'] == key.fingerprint

@@ -1,5 +1,5 @@
 """Keyless server augmentations: each commutes with the cipher byte for byte, and the
-pipeline check refuses the ones that do not (acceptance 1)."""
+pipeline check refuses the ones that do not."""
 import copy
 import json
 import os
@@ -15,10 +15,11 @@ from mmseg.utils import register_all_modules
 from mmseg_ppenc.cipher import get_cipher
 from mmseg_ppenc.datasets import MANIFEST_NAME, encrypt_dataset, make_synthetic_cityscapes
 from mmseg_ppenc.keys import SecretKey
-from mmseg_ppenc.server_transforms import (ALLOWED_TRANSFORMS, EncryptedPhotoMetric,
-                                           EncryptedRandomFlip, GridRandomCrop,
-                                           KeylessEncryptedDataset, KeylessPipelineError,
-                                           check_keyless_pipeline)
+from mmseg_ppenc.core.errors import KeylessPipelineError
+from mmseg_ppenc.datasets.keyless import KeylessEncryptedDataset
+from mmseg_ppenc.transforms import (ALLOWED_TRANSFORMS, EncryptedPhotoMetric,
+                                    EncryptedRandomFlip, GridRandomCrop,
+                                    check_keyless_pipeline)
 
 from conftest import REPO
 
@@ -314,8 +315,9 @@ def test_runner_start_refuses_misconfigured_server_runs(trees, tmp_path, monkeyp
     # An initial checkpoint encrypted for another key.
     torch.save({'state_dict': backbone.state_dict(),
                 'meta': {'ppenc': {'key_fingerprint': KEYS['flip'].fingerprint}}}, plain_ckpt)
-    with pytest.raises(KeylessPipelineError, match=f'encrypted with key '
-                                                   f'{KEYS["flip"].fingerprint}, the data'):
+    with pytest.raises(KeylessPipelineError, match=f'initial checkpoint .* was made for key '
+                                                   f'{KEYS["flip"].fingerprint}, but this '
+                                                   'run uses key'):
         _runner(cfg, tmp_path / 'c').train()
     # A plain dataset wrapper-less config.
     cfg, _ = _server_cfg(enc)

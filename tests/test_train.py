@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mmseg_ppenc.datasets import make_synthetic_cityscapes
-from mmseg_ppenc.hooks import find_key_material
+from mmseg_ppenc.leak_scan import find_key_material
 from mmseg_ppenc.keys import SecretKey
 
 from conftest import REPO, tiny_config

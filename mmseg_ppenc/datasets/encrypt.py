@@ -39,6 +39,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from ..core.errors import DatasetEncryptionError
+from ..core.grid import pad_to_grid
+from ..core.meta import CIPHER_NAME
 from ..cipher import BlockCipher, get_cipher
 from ..keys import SecretKey
 
@@ -67,11 +70,6 @@ LOSSY_FORMATS = ('jpg', 'jpeg', 'jpe', 'jfif', 'webp', 'jp2', 'j2k', 'heic', 'he
 _LOSSLESS = ('png',)
 _TMP_RE = re.compile(r'\.tmp-\d+$')
 _LOCK_NAME = '.ppenc_encrypt.lock'
-_CIPHER_NAME = 'block-shuffle-v1'  # == hooks.CIPHER_NAME; restated to keep imports light
-
-
-class DatasetEncryptionError(ValueError):
-    """The dataset cannot be encrypted as asked; the message names the problem and fix."""
 
 
 @dataclass(frozen=True)
@@ -329,12 +327,6 @@ def _atomic_write(path: str, data: bytes, fsync: bool) -> None:
         raise
 
 
-def _pad_to_grid(arr: np.ndarray, block: int, value: int) -> np.ndarray:
-    h, w = arr.shape[:2]
-    pads = ((0, (-h) % block), (0, (-w) % block)) + ((0, 0),) * (arr.ndim - 2)
-    return np.pad(arr, pads, constant_values=value)
-
-
 def _encode_image(src: str, cipher: BlockCipher, pad: bool) -> bytes:
     import cv2
     # IMREAD_COLOR is what mmcv's LoadImageFromFile uses (color_type='color', cv2
@@ -343,7 +335,7 @@ def _encode_image(src: str, cipher: BlockCipher, pad: bool) -> bytes:
     if bgr is None:
         raise DatasetEncryptionError(f'Cannot decode image {src!r}.')
     if pad:
-        bgr = _pad_to_grid(bgr, cipher.block_size, 0)
+        bgr = pad_to_grid(bgr, cipher.block_size, 0)
     try:
         enc = cipher.encrypt(bgr, channel_order='bgr')
     except ValueError as e:
@@ -361,7 +353,7 @@ def _encode_label(src: str, block: int, ignore_index: int) -> bytes:
         arr = np.asarray(im)
     # Class-index maps get the ignore index; colour/instance images get 0 (unlabeled).
     value = ignore_index if arr.ndim == 2 and arr.dtype == np.uint8 else 0
-    out = Image.fromarray(_pad_to_grid(arr, block, value), mode=mode)
+    out = Image.fromarray(pad_to_grid(arr, block, value), mode=mode)
     if palette is not None:
         out.putpalette(palette)
     buf = io.BytesIO()
@@ -403,7 +395,7 @@ def _manifest(key: SecretKey, block_size: int, layout: str, pad: bool, ignore_in
         'manifest_version': MANIFEST_VERSION,
         'tool': 'tools/encrypt_dataset.py',
         'tool_version': __version__,
-        'cipher': _CIPHER_NAME,
+        'cipher': CIPHER_NAME,
         'key_fingerprint': key.fingerprint,
         'flip_compatible': key.flip_compatible,
         'block_size': block_size,

@@ -5,13 +5,14 @@ mmcv's ``MultiheadAttention`` (used by every layer of mmseg's ``VisionTransforme
 the full ``heads x tokens x tokens`` attention matrix is materialised, and kept for the
 backward pass, instead of running ``F.scaled_dot_product_attention`` (flash /
 memory-efficient kernels). For SETR ViT-L at 768x768 (2305 tokens) this matrix dominates
-both time and memory (DESIGN section 6).
+both time and memory (see docs/benchmarks.md).
 
 :class:`FusedMultiheadAttention` is a drop-in subclass: same constructor, same submodules,
 same parameter names (``attn.in_proj_weight``, ``attn.out_proj.weight``, ...), so state
-dicts load both ways. Only the forward differs. :func:`set_attention_impl` switches the
-attention of any model built from mmcv's ``MultiheadAttention`` in place, in both
-directions.
+dicts load both ways. Only the forward differs, and its ``impl`` attribute selects mmcv's
+stock forward again. :class:`FusedTransformerEncoderLayer` builds it through mmseg's
+override point, ``TransformerEncoderLayer.build_attn``; :func:`set_attention_impl`
+switches every fused module of a model between the two forwards.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn.bricks.transformer import MultiheadAttention
 from mmengine.utils import deprecated_api_warning
+from mmseg.models.backbones.vit import TransformerEncoderLayer
 from mmseg.registry import MODELS
 from torch import nn
 
-__all__ = ['FusedMultiheadAttention', 'set_attention_impl', 'ATTN_IMPLS']
+__all__ = ['FusedMultiheadAttention', 'FusedTransformerEncoderLayer', 'set_attention_impl',
+           'ATTN_IMPLS']
 
 #: Accepted values of ``attn_impl``: PyTorch's fused kernels or mmcv's stock path.
 ATTN_IMPLS = ('fused', 'stock')
@@ -58,8 +61,14 @@ class FusedMultiheadAttention(MultiheadAttention):
             Defaults to ``dict(type='Dropout', drop_prob=0.)``.
         init_cfg (dict, optional): Initialisation config. Defaults to None.
         batch_first (bool): Inputs are (batch, tokens, dims). Defaults to False.
+        impl (str): ``'fused'``, or ``'stock'`` for mmcv's forward (which materialises
+            the attention matrix). Defaults to ``'fused'``.
         **kwargs: Passed to ``nn.MultiheadAttention`` (e.g. ``bias``).
     """
+
+    def __init__(self, *args, impl: str = 'fused', **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.impl = _check_impl(impl)
 
     def _direct_path_ok(self) -> bool:
         attn = self.attn
@@ -98,6 +107,9 @@ class FusedMultiheadAttention(MultiheadAttention):
             torch.Tensor: ``identity + dropout(proj_drop(attention(query, key, value)))``,
             in the input's layout.
         """
+        if self.impl == 'stock':
+            return super().forward(query, key, value, identity, query_pos, key_pos,
+                                   attn_mask, key_padding_mask, **kwargs)
         if identity is None:
             identity = query
         if (key is None and value is None and query_pos is None and key_pos is None
@@ -133,17 +145,58 @@ class FusedMultiheadAttention(MultiheadAttention):
         return identity + self.dropout_layer(self.proj_drop(out))
 
 
-def set_attention_impl(model: nn.Module, impl: str = 'fused') -> int:
-    """Switch every mmcv ``MultiheadAttention`` in ``model`` to ``impl``, in place.
+class FusedTransformerEncoderLayer(TransformerEncoderLayer):
+    """mmseg's ``TransformerEncoderLayer`` whose attention is :class:`FusedMultiheadAttention`.
 
-    The modules keep their parameters, buffers, hooks and names: only their class (and
-    so their forward) changes, which is possible because :class:`FusedMultiheadAttention`
-    adds no state. Subclasses of ``MultiheadAttention`` other than the two handled here
-    define their own forward and are left alone.
+    Same arguments and state-dict names as the parent; only :meth:`build_attn` differs.
+    """
+
+    def build_attn(self, attn_cfg: dict) -> None:
+        """Build the layer's attention as :class:`FusedMultiheadAttention`."""
+        self.attn = FusedMultiheadAttention(**attn_cfg)
+
+
+def fuse_encoder_layer(layer: TransformerEncoderLayer) -> None:
+    """Rebuild the attention of an existing mmseg encoder layer through ``build_attn``.
+
+    mmseg's ``VisionTransformer`` creates its ``TransformerEncoderLayer`` objects directly,
+    so a subclass of the backbone cannot choose their class. This rebuilds each layer's
+    attention with :meth:`FusedTransformerEncoderLayer.build_attn` from the stock
+    module's own settings and copies its parameters, so values, names and the global
+    random state are those of a stock build.
 
     Args:
-        model (nn.Module): Any module, e.g. mmseg's ``VisionTransformer`` or a whole
-            segmentor.
+        layer (TransformerEncoderLayer): The layer; changed in place.
+    """
+    old = layer.attn
+    if isinstance(old, FusedMultiheadAttention):
+        return
+    if type(old) is not MultiheadAttention:
+        raise TypeError(f'Expected mmcv MultiheadAttention in {type(layer).__name__}, '
+                        f'found {type(old).__name__}.')
+    cfg = dict(embed_dims=old.embed_dims, num_heads=old.num_heads,
+               attn_drop=old.attn.dropout, proj_drop=old.proj_drop.p,
+               batch_first=old.batch_first, bias=old.attn.in_proj_bias is not None)
+    # Construction draws initial values; they are overwritten below, so keep the global
+    # generator where a stock build leaves it (later modules then initialise alike).
+    with torch.random.fork_rng(devices=[]):
+        FusedTransformerEncoderLayer.build_attn(layer, cfg)
+    layer.attn.dropout_layer = old.dropout_layer
+    layer.attn.load_state_dict(old.state_dict(), strict=True)
+    layer.attn.train(old.training)
+
+
+def _check_impl(impl: str) -> str:
+    if impl not in ATTN_IMPLS:
+        raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {impl!r}.')
+    return impl
+
+
+def set_attention_impl(model: nn.Module, impl: str = 'fused') -> int:
+    """Switch every :class:`FusedMultiheadAttention` in ``model`` to ``impl``, in place.
+
+    Args:
+        model (nn.Module): Any module, e.g. a ``FastVisionTransformer`` or a segmentor.
         impl (str): ``'fused'`` (``F.scaled_dot_product_attention``) or ``'stock'``
             (mmcv's forward, which materialises the attention matrix). Defaults to
             ``'fused'``.
@@ -154,12 +207,10 @@ def set_attention_impl(model: nn.Module, impl: str = 'fused') -> int:
     Raises:
         ValueError: ``impl`` is not one of :data:`ATTN_IMPLS`.
     """
-    if impl not in ATTN_IMPLS:
-        raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {impl!r}.')
-    target = FusedMultiheadAttention if impl == 'fused' else MultiheadAttention
+    _check_impl(impl)
     n = 0
     for m in model.modules():
-        if type(m) in (MultiheadAttention, FusedMultiheadAttention):
-            m.__class__ = target
+        if isinstance(m, FusedMultiheadAttention):
+            m.impl = impl
             n += 1
     return n

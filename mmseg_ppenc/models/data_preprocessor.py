@@ -9,12 +9,14 @@ from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.registry import MODELS
 
 from ..cipher import BlockCipher, SelectedCipher
+from ..core.grid import grid_pad
+from ..core.keyed import KeyedComponent
 
 __all__ = ['EncryptedSegDataPreProcessor']
 
 
 @MODELS.register_module()
-class EncryptedSegDataPreProcessor(SegDataPreProcessor):
+class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
     """``SegDataPreProcessor`` that first encrypts the uint8 batch block-wise on its device.
 
     For simulations, where the plain images are at hand anyway (e.g. measuring the
@@ -64,7 +66,7 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor):
     def _pad(self, img: torch.Tensor, sample: Any) -> torch.Tensor:
         b = self.block_size
         h, w = img.shape[-2:]
-        ph, pw = (-h) % b, (-w) % b
+        ph, pw = grid_pad(h, w, b)
         if not (ph or pw):
             return img
         if not self.pad_to_grid:

@@ -1,14 +1,14 @@
 """The Vision Transformer adapted to block-encrypted images."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
-import torch
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
 
 from ..adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
+from ..core.keyed import KeyedComponent
+from ..core.meta import check_meta, read_checkpoint_meta
 from ..keys import SecretKey, resolve_key
 from .fast_vit import FastVisionTransformer
 
@@ -16,23 +16,13 @@ __all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta']
 
 
 def checkpoint_key_meta(path: str) -> Optional[dict]:
-    """The ``meta['ppenc']`` record of a local checkpoint file, or None.
-
-    Uses a memory-mapped ``torch.load`` so that reading the meta of a large checkpoint
-    does not copy its tensors.
-    """
-    if not isinstance(path, str) or not os.path.isfile(path):
-        return None
-    try:
-        ckpt = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except Exception:  # legacy (non-zip) files cannot be mmapped; the parent loads them
-        return None
-    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
-    return meta.get('ppenc') if isinstance(meta, dict) else None
+    """The ``meta['ppenc']`` record of a local checkpoint file, or None (see
+    :func:`mmseg_ppenc.core.meta.read_checkpoint_meta`)."""
+    return read_checkpoint_meta(path)
 
 
 @MODELS.register_module()
-class EncryptedVisionTransformer(FastVisionTransformer):
+class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
     """mmseg's ``VisionTransformer`` whose pre-trained weights are encrypted with the key.
 
     A :class:`~mmseg_ppenc.models.FastVisionTransformer`, so its attention is fused by
@@ -101,14 +91,12 @@ class EncryptedVisionTransformer(FastVisionTransformer):
         super().init_weights()
         key = self._key()
         ckpt = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) else None
-        meta = checkpoint_key_meta(ckpt) if ckpt else None
+        meta = read_checkpoint_meta(ckpt) if ckpt else None
         if meta is not None:
-            if meta.get('key_fingerprint') != key.fingerprint:
-                raise ValueError(
-                    f'The pre-trained checkpoint {ckpt} is encrypted with key '
-                    f'{meta.get("key_fingerprint")}, but this model uses key '
-                    f'{key.fingerprint}. Use the plain pre-trained checkpoint, or select '
-                    'the key it was encrypted with.')
+            check_meta(meta, key.fingerprint, f'the pre-trained checkpoint {ckpt}',
+                       block_size=self.patch_size,
+                       mismatch_fix='Use the plain pre-trained checkpoint, or select the '
+                       'key it was encrypted with.')
             print_log(f'Pre-trained checkpoint is already encrypted with key '
                       f'{key.fingerprint}; loaded as is.', logger='current')
         else:

@@ -6,7 +6,7 @@ from typing import Union
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
-from .attention import ATTN_IMPLS, set_attention_impl
+from .attention import ATTN_IMPLS, fuse_encoder_layer, set_attention_impl
 
 __all__ = ['FastVisionTransformer']
 
@@ -43,6 +43,8 @@ class FastVisionTransformer(VisionTransformer):
             raise TypeError(f'torch_compile must be a bool or a dict of torch.compile '
                             f'options, got {type(torch_compile).__name__}.')
         super().__init__(*args, **kwargs)
+        for layer in self.layers:
+            fuse_encoder_layer(layer)
         self.set_attn_impl(attn_impl)
         self.torch_compile = torch_compile
         if torch_compile:

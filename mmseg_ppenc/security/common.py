@@ -12,6 +12,8 @@ from typing import Dict, Sequence
 
 import numpy as np
 
+from ..cipher import block_grid, from_block_grid
+
 __all__ = ['block_grid', 'blocks_of', 'from_block_grid', 'permute_image',
            'unpermute_image', 'recovery_stats', 'check_images']
 
@@ -39,40 +41,6 @@ def check_images(images: Sequence[np.ndarray], block_size: int, what: str = 'ima
                 f'{what}[{i}] is {h}x{w}; both sides must be positive multiples of the block '
                 f'size {block_size}. Crop to {h // block_size * block_size}x'
                 f'{w // block_size * block_size} first.')
-
-
-def block_grid(img: np.ndarray, block_size: int) -> np.ndarray:
-    """View an HxWxC image as a ``(H/b, W/b, C*b*b)`` grid of flattened blocks.
-
-    Args:
-        img (np.ndarray): HxWxC array, H and W multiples of ``block_size``.
-        block_size (int): Block side ``b``.
-
-    Returns:
-        np.ndarray: A new array; entry ``[i, j]`` is block ``(i, j)`` flattened in
-        (channel, y, x) order.
-    """
-    b = block_size
-    h, w, c = img.shape
-    return img.reshape(h // b, b, w // b, b, c).transpose(0, 2, 4, 1, 3).reshape(
-        h // b, w // b, c * b * b)
-
-
-def from_block_grid(grid: np.ndarray, block_size: int, channels: int = 3) -> np.ndarray:
-    """Inverse of :func:`block_grid`.
-
-    Args:
-        grid (np.ndarray): ``(H/b, W/b, C*b*b)`` array.
-        block_size (int): Block side ``b``.
-        channels (int): ``C``. Defaults to 3.
-
-    Returns:
-        np.ndarray: The HxWxC image.
-    """
-    b = block_size
-    nh, nw, _ = grid.shape
-    return grid.reshape(nh, nw, channels, b, b).transpose(0, 3, 1, 4, 2).reshape(
-        nh * b, nw * b, channels)
 
 
 def blocks_of(images: Sequence[np.ndarray], block_size: int) -> np.ndarray:

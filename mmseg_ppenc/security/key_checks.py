@@ -39,7 +39,7 @@ def scan_work_dir(work_dir: str, key: SecretKey,
         dict: ``files_scanned``, ``leaks`` (paths relative to ``work_dir``; never the key)
         and ``ok``.
     """
-    from ..hooks import find_key_material  # imports mmseg; only needed here
+    from ..leak_scan import find_key_material
     if not osp.isdir(work_dir):
         raise FileNotFoundError(f'--work-dir {work_dir!r} is not a directory; pass the '
                                 'work_dir of a finished training run.')

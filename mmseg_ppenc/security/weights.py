@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ..convert import MMSEG_MARKER, TIMM_MARKER, locate_vit
 from .common import blocks_of
 
 __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attack',
@@ -43,7 +44,6 @@ __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attac
            'pca_patch_embedding', 'backbone_features', 'relative_change', 'recovery_of',
            'noise_sweep']
 
-_PATCH_KEYS = ('patch_embed.projection.weight', 'patch_embed.proj.weight')
 
 
 def load_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
@@ -69,11 +69,8 @@ def find_patch_weight(state_dict: Mapping[str, torch.Tensor]) -> str:
     Raises:
         KeyError: none or several found.
     """
-    hits = [k for k in state_dict if k.endswith(_PATCH_KEYS)]
-    if len(hits) != 1:
-        raise KeyError(f'Expected exactly one patch-embedding weight (a key ending in '
-                       f'{" or ".join(_PATCH_KEYS)}), found {len(hits)}: {hits[:5]}.')
-    return hits[0]
+    layout, prefix = locate_vit(state_dict)
+    return prefix + (MMSEG_MARKER if layout == 'mmseg' else TIMM_MARKER)
 
 
 def patch_embedding_matrix(state_dict: Mapping[str, torch.Tensor]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Data transforms: in-pipeline block encryption."""
+"""In-pipeline block encryption with the secret key."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,13 +7,15 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from .cipher import BlockCipher, SelectedCipher
+from ..cipher import BlockCipher, SelectedCipher
+from ..core.grid import pad_to_grid
+from ..core.keyed import KeyedComponent
 
 __all__ = ['BlockScramble']
 
 
 @TRANSFORMS.register_module()
-class BlockScramble(BaseTransform):
+class BlockScramble(BaseTransform, KeyedComponent):
     """Encrypt the image block-wise with the secret key.
 
     Put it after every augmentation and before ``PackSegInputs``: the model must see
@@ -74,17 +76,13 @@ class BlockScramble(BaseTransform):
 
     def _pad(self, results: dict) -> None:
         img = results['img']
-        b = self.block_size
-        h, w = img.shape[:2]
-        ph, pw = (-h) % b, (-w) % b
-        if not (ph or pw):
+        padded = pad_to_grid(img, self.block_size, self.pad_val)
+        if padded is img:
             return
-        results['img'] = np.pad(img, ((0, ph), (0, pw), (0, 0)),
-                                constant_values=self.pad_val)
+        results['img'] = padded
         for k in results.get('seg_fields', []):
-            results[k] = np.pad(results[k], ((0, ph), (0, pw)),
-                                constant_values=self.seg_pad_val)
-        results['img_shape'] = results['img'].shape[:2]
+            results[k] = pad_to_grid(results[k], self.block_size, self.seg_pad_val)
+        results['img_shape'] = padded.shape[:2]
 
     def transform(self, results: dict) -> dict:
         """Encrypt ``results['img']``.

@@ -1,0 +1,38 @@
+"""Exceptions of mmseg_ppenc.
+
+Every error a user can cause derives from :class:`PpencError` (a ``ValueError``), so tools
+print its message as one ``error: ...`` line instead of a traceback. Messages name the
+problem, the expected and the actual value, and the fix; they never contain key material.
+"""
+
+__all__ = ['PpencError', 'ConfigError', 'InvalidKeyError', 'KeylessPipelineError',
+           'GridError', 'ModelEncryptionError', 'DatasetEncryptionError']
+
+
+class PpencError(ValueError):
+    """Base class of the plugin's user errors."""
+
+
+class ConfigError(PpencError):
+    """A config names something that does not exist or cannot work; the message says how
+    to fix it."""
+
+
+class InvalidKeyError(PpencError):
+    """A key is missing, unreadable, corrupt or does not match another component's key."""
+
+
+class KeylessPipelineError(ConfigError):
+    """A keyless (server-side) encrypted run is misconfigured."""
+
+
+class GridError(ConfigError):
+    """A setting would move an input off the cipher's block grid."""
+
+
+class ModelEncryptionError(PpencError):
+    """A checkpoint cannot be encrypted or is not what it claims to be."""
+
+
+class DatasetEncryptionError(PpencError):
+    """A dataset tree cannot be encrypted as asked."""

@@ -1,0 +1,13 @@
+"""Runner hooks registered in mmseg's ``HOOKS``.
+
+- :class:`KeyManagementHook`: one key across a run, checkpoints tied to it, no key leaks;
+- :class:`KeylessServerHook`: the checks of keyless server runs on encrypted data.
+"""
+from ..compat import apply as _apply_compat
+
+_apply_compat()  # before mmseg/mmcv load: mmcv-lite needs the mmcv.ops fallback
+
+from .key_management import KeyManagementHook
+from .keyless_server import KeylessServerHook
+
+__all__ = ['KeyManagementHook', 'KeylessServerHook']

@@ -1,0 +1,136 @@
+"""Runner hook that keeps one key consistent across a run and out of its artefacts."""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from typing import Optional, Tuple
+
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmseg.registry import HOOKS
+
+from ..core.errors import InvalidKeyError
+from ..core.grid import slide_problems
+from ..core.keyed import keyed_components, unwrap_model
+from ..core.meta import build_meta, check_meta, meta_of, normalization_of
+from ..keys import SecretKey, resolve_key
+from ..leak_scan import find_key_material, text_contains_key
+
+__all__ = ['KeyManagementHook']
+
+
+@HOOKS.register_module()
+class KeyManagementHook(Hook):
+    """Checks that a run uses one key consistently and never leaks it.
+
+    - Before training / validation / testing: every key-using component (pipelines'
+      ``BlockScramble``, the ``EncryptedVisionTransformer``) must have this hook's key
+      fingerprint, and every cipher block size must equal the backbone's patch size;
+      slide-inference windows must lie on the block grid.
+    - Every checkpoint's ``meta['ppenc']`` records the key fingerprint and cipher
+      parameters (never the key).
+    - ``resume`` / ``load_from`` refuse a checkpoint made with another key (and, unless
+      ``allow_unkeyed_checkpoint``, one that records no key).
+    - The dumped config, the config text stored in checkpoints and the logs are scanned
+      for the key's raw, hex and base64 forms; the run fails loudly if any is found.
+
+    Args:
+        key_file (str, optional): Key file. Defaults to None (``$PPENC_KEY_FILE``).
+        allow_unkeyed_checkpoint (bool): Accept loading checkpoints without a recorded key
+            (e.g. plain models trained elsewhere). Defaults to False.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, key_file: Optional[str] = None,
+                 allow_unkeyed_checkpoint: bool = False) -> None:
+        self.key_file = key_file
+        self.allow_unkeyed_checkpoint = allow_unkeyed_checkpoint
+        self.fingerprint = self._key().fingerprint
+
+    def _key(self) -> SecretKey:
+        return resolve_key(self.key_file)
+
+    # ----------------------------------------------------------------- consistency
+    def _check_components(self, runner, modes: Tuple[str, ...]) -> None:
+        comps = keyed_components(runner, modes)
+        problems = [f'{where} uses key {fp}' for where, fp, _ in comps
+                    if fp != self.fingerprint]
+        model = unwrap_model(runner.model)
+        backbone = getattr(model, 'backbone', None)
+        patch = getattr(backbone, 'patch_size', None)
+        if patch is not None:
+            problems += [f'{where} uses block size {b}, but the backbone patch size is '
+                         f'{patch}: set block_size={patch}' for where, _, b in comps
+                         if b != patch]
+        if problems:
+            raise InvalidKeyError(
+                f'Key/cipher mismatch in this run (expected key {self.fingerprint}): '
+                + '; '.join(problems) + '. Use one key file for every component (leave '
+                'key_file=None everywhere and set PPENC_KEY_FILE) and block_size equal '
+                'to the ViT patch size.')
+        grid = slide_problems(getattr(model, 'test_cfg', None), patch) if patch else []
+        if grid:
+            from ..core.errors import GridError
+            raise GridError('Slide inference would leave the cipher block grid: '
+                            + '; '.join(grid) + '.')
+        if not comps:
+            print_log('KeyManagementHook: no component of this run uses a key.',
+                      logger='current', level=30)
+
+    def before_train(self, runner) -> None:
+        self._check_components(runner, ('train', 'val'))
+        self._scan(runner)
+
+    def before_val(self, runner) -> None:
+        self._check_components(runner, ('val',))
+
+    def before_test(self, runner) -> None:
+        self._check_components(runner, ('test',))
+        self._scan(runner)
+
+    # ----------------------------------------------------------------- checkpoints
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = unwrap_model(runner.model)
+        meta = checkpoint.setdefault('meta', {})
+        mean, std = normalization_of(model)
+        meta['ppenc'] = build_meta(
+            self.fingerprint,
+            int(getattr(getattr(model, 'backbone', None), 'patch_size', 16)),
+            self._key().flip_compatible, mean, std)
+        cfg_text = meta.get('cfg')
+        if isinstance(cfg_text, str):
+            if text_contains_key(cfg_text, self._key()):
+                raise RuntimeError('Key material found in the config text that would be '
+                                   'stored in the checkpoint; remove it from the config '
+                                   '(configs must name a key file, never key bytes).')
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        check_meta(meta_of(checkpoint), self.fingerprint, 'the checkpoint being loaded',
+                   allow_missing=self.allow_unkeyed_checkpoint,
+                   missing_fix='Encrypt plain models with tools/encrypt_model.py, or set '
+                   'KeyManagementHook(allow_unkeyed_checkpoint=True) if you are sure.',
+                   mismatch_fix='Select the key the checkpoint was trained with '
+                   '(PPENC_KEY_FILE) or start from a checkpoint of this key.')
+
+    # ----------------------------------------------------------------- leakage
+    def _scan(self, runner) -> None:
+        key = self._key()
+        hits = []
+        cfg_text = runner.cfg.pretty_text if runner.cfg is not None else ''
+        if text_contains_key(cfg_text, key):
+            hits.append('the run config')
+        paths = [p for p in (runner.log_dir,) if p and osp.isdir(p)]
+        work_dir = runner.work_dir
+        if work_dir and osp.isdir(work_dir):
+            paths += [osp.join(work_dir, f) for f in os.listdir(work_dir)
+                      if f.endswith(('.py', '.json', '.log', '.txt', '.yaml'))]
+        hits += find_key_material(paths, key, max_bytes=64 << 20)
+        if hits:
+            raise RuntimeError('KEY MATERIAL LEAKED: the secret key (raw, hex or base64) '
+                               f'appears in: {", ".join(hits)}. Delete these files, '
+                               'rotate the key, and name the key only by file path '
+                               '(PPENC_KEY_FILE).')
+
+    def after_run(self, runner) -> None:
+        self._scan(runner)

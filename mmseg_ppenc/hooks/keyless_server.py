@@ -1,0 +1,114 @@
+"""Runner-start checks of keyless server runs on offline-encrypted data."""
+from __future__ import annotations
+
+from typing import Optional
+
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmseg.registry import HOOKS
+
+from ..core.errors import KeylessPipelineError
+from ..core.grid import slide_problems
+from ..core.keyed import is_keyed, run_dataloaders, unwrap_model
+from ..core.meta import build_meta, check_meta, meta_of, read_checkpoint_meta
+from ..datasets.keyless import KeylessEncryptedDataset
+
+__all__ = ['KeylessServerHook']
+
+
+@HOOKS.register_module()
+class KeylessServerHook(Hook):
+    """Runner-start checks for keyless training/testing on encrypted data.
+
+    - Every dataloader's dataset is a :class:`KeylessEncryptedDataset`, and all were
+      encrypted with one key (by fingerprint; the server never has the key).
+    - No model component needs the key (e.g. ``EncryptedVisionTransformer``): the server
+      uses the stock ``VisionTransformer`` with a checkpoint encrypted on the client.
+    - The backbone's ``init_cfg`` checkpoint records (``meta['ppenc']``) the same key as
+      the data; ``load_from``/``resume`` checkpoints that record a key must match it.
+    - Slide-inference windows lie on the block grid; the patch size equals the block size.
+    - Checkpoints saved by the server get ``meta['ppenc']`` from the manifest, so the
+      client can tell which key a served model belongs to.
+
+    Args:
+        allow_plain_init (bool): Accept an ``init_cfg`` checkpoint that records no key
+            (e.g. training from scratch, or the "conventional 2" comparison of a plain
+            model on encrypted data). Defaults to False.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self, allow_plain_init: bool = False) -> None:
+        self.allow_plain_init = allow_plain_init
+        self.manifest: Optional[dict] = None
+
+    def before_run(self, runner) -> None:
+        manifests = []
+        for mode, ds in run_dataloaders(runner, ('train', 'val', 'test')):
+            if not isinstance(ds, KeylessEncryptedDataset):
+                raise KeylessPipelineError(
+                    f'{mode}_dataloader.dataset is {type(ds).__name__}, not '
+                    'KeylessEncryptedDataset: wrap it, dict(type="KeylessEncryptedDataset", '
+                    'dataset=dict(...)), so that its data and pipeline are checked.')
+            manifests.append((mode, ds.manifest))
+        if not manifests:
+            return
+        fps = {m['key_fingerprint'] for _, m in manifests}
+        if len(fps) > 1:
+            detail = ', '.join(f'{mode}: {m["key_fingerprint"]}' for mode, m in manifests)
+            raise KeylessPipelineError(f'The datasets of this run were encrypted with '
+                                       f'different keys ({detail}); use one key.')
+        self.manifest = manifests[0][1]
+        fp, block = self.manifest['key_fingerprint'], self.manifest['block_size']
+        model = unwrap_model(runner.model)
+        problems = []
+        for name, m in model.named_modules():
+            if is_keyed(m):
+                problems.append(f'model.{name} ({type(m).__name__}) needs the key; a keyless '
+                                'server uses the stock VisionTransformer with a checkpoint '
+                                'encrypted by tools/encrypt_model.py')
+        backbone = getattr(model, 'backbone', None)
+        patch = getattr(backbone, 'patch_size', None)
+        if patch is not None and patch != block:
+            problems.append(f'the backbone patch size is {patch} but the data was '
+                            f'encrypted with block_size={block}')
+        problems += slide_problems(getattr(model, 'test_cfg', None), block)
+        init_cfg = runner.cfg.get('model', {}).get('backbone', {}).get('init_cfg')
+        ckpt = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
+        training = getattr(runner, '_train_loop', None) is not None and \
+            not isinstance(getattr(runner, '_train_loop'), dict)
+        if training and not (runner.cfg.get('resume') or runner.cfg.get('load_from')):
+            meta = read_checkpoint_meta(ckpt) if isinstance(ckpt, str) else None
+            try:
+                where = ckpt or 'none: model.backbone.init_cfg'
+                check_meta(meta, fp, f'the initial checkpoint ({where})',
+                           allow_missing=self.allow_plain_init,
+                           missing_fix='A plain pre-trained model on encrypted data is the '
+                           'inaccurate "conventional 2" setting. Encrypt it on the client '
+                           'with tools/encrypt_model.py (or set KeylessServerHook('
+                           'allow_plain_init=True) deliberately).',
+                           error=KeylessPipelineError)
+            except KeylessPipelineError as e:
+                problems.append(str(e))
+        if problems:
+            raise KeylessPipelineError('Keyless server run misconfigured:\n  - ' +
+                                       '\n  - '.join(problems))
+        print_log(f'KeylessServerHook: data encrypted with key {fp} (block size {block}, '
+                  f'flip-compatible: {bool(self.manifest.get("flip_compatible"))}); no key '
+                  'on this machine is used.', logger='current')
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.manifest is None:
+            return
+        checkpoint.setdefault('meta', {})['ppenc'] = build_meta(
+            self.manifest['key_fingerprint'], self.manifest['block_size'],
+            bool(self.manifest.get('flip_compatible')))
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.manifest is None:
+            return
+        check_meta(meta_of(checkpoint), self.manifest['key_fingerprint'],
+                   'the checkpoint being loaded', allow_missing=self.allow_plain_init,
+                   missing_fix='Load a checkpoint made for the key of the data '
+                   '(tools/encrypt_model.py or a server checkpoint).',
+                   error=KeylessPipelineError)

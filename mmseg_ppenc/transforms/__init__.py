@@ -1,0 +1,17 @@
+"""Data transforms registered in mmseg's ``TRANSFORMS``.
+
+- :mod:`.block_scramble`: :class:`BlockScramble`, encryption with the key (client side or
+  simulation);
+- :mod:`.keyless`: augmentations that commute with the cipher, for keyless servers;
+- :mod:`.policy`: the allow-list that keyless runs are checked against.
+"""
+from ..compat import apply as _apply_compat
+
+_apply_compat()  # before mmseg/mmcv load: mmcv-lite needs the mmcv.ops fallback
+
+from .block_scramble import BlockScramble
+from .keyless import EncryptedPhotoMetric, EncryptedRandomFlip, GridRandomCrop
+from .policy import ALLOWED_TRANSFORMS, ALTERNATIVES, check_keyless_pipeline
+
+__all__ = ['BlockScramble', 'GridRandomCrop', 'EncryptedPhotoMetric', 'EncryptedRandomFlip',
+           'ALLOWED_TRANSFORMS', 'ALTERNATIVES', 'check_keyless_pipeline']
