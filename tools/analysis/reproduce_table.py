@@ -5,8 +5,9 @@ and reads the tiny configs of the checkout it sits in. Run it as
 ``python tools/reproduce_table.py --out-dir work_dirs/table1`` (or this file directly).
 
 The paper fine-tunes ImageNet-pre-trained SETR models on Cityscapes in three settings
-(see ``docs/method.md``, "The method"): **baseline** (plain model, plain images), **conventional 2** (plain
-model, encrypted images) and **proposed** (model encrypted with the key, encrypted images).
+(``docs/method.md``, "The method"): **baseline** (plain model, plain images),
+**conventional 2** (plain model, encrypted images) and **proposed** (model encrypted with
+the key, encrypted images).
 Neither ImageNet weights nor Cityscapes can be used here, so this module rebuilds the
 experiment at toy scale:
 
