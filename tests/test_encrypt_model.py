@@ -85,7 +85,7 @@ def test_unsupported_timm_variants_are_refused(kw, what):
         convert_timm_vit(sd)
 
 
-# ------------------------------------------------------------------ acceptance 3
+# ------------------------------------------- stock loading and exactness on a served model
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp('encmodel')
