@@ -20,6 +20,7 @@ from .models import EncryptedVisionTransformer  # noqa: E402
 from . import optim  # noqa: E402,F401  (registers BF16AmpOptimWrapper)
 from .transforms import BlockScramble  # noqa: E402
 from . import server_transforms  # noqa: E402,F401  (keyless server transforms, dataset, hook)
+from . import speed  # noqa: E402,F401  (ChannelsLastHook, DeferredLogRuntimeInfoHook)
 
 __all__ = [
     '__version__', 'SecretKey', 'resolve_key', 'KEY_ENV_VAR', 'BlockCipher',
