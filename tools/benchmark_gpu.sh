@@ -136,7 +136,7 @@ say "part 1 exit $? (bench_eager.txt)"; tail -n 40 "$DEST/bench_eager.txt"
 if [ "$E2E" = 1 ]; then
   wait "$DATA_PID"; DATA_RC=$?
   say "synthetic data exit $DATA_RC: $(tail -n 1 "$DEST/e2e_data.log")"
-  T2=$(( $(left) < 170 ? $(left) : 170 ))
+  T2=$(( $(left) < 160 ? $(left) : 160 ))
   if [ "$DATA_RC" = 0 ] && [ "$T2" -gt 60 ]; then
     say "part 2: end to end (up to $T2 s)"
     RUN_T=$(( (T2 - 40) / 2 ))
