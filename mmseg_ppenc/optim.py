@@ -15,13 +15,9 @@ from contextlib import contextmanager
 from typing import Optional
 
 import torch
-
-from .compat import apply as _apply_compat
-
-_apply_compat()  # before mmseg/mmcv load: mmcv-lite needs the mmcv.ops fallback
-from mmengine.logging import print_log  # noqa: E402
-from mmengine.optim import OptimWrapper  # noqa: E402
-from mmseg.registry import OPTIM_WRAPPERS  # noqa: E402
+from mmengine.logging import print_log
+from mmengine.optim import OptimWrapper
+from mmseg.registry import OPTIM_WRAPPERS
 from torch import nn
 
 __all__ = ['BF16AmpOptimWrapper', 'bf16_autocast_supported']

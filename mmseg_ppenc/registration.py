@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ['register_all_modules', 'register_on_import', 'REGISTRIES']
 
@@ -47,6 +47,9 @@ def register_all_modules() -> None:
 
 
 def _add_location(registry_module: Any) -> None:
+    # mmseg is loading, so mmengine and torch are: checkpoints may be read from now on.
+    from .compat import register_safe_globals
+    register_safe_globals()
     for name in REGISTRIES:
         reg = getattr(registry_module, name, None)
         locations = getattr(reg, '_locations', None)

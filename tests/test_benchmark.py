@@ -226,11 +226,8 @@ def test_tool_end_to_end(tmp_path, capsys, load_tool):
     assert 'proposed/baseline images/s (batch 1)' in names
 
 
-def test_tool_variants_and_profile(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('benchmark_tool',
-                                                  osp.join(REPO, 'tools', 'benchmark.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_tool_variants_and_profile(tmp_path, capsys, load_tool):
+    tool = load_tool('benchmark')
     out = tmp_path / 'bench.json'
     tool.main(['--sections', 'train', 'profile', '--size', '32', '--batch', '1',
                '--steps', '1', '--warmup', '1', '--variants', 'baseline', 'proposed+FCD',

@@ -7,12 +7,8 @@ import os.path as osp
 import re
 from typing import Optional, Union
 
-from ..compat import apply as _apply_compat
-
-_apply_compat()  # before mmseg/mmcv load: mmcv-lite needs the mmcv.ops fallback
-
-from mmengine.dataset import BaseDataset  # noqa: E402
-from mmseg.registry import DATASETS  # noqa: E402
+from mmengine.dataset import BaseDataset
+from mmseg.registry import DATASETS
 
 from ..core.errors import KeylessPipelineError
 from ..core.meta import CIPHER_NAME

@@ -5,10 +5,6 @@
 - :mod:`.speed`: opt-in speed switches (:class:`ChannelsLastHook`,
   :class:`DeferredLogRuntimeInfoHook`).
 """
-from ..compat import apply as _apply_compat
-
-_apply_compat()  # before mmseg/mmcv load: mmcv-lite needs the mmcv.ops fallback
-
 from .key_management import KeyManagementHook
 from .keyless_server import KeylessServerHook
 from .speed import ChannelsLastHook, DeferredLogRuntimeInfoHook

@@ -5,10 +5,6 @@
 - :mod:`.keyless`: augmentations that commute with the cipher, for keyless servers;
 - :mod:`.policy`: the allow-list that keyless runs are checked against.
 """
-from ..compat import apply as _apply_compat
-
-_apply_compat()  # before mmseg/mmcv load: mmcv-lite needs the mmcv.ops fallback
-
 from .block_scramble import BlockScramble
 from .keyless import EncryptedPhotoMetric, EncryptedRandomFlip, GridRandomCrop
 from .policy import ALLOWED_TRANSFORMS, ALTERNATIVES, check_keyless_pipeline

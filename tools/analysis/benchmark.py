@@ -228,9 +228,9 @@ def bench_cipher(repeats: int = 50, sizes: Sequence[Tuple[int, int]] = ((768, 76
             full = cipher.index_map(h, w, 'hwc-bgr')
             flat = img.reshape(-1)
             fns = {
-                'copy': lambda: img.copy(),
-                'scramble': lambda: scramble.transform(dict(img=img)),
-                'full_map': lambda: np.take(flat, full),
+                'copy': img.copy,
+                'scramble': lambda img=img: scramble.transform(dict(img=img)),
+                'full_map': lambda flat=flat, full=full: np.take(flat, full),
             }
             samples = time_interleaved(fns, repeats, warmup=2)
             res = {k: _summary(v, timer) for k, v in samples.items()}
