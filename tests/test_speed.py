@@ -10,8 +10,8 @@ from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-from mmseg_ppenc.hooks.speed import (ChannelsLastHook, DeferredLogRuntimeInfoHook,
-                               to_channels_last)
+from mmseg_ppenc.hooks.speed import (ChannelsLastHook, CompileModelHook,
+                                     DeferredLogRuntimeInfoHook, to_channels_last)
 
 from conftest import tiny_config
 from test_benchmark import bm
@@ -34,7 +34,7 @@ def _train(model, optim_cfg, steps=2):
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize('switch', ['channels_last', 'fused'])
+@pytest.mark.parametrize('switch', ['channels_last', 'fused', 'compile_model'])
 def test_switch_keeps_fp32_training(switch):
     """Two steps with the switch on give the stock losses and weights (float32)."""
     ref_model, cfg = _model()
@@ -47,6 +47,13 @@ def test_switch_keeps_fp32_training(switch):
         convs = [p for p in model.decode_head.parameters() if p.dim() == 4 and p.shape[-1] > 1]
         assert convs and all(w.is_contiguous(memory_format=torch.channels_last)
                              and not w.is_contiguous() for w in convs)
+    elif switch == 'compile_model':
+        # The eager backend traces the whole forward with dynamo (graph breaks included)
+        # without inductor's compile time; parameter names must not change.
+        names = list(model.state_dict())
+        CompileModelHook(dict(backend='eager')).before_train(
+            type('RunnerView', (), {'model': model})())
+        assert list(model.state_dict()) == names
     else:
         sw_optim['optimizer']['fused'] = True
     got = _train(model, sw_optim)

@@ -11,7 +11,7 @@ when it needs them, so ``--help`` stays fast.
 """
 import sys
 
-__all__ = ['fail', 'user_errors', 'USAGE_ERROR', 'RUN_FAILED']
+__all__ = ['fail', 'user_errors', 'missing_environment', 'USAGE_ERROR', 'RUN_FAILED']
 
 #: Exit status for bad input or usage (as argparse uses).
 USAGE_ERROR = 2
@@ -36,17 +36,30 @@ def fail(message: object, code: int = USAGE_ERROR) -> int:
 def user_errors() -> tuple:
     """The exception classes that mean "bad input", reported without a traceback.
 
-    Imported when called, not with this package: they pull in mmengine.
+    Returns:
+        tuple[type, ...]: :class:`mmseg_ppenc.core.errors.PpencError`, the base of every
+        plugin error (config, key, grid, model and dataset encryption).
+    """
+    from mmseg_ppenc.core.errors import PpencError
+    return (PpencError,)
+
+
+def missing_environment(modules=('torch', 'mmengine', 'mmseg')) -> int:
+    """Check that the heavy dependencies import; report a broken environment once.
+
+    Args:
+        modules (Sequence[str]): Modules a tool needs. Defaults to torch, mmengine, mmseg.
 
     Returns:
-        tuple[type, ...]: The plugin's exception classes (config, key, model encryption).
+        int: 0 when all import, else the exit status after printing an ``error:`` line
+        that names the module and how to set the environment up.
     """
-    from mmseg_ppenc.keys import InvalidKeyError
-    from mmseg_ppenc.runner import ConfigError
-    errors = [ConfigError, InvalidKeyError]
-    try:  # the common base of the plugin's exceptions, where this version has one
-        from mmseg_ppenc.core.errors import PpencError
-        errors.append(PpencError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    import importlib
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001  (any failure means a broken install)
+            return fail(f'cannot import {name} ({type(e).__name__}: {e}). The environment '
+                        'is incomplete: run `bash tools/setup_env.sh` and use '
+                        '.venv/bin/python.', RUN_FAILED)
+    return 0

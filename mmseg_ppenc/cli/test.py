@@ -8,7 +8,7 @@ import argparse
 import os
 from typing import Mapping, Optional, Sequence
 
-from mmseg_ppenc.cli import fail, user_errors
+from mmseg_ppenc.cli import fail, missing_environment, user_errors
 from mmseg_ppenc.cli.train import LAUNCHERS, _DictAction
 
 __all__ = ['build_parser', 'format_metrics', 'main']
@@ -62,6 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     args = build_parser().parse_args(argv)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if missing_environment():
+        return 1
     from mmseg_ppenc.runner import test
     try:
         metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options,

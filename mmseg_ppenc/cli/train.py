@@ -8,7 +8,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli import fail, user_errors
+from mmseg_ppenc.cli import fail, missing_environment, user_errors
 
 __all__ = ['build_parser', 'main']
 
@@ -59,6 +59,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     # torch.distributed.launch passes --local-rank; mmengine reads the environment.
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if missing_environment():
+        return 1
     from mmseg_ppenc.runner import train
     try:
         train(args.config, args.work_dir, args.cfg_options, args.resume, args.amp,

@@ -3,11 +3,11 @@
 - :class:`KeyManagementHook`: one key across a run, checkpoints tied to it, no key leaks;
 - :class:`KeylessServerHook`: the checks of keyless server runs on encrypted data;
 - :mod:`.speed`: opt-in speed switches (:class:`ChannelsLastHook`,
-  :class:`DeferredLogRuntimeInfoHook`).
+  :class:`CompileModelHook`, :class:`DeferredLogRuntimeInfoHook`).
 """
 from .key_management import KeyManagementHook
 from .keyless_server import KeylessServerHook
-from .speed import ChannelsLastHook, DeferredLogRuntimeInfoHook
+from .speed import ChannelsLastHook, CompileModelHook, DeferredLogRuntimeInfoHook
 
 __all__ = ['KeyManagementHook', 'KeylessServerHook', 'ChannelsLastHook',
-           'DeferredLogRuntimeInfoHook']
+           'CompileModelHook', 'DeferredLogRuntimeInfoHook']

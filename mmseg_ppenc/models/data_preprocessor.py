@@ -85,6 +85,10 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
             sample.set_metainfo(dict(img_shape=tuple(img.shape[-2:])))
         return img
 
+    # The cipher's cached index maps are numpy arrays, which torch.compile cannot trace
+    # (mmengine's compile=True compiles train_step, which calls this); the gather is one
+    # kernel anyway.
+    @torch.compiler.disable
     def encrypt_inputs(self, inputs: List[torch.Tensor],
                        data_samples: Optional[list] = None) -> List[torch.Tensor]:
         """Encrypt a list of C x H x W uint8 images (loader channel order), on their device.
