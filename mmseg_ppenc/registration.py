@@ -15,8 +15,14 @@ happen without making client-side imports heavy (:func:`register_on_import`):
   plugin) the first time any mmseg registry builds or looks up a component. Nothing heavy
   is imported until then, so ``import mmseg_ppenc.keys`` loads neither torch nor mmseg.
 
-Side effects of registration (all of them): the compatibility fixes described in
-:mod:`mmseg_ppenc.compat`, and the registry entries of this package.
+Side effects (all of them, each tested in ``tests/test_registration.py``):
+
+- ``import mmseg_ppenc`` alone: none besides the import hooks above (no warnings filter, no
+  registry entry, no heavy import);
+- when mmseg loads: the ``mmcv.ops`` fallback (mmcv-lite only, with its one warnings filter)
+  and the ``torch.load(weights_only=True)`` allow-list of mmengine's checkpoint types (see
+  :mod:`mmseg_ppenc.compat`);
+- at registration: the same fixes, and the registry entries of this package.
 """
 from __future__ import annotations
 

@@ -55,3 +55,13 @@ def test_warning_filter_is_only_for_mmcv_lite_message():
             'f[1].pattern.startswith(MMCV_LITE_WARNING)]; '
             'print(len(ours) == (0 if has_compiled_mmcv_ops() else 1))')
     assert _run(code).strip() == 'True'
+
+
+def test_checkpoint_types_are_allow_listed_once_mmseg_loads():
+    code = ('import mmseg_ppenc, torch.serialization as ser; '
+            'from mmengine.logging.history_buffer import HistoryBuffer; '
+            'names = lambda: [g[0] if isinstance(g, tuple) else g '
+            'for g in ser.get_safe_globals()]; '
+            'before = HistoryBuffer in names(); import mmseg.registry; '
+            'print(before, HistoryBuffer in names())')
+    assert _run(code).strip() == 'False True'
