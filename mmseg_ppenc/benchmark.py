@@ -458,6 +458,8 @@ class _Variant:
         self.model = MODELS.build(model_cfg)
         # Initialise on the device: random init of ViT-L takes seconds on a CPU.
         self.model.to(device)
+        from .models.encrypted_vit import bind_normalization
+        bind_normalization(self.model)  # what KeyManagementHook does at runner start
         self.model.init_weights()
         self.model.train()
         self.optim_wrapper = build_optim_wrapper(self.model, optim_cfg)

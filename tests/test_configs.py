@@ -28,6 +28,7 @@ from mmengine import Config  # noqa: E402
 from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
+from mmseg_ppenc.models.encrypted_vit import bind_normalization
 from mmseg_ppenc.keys import InvalidKeyError, SecretKey  # noqa: E402
 from mmseg_ppenc.models import (EncryptedVisionTransformer,  # noqa: E402
                                 FusedMultiheadAttention)
@@ -349,6 +350,7 @@ def test_config_builds_tiny(arch: str, decoder: str, setting: str, registered: N
         assert type(model.backbone).__name__ == 'FastVisionTransformer'
     assert all(isinstance(layer.attn, FusedMultiheadAttention)
                for layer in model.backbone.layers)
+    bind_normalization(model)
     model.init_weights()  # init_cfg=None: random init (+ the key adaptation)
     model.eval()
     x = torch.rand(1, 3, *TINY_HW)
