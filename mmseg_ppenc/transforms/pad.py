@@ -24,7 +24,9 @@ def pad_results(results: dict, block: int, size: Optional[Tuple[int, int]] = Non
     """Pad ``results['img']`` (and its label maps) at the bottom/right, in place.
 
     The padded height/width is the image's, raised to ``size`` if given, rounded up to a
-    multiple of ``block``. The pad is accumulated in ``results['img_padding_size']``
+    multiple of ``block``. Label maps of the image's size are padded along (others, e.g.
+    labels loaded at the original size after a test-time Resize, are left alone). The
+    pad is accumulated in ``results['img_padding_size']``
     (left, right, top, bottom), the form mmseg's post-processing cuts off.
 
     Args:
@@ -49,6 +51,10 @@ def pad_results(results: dict, block: int, size: Optional[Tuple[int, int]] = Non
     results['img'] = np.pad(img, widths, constant_values=pad_val)
     for k in results.get('seg_fields', []):
         seg = results[k]
+        if seg.shape[:2] != (h, w):
+            # A test pipeline loads labels at the original size, after Resize: they stay
+            # as they are, since the prediction is cut and resized back to them.
+            continue
         results[k] = np.pad(seg, ((0, ph), (0, pw)) + ((0, 0),) * (seg.ndim - 2),
                             constant_values=seg_pad_val)
     left, right, top, bottom = results.get('img_padding_size', (0, 0, 0, 0))
