@@ -68,7 +68,7 @@ def ade_root(tmp_path_factory):
                 y, x = rng.integers(0, 60), rng.integers(0, 90)
                 lab[y:y + 30, x:x + 40] = c
             img = (lab[..., None] * 50 + rng.integers(0, 40, (70, 100, 3))).astype(np.uint8)
-            mmcv.imwrite(img, str(root / 'images' / split / f'ADE_{i:04d}.png'))
+            mmcv.imwrite(img, str(root / 'images' / split / f'ADE_{i:04d}.jpg'))
             mmcv.imwrite(lab, str(root / 'annotations' / split / f'ADE_{i:04d}.png'))
     return str(root) + os.sep
 
@@ -270,7 +270,7 @@ def test_mmseg_inference_api_on_recipe_config(case, key_env, tmp_path, roots):
     Runner.from_cfg(enc_cfg).train()
     img = str(next(iter(sorted(
         osp.join(dp, f) for dp, _, fs in os.walk(roots[CASES[case][1]]) for f in fs
-        if 'leftImg8bit' in f or ('images' in dp and f.endswith('.png'))))))
+        if 'leftImg8bit' in f or f.endswith('.jpg')))))
     preds = []
     for cfg in (plain_cfg, enc_cfg):
         model = init_model(cfg, osp.join(cfg.work_dir, 'iter_1.pth'), device='cpu')

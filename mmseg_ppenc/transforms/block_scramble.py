@@ -39,7 +39,10 @@ class BlockScramble(BaseTransform, KeyedComponent):
             the environment variable ``PPENC_KEY_FILE`` (so configs carry no key).
         block_size (int): Block side; must equal the ViT patch size. Defaults to 16.
         channel_order (str): Channel order of ``results['img']``: ``'bgr'`` (what mmcv's
-            ``LoadImageFromFile`` yields) or ``'rgb'``. Defaults to ``'bgr'``.
+            ``LoadImageFromFile`` yields) or ``'rgb'``. The cipher must act in the order
+            the ViT sees, so ``'bgr'`` goes with a data preprocessor with
+            ``bgr_to_rgb=True`` and ``'rgb'`` with ``bgr_to_rgb=False``;
+            ``KeyManagementHook`` refuses a mismatch at start. Defaults to ``'bgr'``.
         pad_to_grid (bool): Pad images whose sides are not multiples of ``block_size``
             at the bottom/right (image with ``pad_val``, labels with ``seg_pad_val``)
             instead of raising, recording the pad in ``img_padding_size`` (see
