@@ -324,6 +324,21 @@ def test_keep_ratio_resize_without_pad_is_refused(setr_pair):
              r"dict\(type='PadToGrid', block_size=16\) before BlockScramble", mode='test')
 
 
+def test_training_resize_without_pad_is_refused(setr_pair):
+    _, enc = setr_pair
+    enc.train_dataloader.dataset.pipeline = [
+        t for t in enc.train_dataloader.dataset.pipeline if t['type'] != 'PadToGrid']
+    _refused(enc, r"train_pipeline Resize \(keep_ratio/random scale\) gives image sizes "
+             r"that depend on the image.*model\.data_preprocessor\.size=\(64, 64\) pads")
+
+
+def test_test_time_size_divisor_is_refused(setr_pair):
+    _, enc = setr_pair
+    enc.model.data_preprocessor.test_cfg = dict(size_divisor=32)
+    _refused(enc, r'model\.data_preprocessor\.test_cfg\.size_divisor=32 would pad '
+             r'encrypted images', mode='test')
+
+
 def test_pad_dropped_by_pack_is_refused(setr_pair):
     _, enc = setr_pair
     enc.test_dataloader.dataset.pipeline[-1] = dict(type='PackSegInputs')

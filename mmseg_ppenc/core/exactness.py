@@ -122,20 +122,19 @@ def preprocessor_pad_problems(preprocessor: Any, pads: Sequence[Any], block: int
     problems = []
     if size is not None:
         if guaranteed is None or guaranteed[0] < size[0] or guaranteed[1] < size[1]:
-            hint = (f'{tuple(-(-v // block) * block for v in size)}' if
-                    any(v % block for v in size) else f'{size}')
+            hint = f'{size}'
             problems.append(
                 f'{where}.size={size} pads smaller images after normalisation, which is '
                 'not the encryption of any padded image: put '
                 f"dict(type='PadToGrid', size={hint}) before BlockScramble (uint8 pad, "
                 'labels 255), in the plain baseline too')
-        elif any(v % block for v in size):
-            problems.append(f'{where}.size={size} is off the {block}-pixel block grid: use '
-                            f'{tuple(nearest_on_grid(v, block)[1] for v in size)}')
     if divisor and int(divisor) > 1 and block % int(divisor):
-        # Images are on the block grid; a divisor that is not a divisor of the block side
-        # (or a fixed size that is a multiple of it) still pads.
-        ok = guaranteed is not None and all(v % int(divisor) == 0 for v in guaranteed)
+        # Images are on the block grid; a divisor that does not divide the block side
+        # still pads them. In training, crops are at most the crop size, so a uint8 pad to
+        # a crop size that is a multiple of the divisor leaves nothing to pad; test images
+        # can be larger than any fixed size.
+        ok = training and guaranteed is not None and all(
+            v % int(divisor) == 0 for v in guaranteed)
         if not ok:
             problems.append(
                 f'{where}.size_divisor={divisor} would pad encrypted images after '
