@@ -216,6 +216,23 @@ def _run(cfg: Config):
     return float(loss), out, runner
 
 
+def _assert_same_labels(logits, plain, enc, tol):
+    """Label maps are identical except where the plain model itself is undecided.
+
+    Float32 reorders sums under the key, so logits agree to ~1e-6 relative, not bit
+    for bit; a pixel whose two best plain logits differ by less than that (a tie on a
+    class border of the upsampled logits) may take either label. Every other pixel
+    must match, and ties must stay rare.
+    """
+    diff = plain != enc
+    if not diff.any():
+        return
+    top2 = logits.topk(2, dim=0).values
+    gap = (top2[0] - top2[1])[diff[0]]
+    assert (gap <= tol).all(), f'labels differ where the plain model is decided: {gap}'
+    assert diff.float().mean() < 1e-3
+
+
 @pytest.fixture
 def roots(synthetic_root, ade_root):
     return dict(city=synthetic_root, ade=ade_root)
@@ -248,7 +265,7 @@ def test_recipe_is_exact(case, key_env, tmp_path, roots):
         assert tuple(pp.shape[-2:]) == tuple(pe.shape[-2:]) == tuple(meta['ori_shape'][:2])
         scale = lp.abs().max()
         assert ((le - lp).abs().max() / scale).item() <= 1e-5
-        assert torch.equal(pp, pe)
+        _assert_same_labels(lp, pp, pe, tol=2e-5 * scale)
     # The normalisation the backbone follows is the data preprocessor's (Segmenter:
     # 127.5) and is recorded in the checkpoint.
     meta = torch.load(osp.join(enc_cfg.work_dir, 'iter_1.pth'), map_location='cpu',
@@ -277,7 +294,10 @@ def test_mmseg_inference_api_on_recipe_config(case, key_env, tmp_path, roots):
         preds.append(inference_model(model, img))
     h, w = mmcv.imread(img).shape[:2]
     assert preds[0].pred_sem_seg.data.shape[-2:] == (h, w)
-    assert torch.equal(preds[0].pred_sem_seg.data, preds[1].pred_sem_seg.data)
+    lp, le = preds[0].seg_logits.data, preds[1].seg_logits.data
+    assert ((le - lp).abs().max() / lp.abs().max()).item() <= 1e-5
+    _assert_same_labels(lp, preds[0].pred_sem_seg.data, preds[1].pred_sem_seg.data,
+                        tol=2e-5 * lp.abs().max())
 
 
 # ------------------------------------------------------------------- refusals
