@@ -173,10 +173,11 @@ def apply_recipe(cfg: Config) -> Config:
     cfg = copy.deepcopy(cfg)
     cfg.custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
     cfg.model.backbone.type = 'EncryptedVisionTransformer'
-    for pipe in (cfg.train_dataloader.dataset.pipeline, cfg.test_dataloader.dataset.pipeline,
-                 cfg.test_pipeline, cfg.train_pipeline):
+    for pipe in (cfg.train_dataloader.dataset.pipeline, cfg.train_pipeline,
+                 cfg.test_dataloader.dataset.pipeline, cfg.test_pipeline):
         pipe.insert(len(pipe) - 1, dict(type='BlockScramble'))
-    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='KeyManagementHook')]
+    hooks = list(cfg.get('custom_hooks') or [])
+    cfg.custom_hooks = hooks + [dict(type='KeyManagementHook')]
     return cfg
 
 
@@ -391,7 +392,8 @@ def test_imagenet_checkpoint_refused_by_127_model(setr_pair, key_env, tmp_path):
         key_env.fingerprint, 16, False, IMAGENET_MEAN, IMAGENET_STD)}}, full)
     enc.model.backbone.init_cfg = None
     enc.load_from = full
-    _refused(enc, r'adapted for normalisation mean=\[123\.675', InvalidKeyError, mode='test')
+    _refused(enc, r'adapted for normalisation mean=\[123\.675', InvalidKeyError,
+             mode='test')
 
 
 def test_san_is_refused(tmp_path):

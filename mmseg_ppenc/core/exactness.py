@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .grid import nearest_on_grid, to_pair
+from .grid import off_grid_hint, to_pair
 
 __all__ = ['EXACT_SEGMENTORS', 'REFUSED_SEGMENTORS', 'RESIZE_TRANSFORMS',
            'segmentor_problems', 'channel_problems', 'preprocessor_pad_problems',
@@ -186,8 +186,7 @@ def pipeline_problems(mode: str, transforms: Sequence[Any], block: int) -> List[
             if bad and not pad_after_resize:
                 problems.append(
                     f'{mode}_pipeline {n}(scale={tuple(scale)}) gives an off-grid size: '
-                    + '; '.join(f'for {v} use {"/".join(map(str, nearest_on_grid(v, block)))}'
-                                for v in bad))
+                    + '; '.join(f'for {v} {off_grid_hint(v, block)}' for v in bad))
         elif not pad_after_resize:
             problems.append(
                 f'{mode}_pipeline {n} (keep_ratio/random scale) gives image sizes that '
@@ -215,9 +214,10 @@ def pipeline_problems(mode: str, transforms: Sequence[Any], block: int) -> List[
     return problems
 
 
-def normalization_problem(given: Tuple[Optional[Sequence[float]], Optional[Sequence[float]]],
-                          model_norm: Tuple[Optional[Sequence[float]],
-                                            Optional[Sequence[float]]],
+_Norm = Tuple[Optional[Sequence[float]], Optional[Sequence[float]]]
+
+
+def normalization_problem(given: _Norm, model_norm: _Norm,
                           where: str, rtol: float = 1e-6) -> Optional[str]:
     """A sentence when a component's explicit mean/std differ from the model's.
 

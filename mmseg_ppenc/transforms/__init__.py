@@ -15,5 +15,6 @@ from .pad import PACK_META_KEYS, PadToGrid
 from .keyless import EncryptedPhotoMetric, EncryptedRandomFlip, GridRandomCrop
 from .policy import ALLOWED_TRANSFORMS, ALTERNATIVES, check_keyless_pipeline
 
-__all__ = ['BlockScramble', 'PadToGrid', 'PACK_META_KEYS', 'GridRandomCrop', 'EncryptedPhotoMetric', 'EncryptedRandomFlip',
+__all__ = ['BlockScramble', 'PadToGrid', 'PACK_META_KEYS', 'GridRandomCrop',
+           'EncryptedPhotoMetric', 'EncryptedRandomFlip',
            'ALLOWED_TRANSFORMS', 'ALTERNATIVES', 'check_keyless_pipeline']

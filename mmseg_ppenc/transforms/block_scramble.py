@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
@@ -61,7 +60,8 @@ class BlockScramble(BaseTransform, KeyedComponent):
                  seg_pad_val: int = 255) -> None:
         if channel_order not in ('bgr', 'rgb'):
             raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
-        if not isinstance(pad_val, int) or isinstance(pad_val, bool) or not 0 <= pad_val <= 255:
+        if (not isinstance(pad_val, int) or isinstance(pad_val, bool)
+                or not 0 <= pad_val <= 255):
             raise ValueError(f'BlockScramble pad_val must be one int in [0, 255] for all '
                              f'channels, got {pad_val!r}: a per-channel pad would be '
                              'shuffled by the key and reveal it.')

@@ -110,7 +110,8 @@ class PadToGrid(BaseTransform):
     def __init__(self, block_size: int = 16,
                  size: Optional[Union[int, Sequence[int]]] = None,
                  pad_val: int = 0, seg_pad_val: int = 255) -> None:
-        if not isinstance(pad_val, int) or isinstance(pad_val, bool) or not 0 <= pad_val <= 255:
+        if (not isinstance(pad_val, int) or isinstance(pad_val, bool)
+                or not 0 <= pad_val <= 255):
             raise ValueError(f'PadToGrid pad_val must be one int in [0, 255] for all '
                              f'channels, got {pad_val!r}: a per-channel pad would be '
                              'shuffled by the key and reveal it.')
