@@ -488,3 +488,45 @@ def test_missing_patch_bias_starts_at_zero(key_env, tmp_path):
     got = vit.patch_embed.projection.bias.detach()
     assert torch.allclose(got, want['patch_embed.projection.bias'], atol=1e-6)
     assert got.abs().max() > 0  # the adaptation's offset, not the random init
+
+
+# ------------------------------------------------------- simulation preprocessor, apis
+def test_encrypted_preprocessor_pads_raw_pixels_to_the_crop(key_env):
+    """EncryptedSegDataPreProcessor(pad_to_grid=True) pads uint8 to ``size`` before
+    encrypting, so its parent finds nothing to pad after normalisation."""
+    from mmseg.structures import SegDataSample
+    from mmengine.structures import PixelData
+
+    from mmseg_ppenc.models import EncryptedSegDataPreProcessor
+    pre = EncryptedSegDataPreProcessor(pad_to_grid=True, size=CROP, mean=[0, 0, 0],
+                                       std=[1, 1, 1], bgr_to_rgb=True, pad_val=-7)
+    # On the grid, so the pad fills whole blocks (a partly padded block is scrambled).
+    img = torch.full((3, 48, 32), 9, dtype=torch.uint8)
+    sample = SegDataSample(gt_sem_seg=PixelData(data=torch.ones(1, 48, 32,
+                                                                dtype=torch.uint8)))
+    out = pre(dict(inputs=[img], data_samples=[sample]), training=True)
+    x = out['inputs'][0]
+    assert tuple(x.shape[-2:]) == CROP
+    # The pad is raw 0 (its own encryption), not the parent's pad_val after normalising.
+    assert (x[:, 48:] == 0).all() and (x[:, :, 32:] == 0).all()
+    assert (x[:, :48, :32] == 9).all()
+    gt = out['data_samples'][0].gt_sem_seg.data
+    assert (gt[:, 48:] == 255).all() and (gt[:, :48, :32] == 1).all()
+    assert out['data_samples'][0].img_padding_size == (0, 32, 0, 16)
+
+
+def test_load_encrypted_model_checks_normalisation(setr_pair, key_env, tmp_path):
+    from mmseg_ppenc.apis import load_encrypted_model
+    _, enc = setr_pair
+    enc.model.data_preprocessor.update(mean=[127.5] * 3, std=[127.5] * 3)
+    model = Runner.from_cfg(copy.deepcopy(enc)).model
+    ckpt = str(tmp_path / 'imagenet.pth')
+    torch.save({'state_dict': model.state_dict(), 'meta': {'ppenc': build_meta(
+        key_env.fingerprint, 16, False, IMAGENET_MEAN, IMAGENET_STD)}}, ckpt)
+    with pytest.raises(InvalidKeyError, match=r'this model normalises with '
+                       r'mean=\[127\.5, 127\.5, 127\.5\]'):
+        load_encrypted_model(enc, ckpt)
+    torch.save({'state_dict': model.state_dict(), 'meta': {'ppenc': build_meta(
+        key_env.fingerprint, 16, False, [127.5] * 3, [127.5] * 3)}}, ckpt)
+    loaded = load_encrypted_model(enc, ckpt)
+    assert loaded.backbone.norm_mean == (127.5, 127.5, 127.5)
