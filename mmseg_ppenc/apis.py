@@ -94,6 +94,13 @@ def predict_encrypted(model: torch.nn.Module, enc_rgb: np.ndarray,
         raise ValueError(f'The encrypted image is {h}x{w}, not a multiple of the model\'s '
                          f'{block}-pixel blocks: it cannot have been encrypted for this '
                          'model (encrypt_for_upload(..., pad=True) pads it).')
+    pre = getattr(model, 'data_preprocessor', None)
+    if pre is not None and not getattr(pre, 'channel_conversion', True):
+        # The image is encrypted in RGB; a model that does not convert BGR to RGB sees
+        # another channel order than the cipher acted in.
+        raise ValueError('predict_encrypted needs a data preprocessor with '
+                         'bgr_to_rgb=True (the cipher acts on RGB images); this model has '
+                         'bgr_to_rgb=False.')
     bgr = np.ascontiguousarray(enc_rgb[..., ::-1])
     sample = SegDataSample()
     sample.set_metainfo(dict(ori_shape=(h, w), img_shape=(h, w), pad_shape=(h, w),
@@ -170,7 +177,8 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
     """Build a segmentor from a (server) config and an encrypted checkpoint.
 
     mmseg's ``init_model`` with the checkpoint's ``meta['ppenc']`` attached as
-    ``model.ppenc_meta`` (None if the checkpoint records no key).
+    ``model.ppenc_meta`` (None if the checkpoint records no key). A checkpoint adapted
+    for another normalisation than the config's data preprocessor is refused.
 
     Args:
         config (str | Config): Config file or object (e.g. configs/ppenc/server/...).
@@ -182,9 +190,15 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
     from mmseg.apis import init_model
     if isinstance(config, str):
         config = Config.fromfile(config)
+    from .core.meta import check_normalization, normalization_of
+    from .models.encrypted_vit import bind_normalization
     model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
     ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
     model.ppenc_meta = meta_of(ckpt)
+    bind_normalization(model)
+    mean, std = normalization_of(model)
+    if mean is not None:
+        check_normalization(model.ppenc_meta, mean, std, f'the checkpoint {checkpoint}')
     return model
 
 

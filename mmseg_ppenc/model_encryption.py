@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Mapping, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -31,7 +31,7 @@ from .core.meta import build_meta
 from .keys import SecretKey
 
 __all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'detect_layout',
-           'encrypt_model_checkpoint', 'ppenc_meta']
+           'encrypt_model_checkpoint', 'ppenc_meta', 'normalization_from_config']
 
 
 def ppenc_meta(key: SecretKey, block_size: int, mean=None, std=None) -> dict:
@@ -177,8 +177,8 @@ def _atomic_save(obj, path: str) -> None:
 
 
 def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
-                             mean: Sequence[float] = IMAGENET_MEAN,
-                             std: Sequence[float] = IMAGENET_STD,
+                             mean: Optional[Sequence[float]] = None,
+                             std: Optional[Sequence[float]] = None,
                              patch_bias: str = 'fold',
                              backbone_only: bool = False,
                              force: bool = False) -> dict:
@@ -190,10 +190,10 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
             fine-tuned on plain images).
         dst (str): Output path; written atomically.
         key (SecretKey): The key the data is (or will be) encrypted with.
-        mean (Sequence[float]): The data preprocessor's mean, RGB. Defaults to mmseg's
-            ImageNet values.
-        std (Sequence[float]): The data preprocessor's std, RGB. Defaults to mmseg's
-            ImageNet values.
+        mean (Sequence[float]): The target config's data preprocessor mean (see
+            :func:`normalization_from_config`). Required: the adaptation folds it into
+            the weights, and it is recorded in ``meta['ppenc']``.
+        std (Sequence[float]): The data preprocessor's std. Required.
         patch_bias (str): timm patch-embedding bias handling (``'fold'`` or ``'keep'``).
             Defaults to ``'fold'``.
         backbone_only (bool): For a segmentor input, write only the backbone (for
@@ -209,6 +209,18 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
         ModelEncryptionError: unreadable or unsupported input, an input that is already
             encrypted, ``dst`` exists (without ``force``) or equals ``src``.
     """
+    if mean is None or std is None:
+        raise ModelEncryptionError(
+            'The normalisation to adapt the weights for is not given: pass the target '
+            'config (--config CONFIG; it is read from model.data_preprocessor) or '
+            f'--mean/--std (mmseg\'s ImageNet values are {list(IMAGENET_MEAN)} / '
+            f'{list(IMAGENET_STD)}; Segmenter configs use 127.5 / 127.5).')
+    if mean is None or std is None:
+        raise ModelEncryptionError(
+            'The normalisation to adapt the weights for is not given: pass the target '
+            'config (--config CONFIG; it is read from model.data_preprocessor) or '
+            f'--mean/--std (mmseg\'s ImageNet values are {list(IMAGENET_MEAN)} / '
+            f'{list(IMAGENET_STD)}; Segmenter configs use 127.5 / 127.5).')
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ModelEncryptionError(f'IN and OUT are the same file ({src}); write the '
                                    'encrypted model to a new path and keep the plain one.')
@@ -241,3 +253,37 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
     return dict(source_layout=layout, output='segmentor' if prefix else 'backbone',
                 num_tensors=len(enc), key_fingerprint=key.fingerprint,
                 block_size=block_size, dst=dst)
+
+
+def normalization_from_config(config) -> Tuple[List[float], List[float]]:
+    """The ``(mean, std)`` of a config's ``model.data_preprocessor`` (and its backbone).
+
+    Args:
+        config (str | Config): Config file or object (``mmseg::`` bases resolved).
+
+    Returns:
+        tuple[list[float], list[float]]: Mean and std, in the channel order the ViT sees.
+
+    Raises:
+        ModelEncryptionError: the config states no normalisation, or its backbone states
+            another one than its data preprocessor.
+    """
+    from mmengine.config import Config
+
+    from .core.exactness import normalization_problem
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    model = cfg.get('model') or {}
+    pre = model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}
+    mean, std = pre.get('mean'), pre.get('std')
+    backbone = model.get('backbone') or {}
+    if mean is None or std is None:
+        mean, std = backbone.get('mean'), backbone.get('std')
+        if mean is None or std is None:
+            raise ModelEncryptionError(
+                'The config states no normalisation (model.data_preprocessor.mean/std): '
+                'pass --mean/--std.')
+    problem = normalization_problem((backbone.get('mean'), backbone.get('std')),
+                                    (mean, std), 'model.backbone')
+    if problem:
+        raise ModelEncryptionError(f'The config is inconsistent: {problem}.')
+    return [float(v) for v in mean], [float(v) for v in std]

@@ -12,6 +12,7 @@ from mmseg.utils import register_all_modules
 
 from mmseg_ppenc.adaptation import IMAGENET_MEAN, IMAGENET_STD
 from mmseg_ppenc.cipher import encrypt_tensor
+from mmseg_ppenc.models.encrypted_vit import bind_normalization
 from mmseg_ppenc.models import (EncryptedVisionTransformer, FastVisionTransformer,
                                 FusedMultiheadAttention, set_attention_impl)
 
@@ -106,8 +107,10 @@ def test_fused_equals_stock_encrypted(key_env, tmp_path, train, with_cls_token, 
     torch.save({'state_dict': plain.state_dict()}, ckpt)
     init_cfg = dict(type='Pretrained', checkpoint=ckpt)
     enc_stock = EncryptedVisionTransformer(**_kwargs(img_size, with_cls_token),
+                                           mean=IMAGENET_MEAN, std=IMAGENET_STD,
                                            attn_impl='stock', init_cfg=init_cfg)
     enc_fused = EncryptedVisionTransformer(**_kwargs(img_size, with_cls_token),
+                                           mean=IMAGENET_MEAN, std=IMAGENET_STD,
                                            init_cfg=init_cfg)
     assert enc_fused.attn_impl == 'fused' and enc_stock.attn_impl == 'stock'
     enc_stock.init_weights()
@@ -142,7 +145,7 @@ def test_state_dicts_load_strictly_both_ways(with_cls_token):
 
 def test_encrypted_state_dict_loads_into_stock_vit(key_env):
     kw = _kwargs((32, 32), True)
-    enc = EncryptedVisionTransformer(**kw)
+    enc = EncryptedVisionTransformer(**kw, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     enc.init_weights()
     VisionTransformer(**kw).load_state_dict(enc.state_dict(), strict=True)
 
@@ -261,6 +264,7 @@ def test_segmentor_logits_fused_vs_stock(key_env):
     cfg = Config.fromfile(tiny_config('mla', 'proposed'))
     torch.manual_seed(0)
     fused = MODELS.build(copy.deepcopy(cfg.model))
+    bind_normalization(fused)
     fused.init_weights()
     cfg.merge_from_dict({'model.backbone.attn_impl': 'stock'})
     stock = MODELS.build(cfg.model)

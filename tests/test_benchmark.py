@@ -12,6 +12,7 @@ from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
+from mmseg_ppenc.models.encrypted_vit import bind_normalization
 from mmseg_ppenc.optim import BF16AmpOptimWrapper, bf16_autocast_supported
 
 from conftest import REPO, tiny_config
@@ -268,6 +269,7 @@ def test_amp_falls_back_to_fp32_on_this_cpu(key_env):
     cfg = Config.fromfile(tiny_config('mla', 'proposed'))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
+    bind_normalization(model)
     model.init_weights()
     wrapper = build_optim_wrapper(model, _shipped_optim_cfg())
     assert isinstance(wrapper, BF16AmpOptimWrapper)

@@ -16,6 +16,7 @@ from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import DATASETS, MODELS
 from mmseg.utils import register_all_modules
 
+from mmseg_ppenc.adaptation import IMAGENET_MEAN, IMAGENET_STD
 from mmseg_ppenc.convert import convert_timm_vit
 from mmseg_ppenc.datasets import encrypt_dataset, make_synthetic_cityscapes
 from mmseg_ppenc.hooks import KeyManagementHook
@@ -154,7 +155,7 @@ def test_encrypted_model_on_encrypted_images_equals_plain(setup, layout):
     root, plain_root, enc_root, key_file, key = setup
     src, plain = _plain_checkpoint(root, layout)
     dst = str(root / f'{layout}_encrypted.pth')
-    info = encrypt_model_checkpoint(src, dst, key)
+    info = encrypt_model_checkpoint(src, dst, key, IMAGENET_MEAN, IMAGENET_STD)
     assert info['source_layout'] == layout and info['key_fingerprint'] == key.fingerprint
     ck = torch.load(dst, map_location='cpu', weights_only=True)
     assert set(ck) == {'state_dict', 'meta'}  # no optimizer state, no creator paths
@@ -187,7 +188,7 @@ def test_output_loads_without_plugin_code(setup):
     root, *_ , key = setup
     src, _ = _plain_checkpoint(root, 'timm')
     dst = str(root / 'noplugin.pth')
-    encrypt_model_checkpoint(src, dst, key, force=True)
+    encrypt_model_checkpoint(src, dst, key, IMAGENET_MEAN, IMAGENET_STD, force=True)
     code = ('import sys, torch; ck = torch.load(sys.argv[1], weights_only=True); '
             'sd = ck["state_dict"]; '
             'assert "patch_embed.projection.weight" in sd and "layers.3.ln2.weight" in sd; '
@@ -203,7 +204,7 @@ def test_meta_matches_key_management_hook_and_plugin_backbone(setup, monkeypatch
     root, plain_root, enc_root, key_file, key = setup
     src, plain = _plain_checkpoint(root, 'mmseg-backbone')
     dst = str(root / 'meta.pth')
-    encrypt_model_checkpoint(src, dst, key, force=True)
+    encrypt_model_checkpoint(src, dst, key, IMAGENET_MEAN, IMAGENET_STD, force=True)
     meta = torch.load(dst, weights_only=True)['meta']['ppenc']
     monkeypatch.setenv('PPENC_KEY_FILE', key_file)
     hook = KeyManagementHook()
@@ -218,7 +219,7 @@ def test_meta_matches_key_management_hook_and_plugin_backbone(setup, monkeypatch
     # EncryptedVisionTransformer recognises the output as already encrypted.
     vit = EncryptedVisionTransformer(img_size=(64, 64), embed_dims=64, num_layers=4,
                                      num_heads=4, mlp_ratio=2, with_cls_token=False,
-                                     norm_cfg=dict(type='LN', eps=1e-6),
+                                     norm_cfg=dict(type='LN', eps=1e-6), mean=IMAGENET_MEAN, std=IMAGENET_STD, 
                                      init_cfg=dict(type='Pretrained', checkpoint=dst))
     vit.init_weights()
     enc_sd = torch.load(dst, weights_only=True)['state_dict']

@@ -12,6 +12,8 @@ from mmengine.dataset import pseudo_collate
 from mmseg.registry import DATASETS, MODELS
 from mmseg.utils import register_all_modules
 
+from mmseg_ppenc.models.encrypted_vit import bind_normalization
+from mmseg_ppenc.adaptation import IMAGENET_MEAN, IMAGENET_STD
 from mmseg_ppenc.cipher import encrypt_image
 from mmseg_ppenc.models import EncryptedVisionTransformer
 
@@ -58,6 +60,7 @@ def plain_backbone_ckpt(tmp_path):
 def test_proposed_equals_baseline(key_env, decoder, mode, plain_backbone_ckpt):
     torch.manual_seed(0)
     base_cfg, baseline = _build(tiny_config(decoder, 'baseline'), mode)
+    bind_normalization(baseline)
     baseline.init_weights()
     prop_cfg, proposed = _build(tiny_config(decoder, 'proposed'), mode)
     conv_cfg, conv2 = _build(tiny_config(decoder, 'conventional2'), mode)
@@ -68,6 +71,7 @@ def test_proposed_equals_baseline(key_env, decoder, mode, plain_backbone_ckpt):
     proposed.load_state_dict(baseline.state_dict())
     proposed.backbone.init_cfg = dict(type='Pretrained',
                                       checkpoint=plain_backbone_ckpt(baseline))
+    bind_normalization(proposed)
     proposed.backbone.init_weights()
     conv2.load_state_dict(baseline.state_dict())
 
@@ -110,8 +114,10 @@ def test_offline_encryption_equals_in_pipeline(key_env, synthetic_root, tmp_path
 def test_init_weights_does_not_apply_twice(key_env, plain_backbone_ckpt, tmp_path):
     torch.manual_seed(0)
     cfg, model = _build(tiny_config('mla', 'proposed'), 'whole')
+    bind_normalization(model)
     model.init_weights()
     w = model.backbone.patch_embed.projection.weight.detach().clone()
+    bind_normalization(model)
     model.backbone.init_weights()
     assert torch.equal(w, model.backbone.patch_embed.projection.weight)
 
@@ -121,6 +127,7 @@ def test_init_weights_does_not_apply_twice(key_env, plain_backbone_ckpt, tmp_pat
                 'meta': {'ppenc': {'key_fingerprint': key_env.fingerprint}}}, path)
     _, fresh = _build(tiny_config('mla', 'proposed'), 'whole')
     fresh.backbone.init_cfg = dict(type='Pretrained', checkpoint=path)
+    bind_normalization(fresh)
     fresh.backbone.init_weights()
     assert torch.equal(w, fresh.backbone.patch_embed.projection.weight)
 
@@ -130,6 +137,7 @@ def test_init_weights_does_not_apply_twice(key_env, plain_backbone_ckpt, tmp_pat
     _, other = _build(tiny_config('mla', 'proposed'), 'whole')
     other.backbone.init_cfg = dict(type='Pretrained', checkpoint=path)
     with pytest.raises(ValueError, match='0123456789abcdef'):
+        bind_normalization(other)
         other.backbone.init_weights()
 
 
@@ -145,6 +153,7 @@ def test_patch_norm_needs_bias(key_env):
         EncryptedVisionTransformer(img_size=32, embed_dims=32, num_layers=1, num_heads=2,
                                    patch_norm=True, patch_bias=False)
     vit = EncryptedVisionTransformer(img_size=32, embed_dims=32, num_layers=1,
-                                     num_heads=2, patch_norm=True, patch_bias=True)
+                                     num_heads=2, patch_norm=True, patch_bias=True,
+                                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
     vit.init_weights()
     assert vit.key_fingerprint == key_env.fingerprint

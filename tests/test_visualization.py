@@ -11,6 +11,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 from PIL import Image
 
+from mmseg_ppenc.models.encrypted_vit import bind_normalization
 from mmseg_ppenc.adaptation import encrypt_vit_state_dict
 from mmseg_ppenc.cli import visualize as tool
 from mmseg_ppenc.datasets import make_synthetic_cityscapes
@@ -87,6 +88,7 @@ def test_visualize_tool(tmp_path, capsys):
     cfg.model.backbone.init_cfg = None
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
+    bind_normalization(model)
     model.init_weights()
     ckpt = str(tmp_path / 'm.pth')
     torch.save({'state_dict': encrypt_vit_state_dict(model.state_dict(), key,

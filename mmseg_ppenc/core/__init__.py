@@ -3,6 +3,8 @@
 - :mod:`.errors`: every exception the plugin raises for a user error;
 - :mod:`.meta`: the checkpoint's ``meta['ppenc']`` record (build, read, check);
 - :mod:`.grid`: block-grid rules (pads, crops, slide windows, strides);
+- :mod:`.exactness`: start-of-run rules that make an encrypted run exact or refuse it
+  (segmentor allow-list, channel order, resizing and padding around ``BlockScramble``);
 - :mod:`.keyed`: the protocol of components that use the secret key, and how a run's
   components are found.
 

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ..core.errors import InvalidKeyError
+from ..core.errors import ConfigError, GridError, InvalidKeyError
+from ..core.exactness import (channel_problems, pipeline_problems,
+                              preprocessor_pad_problems, segmentor_problems)
 from ..core.grid import slide_problems
-from ..core.keyed import keyed_components, unwrap_model
-from ..core.meta import build_meta, check_meta, meta_of, normalization_of
+from ..core.keyed import keyed_components, run_dataloaders, unwrap_model
+from ..core.meta import (build_meta, check_meta, check_normalization, meta_of,
+                         normalization_of)
 from ..keys import SecretKey, resolve_key
 from ..leak_scan import find_key_material, text_contains_key
 
@@ -23,14 +26,22 @@ __all__ = ['KeyManagementHook']
 class KeyManagementHook(Hook):
     """Checks that a run uses one key consistently and never leaks it.
 
+    - At runner start (``before_run``, which mmengine calls before it initialises the
+      weights): an ``EncryptedVisionTransformer`` without ``mean``/``std`` takes them
+      from the data preprocessor, and an explicit one that differs is refused. Then
+      the run must be exact or is refused (:mod:`mmseg_ppenc.core.exactness`): the
+      segmentor type is on the allow-list (SAN is refused), ``BlockScramble``'s channel
+      order matches the preprocessor's ``bgr_to_rgb``, image sizes reaching the ViT stay
+      on the block grid (resizing, slide windows), the data preprocessor never pads an
+      encrypted batch, and a test-time pad reaches mmseg's post-processing.
     - Before training / validation / testing: every key-using component (pipelines'
       ``BlockScramble``, the ``EncryptedVisionTransformer``) must have this hook's key
-      fingerprint, and every cipher block size must equal the backbone's patch size;
-      slide-inference windows must lie on the block grid.
+      fingerprint, and every cipher block size must equal the backbone's patch size.
     - Every checkpoint's ``meta['ppenc']`` records the key fingerprint and cipher
       parameters (never the key).
     - ``resume`` / ``load_from`` refuse a checkpoint made with another key (and, unless
-      ``allow_unkeyed_checkpoint``, one that records no key).
+      ``allow_unkeyed_checkpoint``, one that records no key) or adapted for another
+      normalisation than the model's.
     - The dumped config, the config text stored in checkpoints and the logs are scanned
       for the key's raw, hex and base64 forms; the run fails loudly if any is found.
 
@@ -69,14 +80,54 @@ class KeyManagementHook(Hook):
                 + '; '.join(problems) + '. Use one key file for every component (leave '
                 'key_file=None everywhere and set PPENC_KEY_FILE) and block_size equal '
                 'to the ViT patch size.')
-        grid = slide_problems(getattr(model, 'test_cfg', None), patch) if patch else []
-        if grid:
-            from ..core.errors import GridError
-            raise GridError('Slide inference would leave the cipher block grid: '
-                            + '; '.join(grid) + '.')
         if not comps:
             print_log('KeyManagementHook: no component of this run uses a key.',
                       logger='current', level=30)
+
+    def _check_exact(self, runner, modes: Tuple[str, ...]) -> None:
+        """Refuse a run whose encrypted inputs could reach the ViT changed or off-grid."""
+        model = unwrap_model(runner.model)
+        comps = keyed_components(runner, modes)
+        if not comps:
+            return
+        backbone = getattr(model, 'backbone', None)
+        block = int(getattr(backbone, 'patch_size', 0) or comps[0][2])
+        problems = list(segmentor_problems(model))
+        grid = slide_problems(getattr(model, 'test_cfg', None), block)
+        pre = getattr(model, 'data_preprocessor', None)
+        bgr_to_rgb = bool(getattr(pre, 'channel_conversion', False))
+        built = [mode for mode, _ in run_dataloaders(runner, modes)]
+        for mode, dataset in run_dataloaders(runner, modes):
+            for i, transforms in enumerate(_pipelines(dataset)):
+                where = f'{mode}_pipeline' + (f'[{i}]' if i else '')
+                scrambles = [(f'{where}.BlockScramble', t) for t in transforms
+                             if type(t).__name__ == 'BlockScramble']
+                problems += channel_problems(scrambles, bgr_to_rgb)
+                problems += pipeline_problems(mode, transforms, block)
+                if scrambles:
+                    enc = [type(t).__name__ for t in transforms].index('BlockScramble')
+                    pads = [t for t in transforms[:enc] if type(t).__name__ == 'PadToGrid']
+                    problems += preprocessor_pad_problems(pre, pads, block,
+                                                          training=mode == 'train')
+        if hasattr(pre, 'encrypt_inputs'):
+            # EncryptedSegDataPreProcessor pads raw pixels to its size before encrypting
+            # when pad_to_grid=True; without it the parent would pad the encrypted batch.
+            pads = [_SizePad(getattr(pre, 'size', None))] if pre.pad_to_grid else []
+            for training in ([True] if 'train' in built else []) + [False]:
+                problems += preprocessor_pad_problems(pre, pads, block, training)
+        problems = list(dict.fromkeys(problems))
+        if grid and not problems:
+            raise GridError('Slide inference would leave the cipher block grid: '
+                            + '; '.join(grid) + '.')
+        if grid or problems:
+            raise ConfigError('This encrypted run would not be exact: '
+                              + '; '.join(grid + problems) + '.')
+
+    def before_run(self, runner) -> None:
+        """Bind the backbone's normalisation and check exactness, before weights load."""
+        from ..models.encrypted_vit import bind_normalization
+        bind_normalization(unwrap_model(runner.model))
+        self._check_exact(runner, ('train', 'val', 'test'))
 
     def before_train(self, runner) -> None:
         self._check_components(runner, ('train', 'val'))
@@ -106,7 +157,11 @@ class KeyManagementHook(Hook):
                                    '(configs must name a key file, never key bytes).')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        check_meta(meta_of(checkpoint), self.fingerprint, 'the checkpoint being loaded',
+        meta = meta_of(checkpoint)
+        mean, std = normalization_of(unwrap_model(runner.model))
+        if mean is not None:
+            check_normalization(meta, mean, std, 'the checkpoint being loaded')
+        check_meta(meta, self.fingerprint, 'the checkpoint being loaded',
                    allow_missing=self.allow_unkeyed_checkpoint,
                    missing_fix='Encrypt plain models with tools/encrypt_model.py, or set '
                    'KeyManagementHook(allow_unkeyed_checkpoint=True) if you are sure.',
@@ -134,3 +189,36 @@ class KeyManagementHook(Hook):
 
     def after_run(self, runner) -> None:
         self._scan(runner)
+
+
+class _SizePad:
+    """Stands for the raw pad of ``EncryptedSegDataPreProcessor(pad_to_grid=True)``."""
+
+    def __init__(self, size) -> None:
+        self.size = size
+
+
+def _pipelines(dataset, depth: int = 0) -> List[List[object]]:
+    """The transform lists of every leaf dataset, one per ``TestTimeAug`` branch."""
+    if dataset is None or depth > 8:
+        return []
+    out: List[List[object]] = []
+    for attr in ('dataset', 'datasets'):
+        sub = getattr(dataset, attr, None)
+        if sub is not None:
+            for d in (sub if isinstance(sub, (list, tuple)) else [sub]):
+                out += _pipelines(d, depth + 1)
+    pipeline = getattr(dataset, 'pipeline', None)
+    transforms = getattr(pipeline, 'transforms', None)
+    if isinstance(transforms, (list, tuple)):
+        branches: List[List[object]] = [[]]
+        for t in transforms:
+            subs = getattr(t, 'subroutines', None)
+            if type(t).__name__ == 'TestTimeAug' and subs:
+                # Each subroutine is one full augmented branch.
+                branches = [b + list(getattr(sub, 'transforms', sub)) for b in branches
+                            for sub in subs]
+            else:
+                branches = [b + [t] for b in branches]
+        out += branches
+    return out

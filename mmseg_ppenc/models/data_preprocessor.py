@@ -32,8 +32,10 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
         block_size (int): Cipher block size (the ViT patch size). Defaults to 16.
         pad_to_grid (bool): Pad inputs whose sides are not multiples of ``block_size``
             at the bottom/right before encryption, images with ``grid_pad_val`` and labels
-            with ``seg_pad_val``, as ``BlockScramble(pad_to_grid=True)`` does. Defaults
-            to False (off-grid inputs raise).
+            with ``seg_pad_val``, as ``BlockScramble(pad_to_grid=True)`` does; in
+            training also up to ``size``, so that the parent never pads the encrypted,
+            normalised batch (its constant pad is not the encryption of any image).
+            Defaults to False (off-grid inputs raise).
         grid_pad_val (int): Raw pixel value of that padding. Defaults to 0.
         **kwargs: Arguments of ``mmseg.models.SegDataPreProcessor``. Inputs are taken to
             be BGR when ``bgr_to_rgb=True`` (as mmcv loads them), RGB otherwise.
@@ -63,10 +65,20 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
         """Fingerprint of the key in use (safe to log)."""
         return self.cipher.key_fingerprint
 
-    def _pad(self, img: torch.Tensor, sample: Any) -> torch.Tensor:
+    def _target(self, training: bool) -> Optional[tuple]:
+        # The size the parent would pad the batch to, which we reach in raw pixels first.
+        size = self.size if training else (self.test_cfg or {}).get('size')
+        if size is None:
+            return None
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def _pad(self, img: torch.Tensor, sample: Any, training: bool = False) -> torch.Tensor:
         b = self.block_size
         h, w = img.shape[-2:]
-        ph, pw = grid_pad(h, w, b)
+        target = self._target(training) if self.pad_to_grid else None
+        th, tw = (max(h, target[0]), max(w, target[1])) if target else (h, w)
+        ph, pw = grid_pad(th, tw, b)
+        ph, pw = th + ph - h, tw + pw - w
         if not (ph or pw):
             return img
         if not self.pad_to_grid:
@@ -82,7 +94,11 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
                     data = pix.data
                     del pix.data
                     pix.data = F.pad(data, (0, pw, 0, ph), value=self.seg_pad_val)
-            sample.set_metainfo(dict(img_shape=tuple(img.shape[-2:])))
+            left, right, top, bottom = sample.metainfo.get('img_padding_size', (0, 0, 0, 0))
+            # img_padding_size lets mmseg cut the pad off the prediction before resizing
+            # it to the original shape.
+            sample.set_metainfo(dict(img_shape=tuple(img.shape[-2:]),
+                                     img_padding_size=(left, right + pw, top, bottom + ph)))
         return img
 
     # The cipher's cached index maps are numpy arrays, which torch.compile cannot trace
@@ -90,19 +106,22 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
     # kernel anyway.
     @torch.compiler.disable
     def encrypt_inputs(self, inputs: List[torch.Tensor],
-                       data_samples: Optional[list] = None) -> List[torch.Tensor]:
+                       data_samples: Optional[list] = None,
+                       training: bool = False) -> List[torch.Tensor]:
         """Encrypt a list of C x H x W uint8 images (loader channel order), on their device.
 
         Args:
             inputs (list[torch.Tensor]): Images as the dataloader packs them.
             data_samples (list, optional): Their data samples (labels are padded along
                 when ``pad_to_grid`` pads). Defaults to None.
+            training (bool): Pad to ``size`` (else ``test_cfg['size']``) with
+                ``pad_to_grid``. Defaults to False.
 
         Returns:
             list[torch.Tensor]: The encrypted images, same order and layout.
         """
         samples = data_samples if data_samples is not None else [None] * len(inputs)
-        padded = [self._pad(x, s) for x, s in zip(inputs, samples)]
+        padded = [self._pad(x, s, training) for x, s in zip(inputs, samples)]
         out: List[Optional[torch.Tensor]] = [None] * len(padded)
         # One gather per group of equal shapes (a training batch is usually one group).
         groups: Dict[tuple, List[int]] = {}
@@ -131,5 +150,6 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
             dict: ``inputs`` (normalised encrypted batch) and ``data_samples``.
         """
         data = self.cast_data(data)
-        data['inputs'] = self.encrypt_inputs(data['inputs'], data.get('data_samples'))
+        data['inputs'] = self.encrypt_inputs(data['inputs'], data.get('data_samples'),
+                                             training)
         return super().forward(data, training)

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
 
-from ..adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
+from ..adaptation import encrypt_vit_state_dict
+from ..core.errors import ConfigError
+from ..core.exactness import normalization_problem
 from ..core.keyed import KeyedComponent
-from ..core.meta import check_meta, read_checkpoint_meta
+from ..core.meta import check_meta, check_normalization, read_checkpoint_meta
 from ..keys import SecretKey, resolve_key
 from .fast_vit import FastVisionTransformer
 
-__all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta']
+__all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta', 'bind_normalization']
 
 
 def checkpoint_key_meta(path: str) -> Optional[dict]:
@@ -40,12 +43,19 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
     encrypted with another key is refused), and weights loaded afterwards by the Runner
     (``load_from`` / ``resume``) replace the adapted ones.
 
+    The adaptation folds the data preprocessor's normalisation into the weights. By
+    default the backbone follows the segmentor's data preprocessor: the backbone cannot
+    see it when it is built, so :func:`bind_normalization` copies it in before the
+    weights are initialised (``KeyManagementHook`` does this at runner start, before
+    ``init_weights``; :func:`mmseg_ppenc.apis.load_encrypted_model` too). An explicit
+    ``mean``/``std`` that differs from the preprocessor's is refused there.
+
     Args:
         key_file (str, optional): Key file. Defaults to None (``$PPENC_KEY_FILE``).
-        mean (Sequence[float]): The data preprocessor's mean, RGB. Defaults to mmseg's
-            ImageNet values.
-        std (Sequence[float]): The data preprocessor's std, RGB. Defaults to mmseg's
-            ImageNet values.
+        mean (Sequence[float], optional): Normalisation mean, in the channel order the
+            ViT sees. Defaults to None (the data preprocessor's).
+        std (Sequence[float], optional): Normalisation std. Defaults to None (the data
+            preprocessor's).
         **kwargs: Every argument of ``mmseg.models.backbones.VisionTransformer``, and
             ``attn_impl`` / ``torch_compile`` of ``FastVisionTransformer``.
     """
@@ -53,23 +63,35 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
     def __init__(self,
                  *args,
                  key_file: Optional[str] = None,
-                 mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f'mean and std need 3 values (RGB), got {list(mean)} and '
-                             f'{list(std)}.')
+        if (mean is None) != (std is None):
+            raise ConfigError('EncryptedVisionTransformer: give both mean and std, or '
+                              'neither (then both follow the data preprocessor).')
+        if mean is not None and (len(mean) != 3 or len(std) != 3):
+            raise ConfigError(f'mean and std need 3 values, got {list(mean)} and '
+                              f'{list(std)}.')
         if self.patch_embed.norm is not None and self.patch_embed.projection.bias is None:
             raise ValueError('EncryptedVisionTransformer with patch_norm=True needs '
                              'patch_bias=True: the exact offset goes into the projection '
                              'bias. Set patch_bias=True (or patch_norm=False).')
         self.key_file = key_file
-        self.norm_mean = tuple(float(v) for v in mean)
-        self.norm_std = tuple(float(v) for v in std)
+        # None until bound to the data preprocessor (see bind_normalization).
+        self.norm_mean = None if mean is None else tuple(float(v) for v in mean)
+        self.norm_std = None if std is None else tuple(float(v) for v in std)
+        self.norm_given = mean is not None
         # Resolve now: a missing key fails when the model is built, not mid-run.
         self.key_fingerprint = self._key().fingerprint
         self._ppenc_adapted = False
+        self._bias_in_checkpoint: Optional[bool] = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Records whether the weights being loaded carry a projection bias (the loader of
+        # init_weights is non-strict, so a missing one would keep its random init).
+        self._bias_in_checkpoint = f'{prefix}patch_embed.projection.bias' in state_dict
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def block_size(self) -> int:
@@ -88,7 +110,24 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
                       'skipped (weights are already encrypted).', logger='current',
                       level=30)
             return
+        if self.norm_mean is None or self.norm_std is None:
+            raise ConfigError(
+                'EncryptedVisionTransformer does not know the normalisation to adapt the '
+                'weights for: add KeyManagementHook to custom_hooks (it takes mean/std '
+                'from model.data_preprocessor before the weights are initialised), call '
+                'mmseg_ppenc.models.bind_normalization(segmentor) before init_weights(), '
+                'or pass mean=/std= to the backbone.')
+        self._bias_in_checkpoint = None
         super().init_weights()
+        proj_bias = self.patch_embed.projection.bias
+        if proj_bias is not None and self._bias_in_checkpoint is False:
+            # A pre-trained checkpoint without a projection bias (patch_bias=True here):
+            # the bias must start at zero, so that the offset the adaptation adds is the
+            # only difference from the plain model, not PyTorch's random initial values.
+            with torch.no_grad():
+                proj_bias.zero_()
+            print_log('The pre-trained checkpoint has no patch-embedding bias; it starts '
+                      'at zero.', logger='current')
         key = self._key()
         ckpt = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) else None
         meta = read_checkpoint_meta(ckpt) if ckpt else None
@@ -97,6 +136,8 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
                        block_size=self.patch_size,
                        mismatch_fix='Use the plain pre-trained checkpoint, or select the '
                        'key it was encrypted with.')
+            check_normalization(meta, self.norm_mean, self.norm_std,
+                                f'the pre-trained checkpoint {ckpt}')
             print_log(f'Pre-trained checkpoint is already encrypted with key '
                       f'{key.fingerprint}; loaded as is.', logger='current')
         else:
@@ -106,3 +147,41 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
             print_log(f'Encrypted the ViT patch embedding with key {key.fingerprint} '
                       '(exact adaptation).', logger='current')
         self._ppenc_adapted = True
+
+
+def bind_normalization(model) -> None:
+    """Give every :class:`EncryptedVisionTransformer` in ``model`` the normalisation of
+    the model's data preprocessor.
+
+    Call before ``init_weights()``. A backbone built without ``mean``/``std`` takes the
+    preprocessor's; one built with other values is refused.
+
+    Args:
+        model (nn.Module): A segmentor (unwrapped).
+
+    Raises:
+        ConfigError: an explicit ``mean``/``std`` differs from the preprocessor's, or
+            neither the backbone nor the preprocessor states a normalisation.
+    """
+    pre = getattr(model, 'data_preprocessor', None)
+    pmean, pstd = getattr(pre, 'mean', None), getattr(pre, 'std', None)
+    pre_norm = (None, None)
+    if pmean is not None and pstd is not None and getattr(pre, '_enable_normalize', True):
+        # float32 buffers: 6 significant digits give back the config's values.
+        pre_norm = tuple([float(f'{float(x):.6g}') for x in v.flatten().tolist()]
+                         for v in (pmean, pstd))
+    for name, m in model.named_modules():
+        if not isinstance(m, EncryptedVisionTransformer):
+            continue
+        where = f'model.{name}' if name else 'model'
+        if m.norm_given:
+            problem = normalization_problem((m.norm_mean, m.norm_std), pre_norm, where)
+            if problem:
+                raise ConfigError(f'Normalisation mismatch: {problem}.')
+            continue
+        if pre_norm[0] is None:
+            raise ConfigError(
+                f'{where} follows the data preprocessor\'s normalisation, but '
+                'model.data_preprocessor has no mean/std: set mean/std on the data '
+                'preprocessor (or on the backbone).')
+        m.norm_mean, m.norm_std = tuple(pre_norm[0]), tuple(pre_norm[1])

@@ -7,8 +7,8 @@ from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
 from ..cipher import BlockCipher, SelectedCipher
-from ..core.grid import pad_to_grid
 from ..core.keyed import KeyedComponent
+from .pad import pad_results
 
 __all__ = ['BlockScramble']
 
@@ -30,19 +30,24 @@ class BlockScramble(BaseTransform, KeyedComponent):
     Modified Keys:
 
     - img
-    - img_shape, gt_seg_map and the other ``seg_fields`` (only when ``pad_to_grid`` pads)
+    - img_shape, pad_shape, img_padding_size, gt_seg_map and the other ``seg_fields``
+      (only with ``pad_to_grid``)
 
     Args:
         key_file (str, optional): Key file. Defaults to None, which reads the path from
             the environment variable ``PPENC_KEY_FILE`` (so configs carry no key).
         block_size (int): Block side; must equal the ViT patch size. Defaults to 16.
         channel_order (str): Channel order of ``results['img']``: ``'bgr'`` (what mmcv's
-            ``LoadImageFromFile`` yields) or ``'rgb'``. Defaults to ``'bgr'``.
+            ``LoadImageFromFile`` yields) or ``'rgb'``. The cipher must act in the order
+            the ViT sees, so ``'bgr'`` goes with a data preprocessor with
+            ``bgr_to_rgb=True`` and ``'rgb'`` with ``bgr_to_rgb=False``;
+            ``KeyManagementHook`` refuses a mismatch at start. Defaults to ``'bgr'``.
         pad_to_grid (bool): Pad images whose sides are not multiples of ``block_size``
             at the bottom/right (image with ``pad_val``, labels with ``seg_pad_val``)
-            instead of raising. Useful after random resizing in training; keep False at
-            test time so that off-grid inputs are reported. Defaults to False.
-        pad_val (int): Image padding value. Defaults to 0.
+            instead of raising, recording the pad in ``img_padding_size`` (see
+            :class:`~mmseg_ppenc.transforms.PadToGrid`, which also pads to a minimum
+            size). Defaults to False.
+        pad_val (int): Image padding value, one int for all channels. Defaults to 0.
         seg_pad_val (int): Label padding value (the ignore index). Defaults to 255.
     """
 
@@ -55,6 +60,11 @@ class BlockScramble(BaseTransform, KeyedComponent):
                  seg_pad_val: int = 255) -> None:
         if channel_order not in ('bgr', 'rgb'):
             raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
+        if (not isinstance(pad_val, int) or isinstance(pad_val, bool)
+                or not 0 <= pad_val <= 255):
+            raise ValueError(f'BlockScramble pad_val must be one int in [0, 255] for all '
+                             f'channels, got {pad_val!r}: a per-channel pad would be '
+                             'shuffled by the key and reveal it.')
         self.key_file = key_file
         self.block_size = block_size
         self.channel_order = channel_order
@@ -74,14 +84,7 @@ class BlockScramble(BaseTransform, KeyedComponent):
         return self.cipher.key_fingerprint
 
     def _pad(self, results: dict) -> None:
-        img = results['img']
-        padded = pad_to_grid(img, self.block_size, self.pad_val)
-        if padded is img:
-            return
-        results['img'] = padded
-        for k in results.get('seg_fields', []):
-            results[k] = pad_to_grid(results[k], self.block_size, self.seg_pad_val)
-        results['img_shape'] = padded.shape[:2]
+        pad_results(results, self.block_size, None, self.pad_val, self.seg_pad_val)
 
     def transform(self, results: dict) -> dict:
         """Encrypt ``results['img']``.

@@ -544,6 +544,8 @@ class _Variant:
         self.model = MODELS.build(model_cfg)
         # Initialise on the device: random init of ViT-L takes seconds on a CPU.
         self.model.to(device)
+        from mmseg_ppenc.models.encrypted_vit import bind_normalization
+        bind_normalization(self.model)  # what KeyManagementHook does at runner start
         self.model.init_weights()
         self.model.train()
         if 'C' in switches:

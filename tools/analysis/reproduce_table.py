@@ -731,6 +731,8 @@ def evaluate_at_init(cfg, key_file: str, keep_logits: bool = False) -> dict:
     with _environ(**{KEY_ENV_VAR: key_file}):
         runner = Runner.from_cfg(cfg)
         model = _unwrap(runner.model)
+        from mmseg_ppenc.models.encrypted_vit import bind_normalization
+        bind_normalization(model)  # what KeyManagementHook does at runner start
         model.init_weights()
         loop = runner.val_loop  # builds the dataloader and the evaluator
         model.eval()

@@ -32,7 +32,10 @@ ppenc_test_pipeline = [
 # In training, random resizing can leave crops smaller than 768 whose sides are not
 # multiples of 16; pad_to_grid pads them (labels with the ignore index). The key comes
 # from $PPENC_KEY_FILE (key_file=None): configs never carry key material.
+# PadToGrid brings crops smaller than the crop size to it in uint8 (labels 255), so the
+# data preprocessor never pads the encrypted, normalised batch.
 ppenc_encrypted_train_pipeline = ppenc_train_pipeline[:-1] + [
+    dict(type='PadToGrid', size=(768, 768)),
     dict(type='BlockScramble', pad_to_grid=True),
     dict(type='PackSegInputs'),
 ]

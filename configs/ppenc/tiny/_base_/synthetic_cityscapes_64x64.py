@@ -21,7 +21,10 @@ ppenc_test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 # The encrypted variants: BlockScramble after every augmentation, before packing.
+# PadToGrid brings crops smaller than the crop size to it in uint8 (labels 255), so the
+# data preprocessor never pads the encrypted, normalised batch.
 ppenc_encrypted_train_pipeline = ppenc_train_pipeline[:-1] + [
+    dict(type='PadToGrid', size=(64, 64)),
     dict(type='BlockScramble', pad_to_grid=True),
     dict(type='PackSegInputs'),
 ]
