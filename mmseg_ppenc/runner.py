@@ -110,7 +110,21 @@ def check_config_paths(cfg: Config, modes: Sequence[str] = ('train', 'val')) -> 
 
 
 def build_runner(cfg: Config):
-    """Build the Runner (after starting CPU multi-process groups when needed)."""
+    """Build the Runner (after starting CPU multi-process groups when needed).
+
+    A config holding ``bytes`` anywhere is refused before the Runner writes its log and
+    config dump (the ``KeyManagementHook`` refuses it too, but only once they exist).
+
+    Raises:
+        ConfigError: the config holds bytes.
+    """
+    from .leak_scan import find_bytes_values
+    paths = find_bytes_values(cfg)
+    if paths:
+        raise ConfigError(f'The config holds bytes at {", ".join(paths)}; configs must '
+                          'never hold key material or other raw bytes (they are copied '
+                          'into the work_dir, the log and every checkpoint). Name the key '
+                          'by file (key_file=PATH or PPENC_KEY_FILE).')
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     setup_cpu_distributed(cfg, cfg.get('launcher', 'none'))
