@@ -27,6 +27,7 @@ import torch
 from .adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
 from .convert import MMSEG_MARKER, convert_timm_vit, locate_vit, strip_prefix
 from .core.errors import ModelEncryptionError
+from .core.files import same_file
 from .core.meta import build_meta
 from .keys import SecretKey
 
@@ -152,8 +153,10 @@ def convert_plain_checkpoint(src: str, dst: str, force: bool = False) -> dict:
     Returns:
         dict: ``source_layout``, ``num_tensors``, ``dst``.
     """
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise ModelEncryptionError(f'IN and OUT are the same file ({src}).')
+    if same_file(src, dst):
+        raise ModelEncryptionError(f'IN {src} and OUT {dst} are the same file (through a '
+                                   'link or another spelling of the path); write the '
+                                   'converted model to a new path and keep the input.')
     if os.path.exists(dst) and not force:
         raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
     sd, meta, layout, prefix = load_vit_checkpoint(src)
@@ -209,8 +212,9 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
         ModelEncryptionError: unreadable or unsupported input, an input that is already
             encrypted, ``dst`` exists (without ``force``) or equals ``src``.
     """
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise ModelEncryptionError(f'IN and OUT are the same file ({src}); write the '
+    if same_file(src, dst):
+        raise ModelEncryptionError(f'IN {src} and OUT {dst} are the same file (through a '
+                                   'link or another spelling of the path); write the '
                                    'encrypted model to a new path and keep the plain one.')
     if os.path.exists(dst) and not force:
         raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
