@@ -1,6 +1,9 @@
-"""Shared fixtures: a generated Cityscapes-format dataset and a key file."""
+"""Shared fixtures: a generated Cityscapes-format dataset, a key file, tool loading."""
+import importlib.util
 import os
 import os.path as osp
+import sys
+from types import ModuleType
 
 import pytest
 
@@ -10,6 +13,40 @@ from mmseg_ppenc.keys import KEY_ENV_VAR, SecretKey
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = osp.join(REPO, 'configs', 'ppenc', 'tiny')
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import the repository's ``tools/<name>.py`` as a module (once per session).
+
+    Args:
+        name (str): Path below ``tools/`` without ``.py``, e.g. ``'keygen'`` or
+            ``'analysis/reproduce_table'``.
+
+    Returns:
+        ModuleType: The tool module; ``main``/``parse_args`` run in-process, which avoids
+        paying mmseg's start-up in a subprocess for every call.
+    """
+    path = osp.join(REPO, 'tools', *name.split('/')) + '.py'
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'No tool {name!r}: {path} does not exist.')
+    mod_name = 'ppenc_tool_' + name.replace('/', '__')
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec)
+        # Registered before running so that dataclasses and pickling find the module.
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[mod_name]
+            raise
+    return sys.modules[mod_name]
+
+
+@pytest.fixture(name='load_tool')
+def load_tool_fixture():
+    """:func:`load_tool` as a fixture, for tests that load a tool inside the test."""
+    return load_tool
 
 
 def tiny_config(decoder: str, setting: str) -> str:

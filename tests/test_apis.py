@@ -1,7 +1,6 @@
 """Encrypted inference: the client encrypts, the server function sees only ciphertext."""
 import copy
 import glob
-import importlib.util
 import inspect
 import os.path as osp
 
@@ -25,14 +24,11 @@ from mmseg_ppenc.datasets import make_synthetic_cityscapes
 from mmseg_ppenc.keys import InvalidKeyError, SecretKey
 from mmseg_ppenc.model_encryption import ppenc_meta
 
-from conftest import REPO
+from conftest import REPO, load_tool
 
 register_all_modules(init_default_scope=True)
 SERVER_CFG = osp.join(REPO, 'configs', 'ppenc', 'server', 'setr_tiny_mla_synthetic_server.py')
-TOOL = osp.join(REPO, 'tools', 'infer_encrypted.py')
-_spec = importlib.util.spec_from_file_location('infer_encrypted_tool', TOOL)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = load_tool('infer_encrypted')
 
 PALETTE = CityscapesDataset.METAINFO['palette']
 
@@ -146,22 +142,21 @@ def test_check_model_key(served):
         check_model_key(None, served['key'])
 
 
-def _main(argv):
-    try:
-        tool.main(argv)
-    except SystemExit as e:
-        return e.code
-    return None
+def _main(argv, capsys):
+    """Exit status and captured (out, err) of the tool."""
+    code = tool.main(argv)
+    return code, capsys.readouterr()
 
 
 def test_infer_tool(served, tmp_path, capsys):
     paths = sorted(glob.glob(osp.join(served['data'], 'leftImg8bit', 'val', '*', '*.png')))
     out = str(tmp_path / 'pred')
-    code = _main(paths + ['--config', SERVER_CFG, '--checkpoint', served['ckpt'],
-                          '--out', out, '--key-file', served['key_file'], '--device', 'cpu',
-                          '--save-labels', '--save-encrypted'])
-    assert code is None
-    assert capsys.readouterr().out.count('_pred.png') == 2
+    code, std = _main(paths + ['--config', SERVER_CFG, '--checkpoint', served['ckpt'],
+                               '--out', out, '--key-file', served['key_file'],
+                               '--device', 'cpu', '--save-labels', '--save-encrypted'],
+                      capsys)
+    assert code == 0, std.err
+    assert std.out.count('_pred.png') == 2
     for p in paths:
         stem = osp.splitext(osp.basename(p))[0]
         labels = np.asarray(Image.open(osp.join(out, f'{stem}_labels.png')))
@@ -174,9 +169,12 @@ def test_infer_tool(served, tmp_path, capsys):
         assert np.array_equal(enc, encrypt_image(_rgb(p), served['key']))
     other = str(tmp_path / 'other.key')
     SecretKey.generate().save(other)
-    code = _main(paths[:1] + ['--config', SERVER_CFG, '--checkpoint', served['ckpt'],
-                              '--out', out, '--key-file', other, '--device', 'cpu'])
-    assert code.startswith('error: ') and 'fingerprint mismatch' in code
-    code = _main([str(tmp_path / 'nope.png'), '--config', SERVER_CFG, '--checkpoint',
-                  served['ckpt'], '--out', out, '--key-file', served['key_file']])
-    assert code.startswith('error: ') and 'nope.png' in code
+    code, std = _main(paths[:1] + ['--config', SERVER_CFG, '--checkpoint', served['ckpt'],
+                                   '--out', out, '--key-file', other, '--device', 'cpu'],
+                      capsys)
+    assert code == 2 and std.err.startswith('error: ') and 'fingerprint mismatch' in std.err
+    assert std.err.count('\n') == 1  # one line, no traceback
+    code, std = _main([str(tmp_path / 'nope.png'), '--config', SERVER_CFG, '--checkpoint',
+                       served['ckpt'], '--out', out, '--key-file', served['key_file']],
+                      capsys)
+    assert code == 2 and std.err.startswith('error: ') and 'nope.png' in std.err

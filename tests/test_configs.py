@@ -386,3 +386,106 @@ def test_vit_l_mla_proposed_builds_full_size(registered: None,
                                      checkpoint='pretrain/vit_large_patch16_384.pth')
     assert list(model.neck.in_channels) == [1024] * 4
     del model, backbone
+
+
+# --------------------------------------------------------------------------- server
+SERVER_DIR = CONFIG_DIR / 'server'
+SERVER_BASE = SERVER_DIR / '_base_' / 'keyless_server.py'
+# Server config -> the config whose model, schedule and loaders it keeps.
+SERVERS = {
+    'setr_vit-l_mla_cityscapes_server.py': CONFIG_DIR / 'setr_vit-l_mla_cityscapes_baseline.py',
+    'setr_tiny_mla_synthetic_server.py':
+        CONFIG_DIR / 'tiny' / 'setr_tiny_mla_synthetic_baseline.py',
+}
+SERVER_TRAIN_TYPES = ['LoadImageFromFile', 'LoadAnnotations', 'GridRandomCrop',
+                      'EncryptedPhotoMetric', 'PackSegInputs']
+SPLIT_PREFIX = {
+    'train_dataloader': dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
+    'val_dataloader': dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
+    'test_dataloader': dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
+}
+
+
+def test_server_base_defines_only_server_names() -> None:
+    names = set(Config.fromfile(str(SERVER_BASE)).keys())
+    assert names and all(n.startswith('ppenc_server_') for n in names), names
+
+
+@pytest.fixture
+def server_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Paths given through the environment, as the server configs document."""
+    env = dict(PPENC_DATA_ROOT=str(tmp_path / 'encrypted') + '/',
+               PPENC_PRETRAINED=str(tmp_path / 'vit_encrypted.pth'))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv('PPENC_KEY_FILE', raising=False)
+    return env
+
+
+@pytest.mark.parametrize('name', sorted(SERVERS))
+def test_server_config_is_its_model_config_plus_keyless_data(name: str,
+                                                              server_env: dict) -> None:
+    cfg = Config.fromfile(str(SERVER_DIR / name))  # not cached: reads the environment
+    ref = Config.fromfile(str(SERVERS[name]))
+    ours, theirs = plain(cfg.to_dict()), plain(ref.to_dict())
+
+    # Model: the reference model; the backbone loads the encrypted checkpoint named by
+    # $PPENC_PRETRAINED and has no key (it is an ordinary ViT on the server).
+    model, ref_model = copy.deepcopy(ours['model']), copy.deepcopy(theirs['model'])
+    backbone, ref_backbone = model.pop('backbone'), ref_model.pop('backbone')
+    assert model == ref_model
+    assert backbone['init_cfg'] == dict(type='Pretrained',
+                                        checkpoint=server_env['PPENC_PRETRAINED'])
+    assert backbone['type'] in ('VisionTransformer', 'FastVisionTransformer')
+    for k in set(backbone) | set(ref_backbone):
+        if k not in ('type', 'attn_impl', 'init_cfg'):
+            assert backbone.get(k) == ref_backbone.get(k), k
+
+    # Data: the reference loaders around the encrypted tree at $PPENC_DATA_ROOT, with
+    # only cipher-commuting transforms, and no key anywhere.
+    crop = tuple(ref_model['data_preprocessor']['size'])
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        ds = copy.deepcopy(ours[loader]['dataset'])
+        assert ds.pop('type') == 'KeylessEncryptedDataset'
+        inner = ds.pop('dataset')
+        assert ds == {}, ds
+        assert inner['type'] == 'CityscapesDataset'
+        assert inner['data_root'] == server_env['PPENC_DATA_ROOT']
+        assert inner['data_prefix'] == SPLIT_PREFIX[loader]
+        if loader == 'train_dataloader':
+            assert types_of(inner['pipeline']) == SERVER_TRAIN_TYPES
+            assert tuple(inner['pipeline'][2]['crop_size']) == crop
+        else:
+            assert inner['pipeline'] == PLAIN_TEST_PIPELINE
+        rest = {k: v for k, v in ours[loader].items() if k != 'dataset'}
+        assert rest == {k: v for k, v in theirs[loader].items() if k != 'dataset'}
+    # (The unused `ppenc_*` pipeline templates of the shared bases are not run.)
+    for d in walk({k: v for k, v in ours.items() if not k.startswith('ppenc_')}):
+        assert d.get('type') != 'BlockScramble' and d.get('key_file') is None
+    assert ours['custom_hooks'] == [dict(type='KeylessServerHook')]
+
+    # Everything else is the reference config's.
+    changed = {'model', 'train_dataloader', 'val_dataloader', 'test_dataloader',
+               'custom_hooks', 'data_root', 'crop_size', 'train_pipeline', 'test_pipeline'}
+    assert ({k: v for k, v in ours.items() if k not in changed and
+             not k.startswith('ppenc_server_')} ==
+            {k: v for k, v in theirs.items() if k not in changed})
+
+
+def test_full_size_server_keeps_fused_attention_and_stock_names(registered: None,
+                                                                server_env: dict) -> None:
+    """The ViT-L server runs the plugin's fused attention, and its parameters carry the
+    stock VisionTransformer's names, so that encrypted checkpoints load unchanged."""
+    from mmseg.models.backbones import VisionTransformer
+    cfg = Config.fromfile(str(SERVER_DIR / 'setr_vit-l_mla_cityscapes_server.py'))
+    backbone_cfg = plain(cfg.model.backbone)
+    assert backbone_cfg['type'] == 'FastVisionTransformer'
+    assert backbone_cfg['attn_impl'] == 'fused'
+    small = dict(backbone_cfg, img_size=TINY_HW, embed_dims=32, num_layers=2, num_heads=2,
+                 out_indices=(0, 1), init_cfg=None)
+    ours = MODELS.build(small)
+    assert all(isinstance(layer.attn, FusedMultiheadAttention) for layer in ours.layers)
+    stock_args = {k: v for k, v in small.items() if k not in ('type', 'attn_impl')}
+    stock = VisionTransformer(**stock_args)
+    assert ({k: tuple(v.shape) for k, v in ours.state_dict().items()} ==
+            {k: tuple(v.shape) for k, v in stock.state_dict().items()})

@@ -1,7 +1,6 @@
 """Tests for the synthetic Cityscapes-layout generator and its command-line tool."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -173,18 +172,10 @@ def test_tool_runs_as_subprocess(tmp_path: Path) -> None:
         assert img.mode == 'RGB' and img.size == (128, 64)
 
 
-def _load_tool():
-    """Import tools/make_synthetic_cityscapes.py as a module (tools/ is no package)."""
-    path = REPO_ROOT / 'tools' / 'make_synthetic_cityscapes.py'
-    spec = importlib.util.spec_from_file_location('make_synthetic_cityscapes_tool', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tool_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_tool_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture,
+                              load_tool) -> None:
     # In-process, because each subprocess pays the package import (mmseg) again.
-    tool = _load_tool()
+    tool = load_tool('make_synthetic_cityscapes')
     assert tool.main([str(tmp_path / 'ok'), '--train', '1', '--val', '1', '--height', '32',
                       '--width', '64', '--seed', '3']) == 0
     assert '1 train + 1 val images of 32x64' in capsys.readouterr().out

@@ -1,6 +1,5 @@
-"""tools/encrypt_dataset.py: exact, non-destructive, atomic and resumable (acceptance 2)."""
+"""tools/encrypt_dataset.py: exact, non-destructive, atomic and resumable."""
 import hashlib
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -22,12 +21,10 @@ from mmseg_ppenc.datasets import (MANIFEST_NAME, DatasetEncryptionError, encrypt
 from mmseg_ppenc.leak_scan import find_key_material
 from mmseg_ppenc.keys import SecretKey
 
-from conftest import REPO
+from conftest import REPO, load_tool
 
 TOOL = osp.join(REPO, 'tools', 'encrypt_dataset.py')
-_spec = importlib.util.spec_from_file_location('encrypt_dataset_tool', TOOL)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = load_tool('encrypt_dataset')
 
 
 def snapshot(root):

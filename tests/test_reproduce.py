@@ -1,4 +1,5 @@
-"""The miniature Table I experiment (mmseg_ppenc.reproduce, tools/reproduce_table.py).
+"""The miniature Table I experiment (tools/analysis/reproduce_table.py, run as
+tools/reproduce_table.py).
 
 Runs the real pipeline (pre-training, mmengine Runner fine-tunes, IoUMetric) at toy size:
 8 train / 3 val images of 64x128, a few iterations, the MLA decoder, all three settings.
@@ -7,16 +8,19 @@ import json
 import os
 import os.path as osp
 import stat
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from mmseg_ppenc import reproduce as R
 from mmseg_ppenc.keys import SecretKey
 
-from conftest import REPO
+from conftest import REPO, load_tool
+
+R = load_tool('analysis/reproduce_table')
 
 SMALL = dict(num_train=8, num_val=3, height=64, width=128, pretrain_iters=10,
              pretrain_pool=16, pretrain_batch_size=16, iters=6, log_interval=2,
@@ -146,13 +150,28 @@ def test_bad_settings_are_rejected():
         R.ExperimentConfig(iters=0).validate()
 
 
+def test_configs_come_from_the_repository():
+    """The driver reads the checkout's configs, not a path relative to the package."""
+    assert R.default_config_dir() == osp.join(REPO, 'configs', 'ppenc', 'tiny')
+    assert R.tiny_config_path('pup', 'proposed') == osp.join(
+        REPO, 'configs', 'ppenc', 'tiny', 'setr_tiny_pup_synthetic_proposed.py')
+    with pytest.raises(FileNotFoundError, match='pass config_dir'):
+        R.tiny_config_path('mla', 'proposed', config_dir=REPO)
+
+
+def test_entry_point_forwards_to_the_driver(tmp_path):
+    """``tools/reproduce_table.py`` runs the driver: a bad flag value is its error."""
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'reproduce_table.py'),
+                           '--out-dir', str(tmp_path / 'out'), '--iters', '0'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == 'error: iters must be >= 1, got 0.'
+    assert not (tmp_path / 'out').exists()
+
+
 def test_tool_arguments():
     """The tool's flags map onto ExperimentConfig (parsed in-process: no mmseg start-up)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'reproduce_table', osp.join(REPO, 'tools', 'reproduce_table.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = R
     args = tool.parse_args([])
     default = R.ExperimentConfig()
     assert (args.out_dir, args.iters, args.pretrain_iters, args.train, args.val) == (

@@ -101,12 +101,36 @@ def test_resume(trained):
     assert min(iters) > ITERS  # continued, not restarted
 
 
+def val_metrics_at(work_dir, iteration):
+    """The validation metrics logged at ``iteration`` (by any run in work_dir)."""
+    found = [r for f in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
+                                                  'scalars.json')))
+             for r in map(json.loads, open(f)) if 'mIoU' in r and r.get('step') == iteration]
+    assert found, f'no validation at iteration {iteration} in {work_dir}'
+    return found[0]
+
+
+def printed_test_results(text):
+    """``{'aAcc': .., 'mIoU': .., 'mAcc': ..}`` from the tool's 'Test results:' line."""
+    lines = [ln for ln in text.splitlines() if ln.startswith('Test results: ')]
+    assert len(lines) == 1, text[-2000:]
+    pairs = (item.split('=') for item in lines[0][len('Test results: '):].split())
+    return {k: float(v) for k, v in pairs}
+
+
 def test_test_tool_reproduces_validation(trained, tmp_path):
+    """tools/test.py on the iteration-ITERS checkpoint prints the metrics that the
+    validation of the training run logged at that iteration (same data, same weights)."""
     setting, work_dir, env, key_file, root = trained
     ckpt = osp.join(work_dir, f'iter_{ITERS}.pth')
     res = run_tool(['tools/test.py', tiny_config('mla', setting), ckpt, '--work-dir',
                     str(tmp_path)], env)
-    assert 'mIoU' in res.stdout + res.stderr
+    printed = printed_test_results(res.stdout)
+    val = val_metrics_at(work_dir, ITERS)
+    assert set(printed) == {'aAcc', 'mIoU', 'mAcc'}
+    for name, value in printed.items():
+        # IoUMetric rounds to two decimals and the tool prints two: equal up to rounding.
+        assert value == pytest.approx(val[name], abs=0.006), (name, printed, val)
     # torch's default weights_only=True loads the Runner's checkpoint (compat layer)
     ck = torch.load(ckpt, map_location='cpu')
     assert 'message_hub' in ck and 'state_dict' in ck

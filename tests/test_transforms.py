@@ -1,5 +1,4 @@
 """BlockScramble in mmseg pipelines."""
-import os.path as osp
 import pickle
 
 import cv2

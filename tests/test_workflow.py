@@ -1,4 +1,4 @@
-"""The paper's cloud workflow end to end, with the key only on the client (acceptance 4).
+"""The paper's cloud workflow end to end, with the key only on the client.
 
 client: keygen -> encrypt_dataset -> encrypt_model (from a plain timm-layout ViT)
 server: tools/train.py on the encrypted tree, PPENC_KEY_FILE unset, key file moved away

@@ -1,77 +1,18 @@
-#!/usr/bin/env python
-"""Write a synthetic data set in the Cityscapes layout (see mmseg_ppenc.datasets.synthetic).
+"""Write a synthetic data set in the Cityscapes layout.
 
-Example::
-
-    python tools/make_synthetic_cityscapes.py data/synthetic_cityscapes --train 48 --val 12
-
-The output directory is then a ``data_root`` for mmseg's ``CityscapesDataset``.
+Thin entry point for a checkout; installed, the same command is ``ppenc-make-synthetic``. The code
+is :mod:`mmseg_ppenc.cli.make_synthetic_cityscapes`.
 """
-from __future__ import annotations
-
-import argparse
-import os
+import os.path as osp
 import sys
-from typing import List, Optional
 
-# Run from a checkout without installing: put the repository root (this file's parent's
-# parent) first on sys.path before importing mmseg_ppenc.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mmseg_ppenc.datasets.synthetic import make_synthetic_cityscapes  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Build the command-line parser.
-
-    Returns:
-        argparse.ArgumentParser: Parser for ``OUT [--train N --val M --height H
-        --width W --seed S --overwrite]``.
-    """
-    parser = argparse.ArgumentParser(
-        description='Write a deterministic synthetic Cityscapes-layout data set '
-                    '(leftImg8bit/ + gtFine/ with labelTrainIds).')
-    parser.add_argument('out', help='output directory (the data_root); must be empty '
-                                    'or missing unless --overwrite')
-    parser.add_argument('--train', type=int, default=48,
-                        help='number of training images (default: 48)')
-    parser.add_argument('--val', type=int, default=12,
-                        help='number of validation images (default: 12)')
-    parser.add_argument('--height', type=int, default=128,
-                        help='image height, a multiple of 16 (default: 128)')
-    parser.add_argument('--width', type=int, default=256,
-                        help='image width, a multiple of 16 (default: 256)')
-    parser.add_argument('--seed', type=int, default=0, help='base seed (default: 0)')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='write into a non-empty directory (replaces files of the '
-                             'same name, deletes nothing)')
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Generate the data set and print a one-line summary.
-
-    Args:
-        argv (list[str] | None): Arguments without the program name; ``None`` reads
-            ``sys.argv``. Defaults to None.
-
-    Returns:
-        int: Exit status 0 (argument and output-directory errors exit with 2 through
-        ``argparse``).
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        info = make_synthetic_cityscapes(
-            args.out, num_train=args.train, num_val=args.val, height=args.height,
-            width=args.width, seed=args.seed, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as exc:
-        # A usage error, not a crash: show the message without a traceback.
-        parser.error(str(exc))
-    print(f"wrote {info['train']} train + {info['val']} val images of "
-          f"{info['height']}x{info['width']} (HxW) to {info['root']}")
-    return 0
-
+# Run from a checkout without installing: the repository root goes first on sys.path.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+try:
+    from mmseg_ppenc.cli.make_synthetic_cityscapes import main
+except ImportError as e:  # a broken or missing environment
+    sys.exit(f'error: {e}\nThe environment is incomplete: run `bash tools/setup_env.sh` '
+             'and use .venv/bin/python.')
 
 if __name__ == '__main__':
     sys.exit(main())

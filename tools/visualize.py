@@ -1,110 +1,18 @@
 """Figures of encrypted inference: plain | encrypted | prediction | ground truth.
 
-Example::
-
-    python tools/visualize.py data/cityscapes/leftImg8bit/val/*/*_leftImg8bit.png \
-        --config configs/ppenc/server/setr_tiny_mla_synthetic_server.py \
-        --checkpoint work_dirs/server/iter_400.pth --out figures/ --limit 4
-
-Each plain IMAGE is encrypted with the key (client side), segmented by the model from the
-encrypted array only, and drawn next to its ground truth (the paper's Figs. 4 and 5). The
-ground truth is found automatically for Cityscapes (leftImg8bit/ -> gtFine/
-*_gtFine_labelTrainIds.png) and ADE20K (images/ -> annotations/*.png) layouts, or given
-with --gt in the same order as the images.
+Thin entry point for a checkout; installed, the same command is ``ppenc-visualize``. The code
+is :mod:`mmseg_ppenc.cli.visualize`.
 """
-import argparse
-import os
+import os.path as osp
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Run from a checkout without installing: the repository root goes first on sys.path.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 try:
-    import cv2
-    import numpy as np
-    from PIL import Image
-
-    from mmseg_ppenc.apis import (check_model_key, encrypt_for_upload,
-                                  load_encrypted_model, model_block_size,
-                                  predict_encrypted)
-    from mmseg_ppenc.keys import InvalidKeyError, resolve_key
-    from mmseg_ppenc.runner import ConfigError
-    from mmseg_ppenc.visualization import save_comparison_figure
+    from mmseg_ppenc.cli.visualize import main
 except ImportError as e:  # a broken or missing environment
     sys.exit(f'error: {e}\nThe environment is incomplete: run `bash tools/setup_env.sh` '
              'and use .venv/bin/python.')
 
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='Plain | encrypted | prediction | GT '
-                                     'figures for encrypted inference.')
-    parser.add_argument('images', nargs='+', metavar='IMAGE', help='plain images')
-    parser.add_argument('--config', required=True, help='model config')
-    parser.add_argument('--checkpoint', required=True, help='checkpoint adapted to the key')
-    parser.add_argument('--out', required=True, help='output directory')
-    parser.add_argument('--gt', nargs='+', default=None,
-                        help='ground-truth label maps, one per image (default: found '
-                        'from the Cityscapes/ADE20K layout)')
-    parser.add_argument('--key-file', default=None,
-                        help='key file (default: $PPENC_KEY_FILE)')
-    parser.add_argument('--device', default='cpu', help='torch device (default: cpu)')
-    parser.add_argument('--limit', type=int, default=None, help='at most N figures')
-    parser.add_argument('--dpi', type=int, default=100, help='figure resolution')
-    return parser.parse_args(argv)
-
-
-def find_ground_truth(path):
-    """The label map of a Cityscapes or ADE20K image path, or None."""
-    parts = path.split(os.sep)
-    if 'leftImg8bit' in parts and path.endswith('_leftImg8bit.png'):
-        i = len(parts) - 1 - parts[::-1].index('leftImg8bit')
-        parts[i] = 'gtFine'
-        cand = os.sep.join(parts)[:-len('_leftImg8bit.png')] + '_gtFine_labelTrainIds.png'
-        return cand if os.path.isfile(cand) else None
-    if 'images' in parts:
-        i = len(parts) - 1 - parts[::-1].index('images')
-        parts[i] = 'annotations'
-        cand = os.path.splitext(os.sep.join(parts))[0] + '.png'
-        return cand if os.path.isfile(cand) else None
-    return None
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        key = resolve_key(args.key_file)
-        images = args.images[:args.limit] if args.limit else args.images
-        if args.gt is not None and len(args.gt) < len(images):
-            raise ConfigError(f'--gt lists {len(args.gt)} files for {len(images)} images; '
-                              'give one per image.')
-        for p in [args.config, args.checkpoint] + images:
-            if not os.path.isfile(p):
-                raise ConfigError(f'{p!r} does not exist.')
-        model = load_encrypted_model(args.config, args.checkpoint, device=args.device)
-        check_model_key(model, key)
-        meta = model.dataset_meta or {}
-        from mmseg.datasets import CityscapesDataset
-        palette = meta.get('palette') or CityscapesDataset.METAINFO['palette']
-        classes = meta.get('classes') or CityscapesDataset.METAINFO['classes']
-        block = model_block_size(model)
-        os.makedirs(args.out, exist_ok=True)
-        for i, path in enumerate(images):
-            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise ConfigError(f'Cannot read image {path!r}.')
-            rgb = np.ascontiguousarray(bgr[..., ::-1])
-            h, w = rgb.shape[:2]
-            enc = encrypt_for_upload(rgb, key, block, pad=True)  # client
-            pred = predict_encrypted(model, enc)[:h, :w]  # server: encrypted array only
-            gt_path = args.gt[i] if args.gt else find_ground_truth(path)
-            gt = np.asarray(Image.open(gt_path)) if gt_path else None
-            stem = os.path.splitext(os.path.basename(path))[0]
-            out = os.path.join(args.out, f'{stem}_figure.png')
-            save_comparison_figure(out, rgb, enc[:h, :w], pred, gt, palette,
-                                   class_names=classes,
-                                   title=f'{stem} (key {key.fingerprint})', dpi=args.dpi)
-            print(f'{path} -> {out}')
-    except (ConfigError, InvalidKeyError, ValueError) as e:
-        sys.exit(f'error: {e}')
-
-
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

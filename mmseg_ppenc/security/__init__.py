@@ -1,6 +1,8 @@
 """Security measurements: what block scrambling protects, and what it does not.
 
-Attacks and metrics behind ``tools/analyze_security.py`` and ``SECURITY.md``:
+Reusable attacks and metrics; the report that runs them all and formats the tables of
+``SECURITY.md`` is an experiment driver in the repository
+(``tools/analysis/security_report.py``, run as ``tools/analyze_security.py``):
 
 - :mod:`.metrics`: PSNR, SSIM, adjacent-pixel correlation, histogram entropy;
 - :mod:`.known_plaintext`: the key from known plain/encrypted pairs;
@@ -8,7 +10,7 @@ Attacks and metrics behind ``tools/analyze_security.py`` and ``SECURITY.md``:
 - :mod:`.weights`: the key from an encrypted model and its public plain original, and the
   mitigations a model owner can apply before upload;
 - :mod:`.key_checks`: key material in work_dirs, key-file permissions, wrong/corrupt keys;
-- :mod:`.analysis`: runs everything and formats tables and JSON.
+- :mod:`.common`: block layout helpers and recovery statistics shared by the attacks.
 
 Import it explicitly (``from mmseg_ppenc.security import ...``); ``import mmseg_ppenc``
 does not load it.

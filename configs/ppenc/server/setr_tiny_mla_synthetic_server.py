@@ -5,9 +5,12 @@
 #   tools/encrypt_model.py    pretrain/tiny_vit.pth  pretrain/tiny_vit_encrypted.pth
 # and uploaded the two outputs. Paths: PPENC_DATA_ROOT (the encrypted tree) and
 # PPENC_PRETRAINED (the encrypted checkpoint), or --cfg-options.
-_base_ = '../tiny/setr_tiny_mla_synthetic_baseline.py'
+_base_ = [
+    '../tiny/setr_tiny_mla_synthetic_baseline.py',
+    './_base_/keyless_server.py',
+]
 
-data_root = '{{$PPENC_DATA_ROOT:data/cityscapes_encrypted/}}'
+data_root = {{_base_.ppenc_server_data_root}}
 crop_size = (64, 64)
 
 # The stock VisionTransformer (restated whole, so that nothing of the base's backbone
@@ -23,9 +26,10 @@ model = dict(
         init_cfg=dict(type='Pretrained',
                       checkpoint='{{$PPENC_PRETRAINED:pretrain/tiny_vit_encrypted.pth}}')))
 
-# Only augmentations that commute with the cipher (DESIGN section 2): an on-grid crop and
-# brightness/contrast. No RandomResize (it does not commute; see docs/workflow.md for the
-# client's alternative) and no flip (needs a flip-compatible key: see the _flip variant).
+# Only augmentations that commute with the cipher (docs/method.md, "What a keyless server
+# may do"): an on-grid crop and brightness/contrast. No RandomResize (it does not commute;
+# see docs/workflow.md for the client's alternative) and no flip (needs a flip-compatible
+# key: see the _flip variant).
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -33,13 +37,7 @@ train_pipeline = [
     dict(type='EncryptedPhotoMetric'),
     dict(type='PackSegInputs'),
 ]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs'),
-]
-# KeylessEncryptedDataset reads DATA_ROOT/ppenc_manifest.json and refuses transforms that
-# do not commute with the cipher when the Runner builds the dataloaders.
+test_pipeline = {{_base_.ppenc_server_test_pipeline}}
 train_dataloader = dict(
     dataset=dict(
         _delete_=True,
@@ -47,19 +45,9 @@ train_dataloader = dict(
         dataset=dict(
             type='CityscapesDataset',
             data_root=data_root,
-            data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
+            data_prefix={{_base_.ppenc_server_train_data_prefix}},
             pipeline=train_pipeline)))
-val_dataloader = dict(
-    dataset=dict(
-        _delete_=True,
-        type='KeylessEncryptedDataset',
-        dataset=dict(
-            type='CityscapesDataset',
-            data_root=data_root,
-            data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
-            pipeline=test_pipeline)))
-test_dataloader = val_dataloader
+val_dataloader = dict(dataset={{_base_.ppenc_server_val_dataset}})
+test_dataloader = dict(dataset={{_base_.ppenc_server_test_dataset}})
 
-# Checks data/model key agreement at start and records the data's key fingerprint (not
-# the key) in every checkpoint.
-custom_hooks = [dict(type='KeylessServerHook')]
+custom_hooks = {{_base_.ppenc_server_hooks}}

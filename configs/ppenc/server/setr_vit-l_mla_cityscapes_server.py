@@ -3,27 +3,25 @@
 #   tools/encrypt_dataset.py data/cityscapes data/cityscapes_encrypted --layout cityscapes
 #   tools/encrypt_model.py pretrain/vit_large_patch16_384.pth \
 #       pretrain/vit_large_patch16_384_encrypted.pth
-# The server needs neither the key nor BlockScramble. Compared with the paper's
-# "proposed" config, training loses RandomResize (ratio 0.5-2.0), which does not commute
-# with the cipher (docs/workflow.md: cost and the client's offline alternative).
-_base_ = '../setr_vit-l_mla_cityscapes_baseline.py'
+# The server needs neither the key nor BlockScramble. Paths: PPENC_DATA_ROOT (the
+# encrypted tree) and PPENC_PRETRAINED (the encrypted checkpoint), or --cfg-options.
+# Compared with the paper's "proposed" config, training loses RandomResize (ratio
+# 0.5-2.0), which does not commute with the cipher (docs/workflow.md: cost and the
+# client's offline alternative).
+_base_ = [
+    '../setr_vit-l_mla_cityscapes_baseline.py',
+    './_base_/keyless_server.py',
+]
 
-data_root = 'data/cityscapes_encrypted/'
+data_root = {{_base_.ppenc_server_data_root}}
 crop_size = (768, 768)
 
-# The stock VisionTransformer of mmseg's SETR config (restated whole): the encrypted
-# checkpoint is an ordinary mmseg state dict. The plugin's FastVisionTransformer (fused
-# attention, same weights, no key) may replace it for speed.
+# The baseline's FastVisionTransformer (fused attention, mmseg VisionTransformer's
+# parameter names, no key): the encrypted checkpoint is an ordinary mmseg state dict.
 model = dict(
     backbone=dict(
-        _delete_=True,
-        type='VisionTransformer',
-        img_size=crop_size, patch_size=16, in_channels=3, embed_dims=1024,
-        num_layers=24, num_heads=16, out_indices=(5, 11, 17, 23), drop_rate=0.0,
-        norm_cfg=dict(type='LN', eps=1e-6, requires_grad=True), with_cls_token=False,
-        interpolate_mode='bilinear',
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='pretrain/vit_large_patch16_384_encrypted.pth')))
+        init_cfg=dict(
+            checkpoint='{{$PPENC_PRETRAINED:pretrain/vit_large_patch16_384_encrypted.pth}}')))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -35,11 +33,7 @@ train_pipeline = [
     dict(type='PackSegInputs'),
 ]
 # Unresized 2048x1024 images; slide windows (768, stride 512) start on the 16-pixel grid.
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs'),
-]
+test_pipeline = {{_base_.ppenc_server_test_pipeline}}
 train_dataloader = dict(
     dataset=dict(
         _delete_=True,
@@ -47,17 +41,9 @@ train_dataloader = dict(
         dataset=dict(
             type='CityscapesDataset',
             data_root=data_root,
-            data_prefix=dict(img_path='leftImg8bit/train', seg_map_path='gtFine/train'),
+            data_prefix={{_base_.ppenc_server_train_data_prefix}},
             pipeline=train_pipeline)))
-val_dataloader = dict(
-    dataset=dict(
-        _delete_=True,
-        type='KeylessEncryptedDataset',
-        dataset=dict(
-            type='CityscapesDataset',
-            data_root=data_root,
-            data_prefix=dict(img_path='leftImg8bit/val', seg_map_path='gtFine/val'),
-            pipeline=test_pipeline)))
-test_dataloader = val_dataloader
+val_dataloader = dict(dataset={{_base_.ppenc_server_val_dataset}})
+test_dataloader = dict(dataset={{_base_.ppenc_server_test_dataset}})
 
-custom_hooks = [dict(type='KeylessServerHook')]
+custom_hooks = {{_base_.ppenc_server_hooks}}

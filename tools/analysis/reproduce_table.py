@@ -1,8 +1,13 @@
 """Table I of Sueyoshi et al. (arXiv 2507.12730) in miniature, on this CPU.
 
+Experiment driver, not library code: it lives in the repository's ``tools/analysis/``
+and reads the tiny configs of the checkout it sits in. Run it as
+``python tools/reproduce_table.py --out-dir work_dirs/table1`` (or this file directly).
+
 The paper fine-tunes ImageNet-pre-trained SETR models on Cityscapes in three settings
-(DESIGN.md section 1): **baseline** (plain model, plain images), **conventional 2** (plain
-model, encrypted images) and **proposed** (model encrypted with the key, encrypted images).
+(``docs/method.md``, "The method"): **baseline** (plain model, plain images),
+**conventional 2** (plain model, encrypted images) and **proposed** (model encrypted with
+the key, encrypted images).
 Neither ImageNet weights nor Cityscapes can be used here, so this module rebuilds the
 experiment at toy scale:
 
@@ -40,6 +45,7 @@ is seeded, data loading is in-process and the thread count is fixed
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import copy
 import glob
@@ -47,15 +53,23 @@ import json
 import os
 import os.path as osp
 import platform
+import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from .datasets.synthetic import make_synthetic_cityscapes, render_scene
-from .keys import KEY_ENV_VAR, SecretKey
+# Run from a checkout without installing: the repository root (two levels up) goes first
+# on sys.path so that its mmseg_ppenc is the one imported.
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from mmseg_ppenc.datasets.synthetic import make_synthetic_cityscapes, render_scene  # noqa: E402
+from mmseg_ppenc.keys import KEY_ENV_VAR, InvalidKeyError, SecretKey  # noqa: E402
 
 __all__ = [
     'DECODERS', 'SETTINGS', 'CATEGORY_OF_CLASS', 'ExperimentConfig', 'default_config_dir',
@@ -173,9 +187,9 @@ class ExperimentConfig:
 
 
 def default_config_dir() -> str:
-    """``configs/ppenc/tiny`` of the checkout this package lives in."""
-    return osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'ppenc',
-                    'tiny')
+    """``configs/ppenc/tiny`` of the repository this tool belongs to (never the installed
+    package's location, which has no configs in a wheel install)."""
+    return osp.join(REPO_ROOT, 'configs', 'ppenc', 'tiny')
 
 
 def tiny_config_path(decoder: str, setting: str, config_dir: Optional[str] = None) -> str:
@@ -521,8 +535,8 @@ def pretrain_backbone(backbone_cfg: dict, preprocessor_cfg: dict, out_path: str,
     crops = [_sample_crops(held, hrng, 64, crop, augment=False) for _ in range(8)]
     variants = {'heldout_acc': (backbone, False)}
     if key is not None:
-        from .adaptation import encrypt_vit_state_dict
-        from .cipher import encrypt_image
+        from mmseg_ppenc.adaptation import encrypt_vit_state_dict
+        from mmseg_ppenc.cipher import encrypt_image
         adapted = copy.deepcopy(backbone)
         adapted.load_state_dict(encrypt_vit_state_dict(backbone.state_dict(), key, mean,
                                                        std, prefix=''))
@@ -631,7 +645,9 @@ def _loss_curve(log_dir: str) -> List[List[float]]:
 
 
 def _unwrap(model):
-    return getattr(model, 'module', model)
+    """The model inside a DDP/FSDP wrapper (mmengine's test), or the model itself."""
+    from mmengine.model import is_model_wrapper
+    return model.module if is_model_wrapper(model) else model
 
 
 def _check_backbone_init(runner, expected: Dict[str, torch.Tensor], what: str) -> None:
@@ -910,7 +926,7 @@ def run_experiment(exp: ExperimentConfig, log: Callable[[str], None] = print) ->
             f'weights, {pre_stats["heldout_acc_encrypted_adapted_weights"]:.1f} % with the '
             'adapted ones')
         plain_state = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
-        from .adaptation import encrypt_vit_state_dict
+        from mmseg_ppenc.adaptation import encrypt_vit_state_dict
         encrypted_state = encrypt_vit_state_dict(plain_state, key, pre_cfg['mean'],
                                                  pre_cfg['std'], prefix='')
 
@@ -974,3 +990,101 @@ def run_experiment(exp: ExperimentConfig, log: Callable[[str], None] = print) ->
         f.write(format_markdown(result))
     plot_miou(result, osp.join(out_dir, 'table1.png'))
     return result
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser (defaults are those of :class:`ExperimentConfig`).
+
+    Returns:
+        argparse.ArgumentParser: The parser of ``tools/reproduce_table.py``.
+    """
+    d = ExperimentConfig()
+    p = argparse.ArgumentParser(description='Table I of Sueyoshi et al. in miniature: '
+                                'baseline / conventional 2 / proposed x MLA / PUP / Naive.')
+    p.add_argument('--out-dir', default=d.out_dir,
+                   help=f'output directory (default: {d.out_dir})')
+    p.add_argument('--seed', type=int, default=d.seed,
+                   help=f'seed of data, pre-training and fine-tuning (default: {d.seed})')
+    p.add_argument('--iters', type=int, default=d.iters,
+                   help=f'fine-tuning iterations per run (default: {d.iters})')
+    p.add_argument('--pretrain-iters', type=int, default=d.pretrain_iters,
+                   help=f'pre-training iterations (default: {d.pretrain_iters})')
+    p.add_argument('--decoders', nargs='+', choices=DECODERS, default=list(DECODERS),
+                   help='decoders (default: all)')
+    p.add_argument('--settings', nargs='+', choices=SETTINGS, default=list(SETTINGS),
+                   help='settings (default: all)')
+    p.add_argument('--train', type=int, default=d.num_train,
+                   help=f'synthetic training images (default: {d.num_train})')
+    p.add_argument('--val', type=int, default=d.num_val,
+                   help=f'synthetic validation images (default: {d.num_val})')
+    p.add_argument('--key-file', default=None,
+                   help='key file (default: OUT_DIR/table1.key, created with mode 600 '
+                   'if missing, reused otherwise)')
+    p.add_argument('--no-scratch', dest='scratch', action='store_false',
+                   help='skip the reference runs of the baseline without pre-training')
+    p.add_argument('--threads', type=int, default=d.threads,
+                   help=f'torch threads (default: {d.threads}; see ExperimentConfig)')
+    p.add_argument('--verbose', action='store_true',
+                   help="show mmengine's INFO logs and library warnings")
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Args:
+        argv (Sequence[str], optional): Arguments without the program name. Defaults to
+            None (``sys.argv``).
+
+    Returns:
+        argparse.Namespace: The parsed flags.
+    """
+    return build_parser().parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the experiment and print the table and the total runtime.
+
+    Args:
+        argv (Sequence[str], optional): Arguments without the program name. Defaults to
+            None (``sys.argv``).
+
+    Returns:
+        int: 0 on success, 2 for bad settings, a missing config or a bad key file (one
+        ``error: ...`` line on stderr).
+    """
+    args = parse_args(argv)
+    if not args.verbose:
+        # mmseg/mmengine deprecation notices would repeat for every run.
+        warnings.filterwarnings('ignore', module=r'(mmseg|mmengine|mmcv)(\.|$)')
+        warnings.filterwarnings('ignore', category=DeprecationWarning)
+        warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+    exp = ExperimentConfig(out_dir=args.out_dir, seed=args.seed, iters=args.iters,
+                           pretrain_iters=args.pretrain_iters, decoders=args.decoders,
+                           settings=args.settings, num_train=args.train,
+                           num_val=args.val, key_file=args.key_file,
+                           scratch_reference=args.scratch, threads=args.threads,
+                           verbose=args.verbose)
+    try:
+        exp.validate()
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    t0 = time.time()
+    try:
+        result = run_experiment(exp)
+    except (FileNotFoundError, InvalidKeyError) as e:  # missing config or bad key file
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    total = time.time() - t0
+    print()
+    print(format_markdown(result))
+    print(f'Wrote {osp.join(args.out_dir, "table1.md")}, table1.json and table1.png; '
+          f'total runtime {total / 60:.1f} min ({total:.0f} s; load average at start '
+          f'{result["machine"]["loadavg_start"]}, end {result["machine"]["loadavg_end"]}).')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

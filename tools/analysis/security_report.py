@@ -1,40 +1,71 @@
 """Run every security measurement and report it as tables and JSON.
 
+Experiment driver, not library code: the attacks and metrics are in
+:mod:`mmseg_ppenc.security`; this file orchestrates them and formats the report. Run it as
+``python tools/analyze_security.py`` (or this file directly); with no arguments it
+generates synthetic Cityscapes-format images and takes well under a minute on a 2-core
+CPU::
+
+    python tools/analyze_security.py
+    python tools/analyze_security.py --images my_photos/ --out results/security.json
+    python tools/analyze_security.py --work-dir work_dirs/run1 --key-file keys/run1.key
+
 :func:`run_analysis` generates the synthetic Cityscapes-format images (plus any user
 photos), encrypts them under throw-away analysis keys (one plain-shuffle key, one
 flip-compatible key; both derived from ``seed``, so numbers are reproducible), and
 measures:
 
-1. visual leakage of encrypted vs plain images (:mod:`.metrics`);
-2. the known-plaintext attack for 1, 2, ... known pairs (:mod:`.known_plaintext`);
+1. visual leakage of encrypted vs plain images (:mod:`mmseg_ppenc.security.metrics`);
+2. the known-plaintext attack for 1, 2, ... known pairs
+   (:mod:`mmseg_ppenc.security.known_plaintext`);
 3. the ciphertext-only attack for growing numbers of encrypted images
-   (:mod:`.ciphertext_only`);
-4. the model-weight attack with and without mitigations (:mod:`.weights`);
-5. key handling (:mod:`.key_checks`).
+   (:mod:`mmseg_ppenc.security.ciphertext_only`);
+4. the model-weight attack with and without mitigations
+   (:mod:`mmseg_ppenc.security.weights`);
+5. key handling (:mod:`mmseg_ppenc.security.key_checks`).
 
 :func:`format_report` turns the result into Markdown tables (what the tool prints and what
 ``SECURITY.md`` quotes).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import math
 import os
 import os.path as osp
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
+# The attacks work on many small (256..768) matrices; on a busy machine, multi-threaded
+# BLAS makes those calls over ten times slower than one thread. Set before NumPy loads;
+# an explicit setting in the environment wins.
+for _var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+    os.environ.setdefault(_var, '1')
 
-from ..cipher import encrypt_image
-from ..keys import SecretKey
-from .ciphertext_only import ciphertext_only_attack
-from .common import recovery_stats, unpermute_image
-from .key_checks import corrupt_key_checks, key_file_mode, scan_work_dir, wrong_key_check
-from .known_plaintext import known_plaintext_attack
-from .metrics import leakage_metrics, luminance, mean_metrics, psnr, ssim
+import numpy as np  # noqa: E402
+
+# Run from a checkout without installing: the repository root (two levels up) goes first
+# on sys.path so that its mmseg_ppenc is the one imported.
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from mmseg_ppenc.cipher import encrypt_image  # noqa: E402
+from mmseg_ppenc.keys import InvalidKeyError, SecretKey, resolve_key  # noqa: E402
+from mmseg_ppenc.security.ciphertext_only import ciphertext_only_attack  # noqa: E402
+from mmseg_ppenc.security.common import recovery_stats, unpermute_image  # noqa: E402
+from mmseg_ppenc.security.key_checks import (corrupt_key_checks, key_file_mode,  # noqa: E402
+                                             scan_work_dir, wrong_key_check)
+from mmseg_ppenc.security.known_plaintext import known_plaintext_attack  # noqa: E402
+from mmseg_ppenc.security.metrics import (leakage_metrics, luminance,  # noqa: E402
+                                          mean_metrics, psnr, ssim)
+from mmseg_ppenc.security.weights import (load_state_dict,  # noqa: E402
+                                          patch_embedding_matrix, weight_matching_attack)
 
 __all__ = ['AnalysisConfig', 'run_analysis', 'format_report', 'load_user_images',
            'analysis_key', 'VARIANTS']
@@ -140,7 +171,7 @@ def _synthetic(cfg: AnalysisConfig, tmp: str) -> Tuple[List[np.ndarray], List[np
     """Generate the data set on disk exactly as users do and read it back."""
     from PIL import Image
 
-    from ..datasets.synthetic import make_synthetic_cityscapes
+    from mmseg_ppenc.datasets.synthetic import make_synthetic_cityscapes
     make_synthetic_cityscapes(tmp, num_train=cfg.num_pool, num_val=cfg.num_val,
                               height=cfg.height, width=cfg.width, seed=cfg.seed)
 
@@ -239,8 +270,8 @@ def _weights(key: SecretKey, images: Sequence[np.ndarray], eval_images: Sequence
     import torch
     from mmseg.models.backbones import VisionTransformer
 
-    from ..adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
-    from . import weights as W
+    from mmseg_ppenc.adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
+    from mmseg_ppenc.security import weights as W
 
     b = cfg.block_size
     pi = key.block_permutation(b)
@@ -333,7 +364,6 @@ def _weights(key: SecretKey, images: Sequence[np.ndarray], eval_images: Sequence
 
 
 def _key_handling(key: SecretKey, images, cfg: AnalysisConfig) -> Dict[str, object]:
-    from ..keys import resolve_key
     out: Dict[str, object] = {'wrong_key': wrong_key_check(images, key, cfg.block_size),
                               'corrupt_key_files': corrupt_key_checks()}
     if cfg.work_dir is None:
@@ -533,3 +563,140 @@ def format_report(res: Dict[str, object]) -> str:
                           'readable by others: chmod 600') + ')'])
     parts.append('### 5. Key handling\n\n' + _table(['check', 'result'], rows))
     return '\n\n'.join(parts) + '\n'
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser.
+
+    Returns:
+        argparse.ArgumentParser: The parser of ``tools/analyze_security.py``.
+    """
+    parser = argparse.ArgumentParser(
+        description='Security analysis of block-wise image encryption: leakage metrics, '
+                    'known-plaintext, ciphertext-only and model-weight attacks, key '
+                    'handling.')
+    parser.add_argument('--images', nargs='+', default=[], metavar='PATH',
+                        help='extra photos (files or directories) to analyse besides the '
+                             'synthetic data')
+    parser.add_argument('--out', default='work_dirs/security/security.json',
+                        help='JSON output path (default: %(default)s)')
+    parser.add_argument('--num-val', type=int, default=12,
+                        help='synthetic images for metrics and held-out decryption '
+                             '(default: %(default)s)')
+    parser.add_argument('--num-pool', type=int, default=64,
+                        help='synthetic images available to the attacks '
+                             '(default: %(default)s)')
+    parser.add_argument('--size', type=int, nargs=2, default=[128, 256],
+                        metavar=('HEIGHT', 'WIDTH'),
+                        help='synthetic image size, multiples of 16 (default: %(default)s)')
+    parser.add_argument('--coa-counts', type=int, nargs='+', default=[1, 2, 4, 8, 16, 32, 64],
+                        help='numbers of encrypted images for the ciphertext-only attack '
+                             '(default: %(default)s)')
+    parser.add_argument('--kpa-pairs', type=int, nargs='+', default=[1, 2, 4],
+                        help='numbers of known pairs (default: %(default)s)')
+    parser.add_argument('--max-side', type=int, default=512,
+                        help='downscale photos to this longest side (default: %(default)s)')
+    parser.add_argument('--variants', nargs='+', default=list(VARIANTS),
+                        choices=list(VARIANTS),
+                        help='cipher variants to analyse (default: all)')
+    parser.add_argument('--no-vit-b', action='store_true',
+                        help='skip the ViT-B-sized (768 x 768) weight-attack rows')
+    parser.add_argument('--seed', type=int, default=0, help='data and analysis-key seed')
+    parser.add_argument('--work-dir', help='a training work_dir to scan for key material')
+    parser.add_argument('--key-file', help='the key file of that run (default: '
+                                           '$PPENC_KEY_FILE)')
+    parser.add_argument('--plain-checkpoint',
+                        help='public plain pre-trained weights, to attack together with '
+                             '--encrypted-checkpoint')
+    parser.add_argument('--encrypted-checkpoint',
+                        help='an encrypted model (e.g. what was uploaded to a server)')
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Args:
+        argv (Sequence[str], optional): Arguments without the program name. Defaults to
+            None (``sys.argv``).
+
+    Returns:
+        argparse.Namespace: The parsed flags.
+    """
+    return build_parser().parse_args(argv)
+
+
+def attack_checkpoints(plain_path: str, enc_path: str,
+                       key_file: Optional[str] = None) -> Dict[str, object]:
+    """Run the weight attack on two checkpoint files; print and return the outcome.
+
+    Args:
+        plain_path (str): Public plain pre-trained checkpoint.
+        enc_path (str): The encrypted (key-adapted) checkpoint.
+        key_file (str, optional): The key, to measure how much of it was recovered.
+            Defaults to None (``$PPENC_KEY_FILE`` if set, else no recovery rate).
+
+    Returns:
+        dict: Cosine similarities of the matched columns and, with a key, the recovered
+        fraction and the key's fingerprint.
+    """
+    plain = patch_embedding_matrix(load_state_dict(plain_path))
+    enc = patch_embedding_matrix(load_state_dict(enc_path))
+    est = weight_matching_attack(plain, enc)
+    cos = np.sum(enc / np.linalg.norm(enc, axis=0) *
+                 plain[:, est] / np.linalg.norm(plain[:, est], axis=0), axis=0)
+    out = {'matched_cosine_min': float(cos.min()), 'matched_cosine_mean': float(cos.mean())}
+    if key_file or os.environ.get('PPENC_KEY_FILE'):
+        key = resolve_key(key_file)
+        pi = key.block_permutation(int(round((plain.shape[1] / 3) ** 0.5)))
+        out['recovered'] = float(np.mean(est == pi))
+        out['key_fingerprint'] = key.fingerprint
+    print('weight attack on the given checkpoints: matched columns have cosine similarity '
+          f"min {out['matched_cosine_min']:.6f}, mean {out['matched_cosine_mean']:.6f} "
+          '(1.0 = every column matched exactly: the permutation is recovered)' +
+          (f"; {100 * out['recovered']:.1f} % of key {out['key_fingerprint']} recovered"
+           if 'recovered' in out else ''))
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the analysis, print the report and write the JSON.
+
+    Args:
+        argv (Sequence[str], optional): Arguments without the program name. Defaults to
+            None (``sys.argv``).
+
+    Returns:
+        int: 0 on success, 2 for bad input (one ``error: ...`` line on stderr).
+    """
+    args = parse_args(argv)
+    if bool(args.plain_checkpoint) != bool(args.encrypted_checkpoint):
+        print('error: --plain-checkpoint and --encrypted-checkpoint go together.',
+              file=sys.stderr)
+        return 2
+    cfg = AnalysisConfig(num_val=args.num_val, num_pool=args.num_pool, seed=args.seed,
+                         height=args.size[0], width=args.size[1],
+                         coa_counts=tuple(args.coa_counts), kpa_pairs=tuple(args.kpa_pairs),
+                         user_images=list(args.images), max_side=args.max_side,
+                         work_dir=args.work_dir, key_file=args.key_file,
+                         vit_b_embedding=not args.no_vit_b,
+                         variants=tuple(args.variants))
+    try:
+        res = run_analysis(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+        if args.plain_checkpoint:
+            res['checkpoint_attack'] = attack_checkpoints(
+                args.plain_checkpoint, args.encrypted_checkpoint, args.key_file)
+    except (InvalidKeyError, FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(format_report(res))
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(res, f, indent=2, allow_nan=False)
+    print(f'JSON written to {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -8,18 +8,26 @@ Three comparisons, each measured side by side in one run:
 2. **Encryption at train time** (:func:`bench_train`): images/s and memory of the
    baseline, conventional 2 and proposed models at the plugin's defaults, same model and
    shapes.
-3. **Stock mmseg vs the plugin's defaults** (:func:`bench_train`): stock SETR (float32,
-   mmcv attention) against fused attention + bf16 mixed precision (where supported).
+3. **Stock mmseg vs the plugin** (:func:`bench_train`): stock SETR (float32, mmcv
+   attention) against fused attention + bf16 mixed precision (where supported), and
+   against the opt-in speed switches (see :data:`SWITCHES`).
 
 Timing rules: variants run interleaved on the CPU (one step of each in turn, rotating
 the order, so that load from other processes hits all alike) and one after another on a
 GPU (so that each one's peak memory is its own); every figure is the median over the
 measured repetitions, after warm-up. CPU work is timed in process CPU time (see
-:func:`default_timer`), GPU steps in wall time between synchronisations.
+:func:`default_timer`). GPU steps are timed with CUDA events recorded between
+consecutive steps, without a host synchronisation in between, so that the CPU may queue
+work ahead as it does in a real run; every step copies its logged losses to the host as
+mmengine's ``RuntimeInfoHook`` does, unless the variant defers that copy.
 
 Memory: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU, where PyTorch keeps no
 allocator statistics, the bytes that autograd saves for the backward pass (the part of
 training memory that depends on the attention implementation), counted once per storage.
+
+This module is part of the repository's tools, not of the installed package: it reads
+the configs of the checkout it lives in (``configs/ppenc`` two levels above this file)
+unless told otherwise.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import os.path as osp
 import platform
 import random
 import resource
+import signal
 import statistics
 import sys
 import tempfile
@@ -42,22 +51,34 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .compat import replace_syncbn
+from mmseg_ppenc.compat import replace_syncbn
 
-__all__ = ['TARGETS', 'GPU_TARGET_SHAPE', 'TIMERS', 'default_timer', 'time_interleaved',
-           'summarize', 'check', 'bench_cipher', 'bench_pipeline', 'model_configs',
-           'bench_train', 'throughput_ratio', 'evaluate_targets', 'format_report',
-           'write_json', 'run']
+__all__ = ['SWITCHES', 'TIMERS', 'default_timer', 'time_interleaved', 'time_sequential',
+           'summarize', 'bench_cipher', 'bench_pipeline', 'model_configs', 'parse_variant',
+           'bench_train', 'throughput_ratio', 'compare', 'format_report', 'write_json',
+           'run', 'CONFIG_DIR']
 
-#: Thresholds of the speed issue. ``crop_ms`` and ``pipeline_share`` are for a 2-core CPU.
-TARGETS = dict(crop_ms=2.0, pipeline_share=0.03, proposed_ratio=0.98, speedup=6.0,
-               mem_ratio=0.5)
-#: The shape the stock-vs-plugin targets are defined for: (device, arch, decoder, size).
-GPU_TARGET_SHAPE = ('cuda', 'vit-l', 'mla', 768)
-
-_REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-_CONFIG_DIR = osp.join(_REPO, 'configs', 'ppenc')
+#: The checkout's own configs (this file is tools/analysis/benchmark.py).
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
+                      'configs', 'ppenc')
 _SETTINGS = ('baseline', 'conventional2', 'proposed')
+
+#: Opt-in speed switches of a variant (``parse_variant('baseline+FCD+B')``): letter ->
+#: (name in reports, what the variant does, the config option a training run sets).
+SWITCHES = {
+    'F': ('fused-opt', 'fused optimizer step',
+          'optim_wrapper.optimizer.fused=True'),
+    'C': ('channels-last', 'neck and heads in channels-last format',
+          "custom_hooks=[dict(type='ChannelsLastHook')]"),
+    'D': ('deferred-log', 'logged losses copied to the host once per log interval',
+          "default_hooks.runtime_info.type=DeferredLogRuntimeInfoHook"),
+    'B': ('compile-backbone', 'torch.compile of the backbone',
+          'model.backbone.torch_compile=True'),
+    'M': ('compile-model', 'torch.compile of the whole segmentor forward + losses',
+          'model.compile (no config switch; measured for reference)'),
+    'S': ('compile-step', "torch.compile of the whole train_step (mmengine's switch)",
+          'compile=True'),
+}
 
 
 # --------------------------------------------------------------------------- timing
@@ -130,28 +151,42 @@ def _summary(samples: Dict[str, List[float]], timer: str) -> dict:
     return out
 
 
-def check(value: Optional[float], threshold: float, op: str,
-          applies: bool = True) -> str:
-    """``'met'``, ``'missed'`` or ``'n/a'`` for ``value op threshold``.
+def time_sequential(fn: Callable[[], Any], repeats: int) -> Dict[str, List[float]]:
+    """Time ``repeats`` consecutive CUDA steps without synchronising between them.
+
+    A CUDA event is recorded on the current stream before every step and after the last
+    one; the host waits once, at the end. The time between two events is what the GPU
+    stream spent on one step, including any time it sat idle waiting for the CPU to
+    queue work, which is what a training run sees (a host synchronisation between steps
+    would hide that).
 
     Args:
-        value (float, optional): The measured value; None (not measured) gives ``'n/a'``.
-        threshold (float): The target.
-        op (str): ``'<='`` or ``'>='``.
-        applies (bool): False when the target is defined for another setup (e.g. a GPU
-            target on a CPU run); gives ``'n/a'``. Defaults to True.
+        fn (callable): One training step.
+        repeats (int): Number of steps.
+
+    Returns:
+        dict: ``{'wall': [...], 'cpu': [...]}`` in milliseconds: per-step event times,
+        and the per-step process CPU time.
     """
-    if op not in ('<=', '>='):
-        raise ValueError(f"op must be '<=' or '>=', got {op!r}")
-    if not applies or value is None:
-        return 'n/a'
-    ok = value <= threshold if op == '<=' else value >= threshold
-    return 'met' if ok else 'missed'
+    if repeats < 1:
+        raise ValueError(f'repeats must be >= 1, got {repeats}')
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(repeats + 1)]
+    cpu = []
+    torch.cuda.synchronize()
+    for i in range(repeats):
+        events[i].record()
+        c0 = time.process_time()
+        fn()
+        cpu.append((time.process_time() - c0) * 1e3)
+    events[-1].record()
+    torch.cuda.synchronize()
+    wall = [events[i].elapsed_time(events[i + 1]) for i in range(repeats)]
+    return dict(wall=wall, cpu=cpu)
 
 
 # --------------------------------------------------------------------------- cipher
 def _temp_key_file(tmp: str) -> str:
-    from .keys import SecretKey
+    from mmseg_ppenc.keys import SecretKey
     path = osp.join(tmp, 'benchmark.key')
     SecretKey.generate().save(path)
     return path
@@ -181,7 +216,7 @@ def bench_cipher(repeats: int = 50, sizes: Sequence[Tuple[int, int]] = ((768, 76
         dict: ``{'HxW': {'copy': {...}, 'scramble': {...}, 'full_map': {...},
         'scramble_over_copy': float}}`` with :func:`summarize` dicts in milliseconds.
     """
-    from .transforms import BlockScramble
+    from mmseg_ppenc.transforms import BlockScramble
     rng = np.random.default_rng(seed)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -262,7 +297,7 @@ def _bench_pipeline(repeats: int, key_file: Optional[str], seed: int, timer: str
     from mmengine.config import Config
     from mmseg.registry import TRANSFORMS
 
-    from .datasets.synthetic import render_scene
+    from mmseg_ppenc.datasets.synthetic import render_scene
     cfg = Config.fromfile(_stock_setr_config_path('mla'))
     stock = copy.deepcopy(cfg.train_dataloader.dataset.pipeline)
     if stock[-1]['type'] != 'PackSegInputs':
@@ -326,8 +361,8 @@ def _prepare(model_cfg: dict, size: int) -> dict:
     return model_cfg
 
 
-def model_configs(arch: str = 'tiny', decoder: str = 'mla', size: int = 128
-                  ) -> Dict[str, Tuple[dict, dict]]:
+def model_configs(arch: str = 'tiny', decoder: str = 'mla', size: int = 128,
+                  config_dir: Optional[str] = None) -> Dict[str, Tuple[dict, dict]]:
     """``(model_cfg, optim_wrapper_cfg)`` of stock mmseg SETR and the three settings.
 
     Args:
@@ -335,6 +370,8 @@ def model_configs(arch: str = 'tiny', decoder: str = 'mla', size: int = 128
             ``'vit-l'`` (the paper configs). Defaults to ``'tiny'``.
         decoder (str): ``'mla'``, ``'pup'`` or ``'naive'``. Defaults to ``'mla'``.
         size (int): Square input side, a multiple of 16. Defaults to 128.
+        config_dir (str, optional): The ``configs/ppenc`` folder to read. Defaults to
+            None (:data:`CONFIG_DIR`, the checkout's own).
 
     Returns:
         dict: Keys ``'stock'``, ``'baseline'``, ``'conventional2'``, ``'proposed'``. The
@@ -354,10 +391,15 @@ def model_configs(arch: str = 'tiny', decoder: str = 'mla', size: int = 128
     if size % 16:
         raise ValueError(f'size must be a multiple of 16 (the patch size), got {size}')
 
+    config_dir = config_dir or CONFIG_DIR
+    if not osp.isdir(config_dir):
+        raise FileNotFoundError(f'Config folder {config_dir!r} does not exist; expected '
+                                'the configs/ppenc folder of a checkout.')
+
     def path(setting: str) -> str:
         if arch == 'tiny':
-            return osp.join(_CONFIG_DIR, 'tiny', f'setr_tiny_{decoder}_synthetic_{setting}.py')
-        return osp.join(_CONFIG_DIR, f'setr_{arch}_{decoder}_cityscapes_{setting}.py')
+            return osp.join(config_dir, 'tiny', f'setr_tiny_{decoder}_synthetic_{setting}.py')
+        return osp.join(config_dir, f'setr_{arch}_{decoder}_cityscapes_{setting}.py')
 
     out = {}
     for setting in _SETTINGS:
@@ -433,34 +475,88 @@ def _quiet_mmengine():
         logger.setLevel(level)
 
 
+def parse_variant(spec: str) -> Tuple[str, str]:
+    """Split ``'<setting>[+<switch letters>]'`` (e.g. ``'baseline+FCD+S'``).
+
+    Args:
+        spec (str): A setting among ``stock``, ``baseline``, ``conventional2``,
+            ``proposed``, then ``+`` and letters of :data:`SWITCHES` (any grouping).
+
+    Returns:
+        tuple[str, str]: The setting and the switch letters in :data:`SWITCHES` order.
+
+    Raises:
+        ValueError: For an unknown setting or letter, or switches on the stock model.
+    """
+    setting, _, rest = spec.partition('+')
+    if setting not in ('stock',) + _SETTINGS:
+        raise ValueError(f'Variant {spec!r}: the setting must be one of stock, baseline, '
+                         f'conventional2, proposed; got {setting!r}.')
+    letters = rest.replace('+', '')
+    bad = sorted(set(letters) - set(SWITCHES))
+    if bad:
+        raise ValueError(f'Variant {spec!r}: unknown switch letter(s) {bad}; expected '
+                         'letters of ' + ', '.join(f'{k} ({v[0]})' for k, v in
+                                                   SWITCHES.items()) + '.')
+    if setting == 'stock' and letters:
+        raise ValueError(f'Variant {spec!r}: the stock model runs as mmseg ships it; '
+                         'put switches on baseline, conventional2 or proposed.')
+    if 'M' in letters and 'S' in letters:
+        raise ValueError(f'Variant {spec!r}: M and S both compile the forward; pick one.')
+    return setting, ''.join(k for k in SWITCHES if k in letters)
+
+
+def variant_name(setting: str, switches: str, batch: int) -> str:
+    """Report name, e.g. ``'plugin baseline +fused-opt b8'`` or ``'stock fp32 b2'``."""
+    if setting == 'stock':
+        return f'stock fp32 b{batch}'
+    extra = ''.join(f' +{SWITCHES[k][0]}' for k in switches)
+    return f'plugin {setting}{extra} b{batch}'
+
+
 class _Variant:
     """One model + optimizer wrapper + batch, ready to train."""
 
-    def __init__(self, name: str, setting: str, batch: int, compile_backbone: bool,
+    def __init__(self, name: str, setting: str, batch: int, switches: str,
                  cfgs: dict, size: int, device: str, key_file: str, seed: int) -> None:
         from mmengine.optim import build_optim_wrapper
         from mmengine.registry import init_default_scope
         from mmseg.registry import MODELS
+
+        from mmseg_ppenc.hooks.speed import to_channels_last
         # mmseg's own config file (ViT-L stock) carries no `_scope_`; without a default
         # scope its data preprocessor would be looked up in mmengine's root registry.
         init_default_scope('mmseg')
         self.name, self.setting, self.batch = name, setting, batch
-        self.compile = compile_backbone
+        self.switches = switches
+        self.compile = 'B' in switches or 'M' in switches or 'S' in switches
         self.device = device
         model_cfg, optim_cfg = copy.deepcopy(cfgs[setting])
         if setting in ('conventional2', 'proposed'):
             model_cfg['data_preprocessor']['key_file'] = key_file
         if setting == 'proposed':
             model_cfg['backbone']['key_file'] = key_file
-        if compile_backbone:
+        if 'B' in switches:
             model_cfg['backbone']['torch_compile'] = True
+        if 'F' in switches:
+            optim_cfg.setdefault('optimizer', {})['fused'] = True
         torch.manual_seed(seed)
         self.model = MODELS.build(model_cfg)
         # Initialise on the device: random init of ViT-L takes seconds on a CPU.
         self.model.to(device)
         self.model.init_weights()
         self.model.train()
+        if 'C' in switches:
+            to_channels_last(self.model)
         self.optim_wrapper = build_optim_wrapper(self.model, optim_cfg)
+        if 'M' in switches:
+            self.model.compile()
+        self._train_step = self.model.train_step
+        if 'S' in switches:
+            # What mmengine's Runner does for `compile=True`.
+            self._train_step = torch.compile(self.model.train_step)
+        self.defer_log = 'D' in switches
+        self._pending: List[torch.Tensor] = []
         num_classes = self.model.decode_head.num_classes
         self.data = _synthetic_batch(batch, size, num_classes, seed)
         self.backbone = type(self.model.backbone).__name__
@@ -472,30 +568,81 @@ class _Variant:
         self.encryption = ('on-device in EncryptedSegDataPreProcessor (timed)'
                            if setting in ('conventional2', 'proposed') else 'none')
 
-    def step(self) -> None:
-        self.model.train_step(self.data, self.optim_wrapper)
+    def step(self) -> Dict[str, torch.Tensor]:
+        log_vars = self._train_step(self.data, self.optim_wrapper)
+        if self.defer_log:
+            # One copy every 50 steps, as DeferredLogRuntimeInfoHook does.
+            self._pending.extend(v.detach().reshape(()) for v in log_vars.values())
+            if len(self._pending) >= 50 * len(log_vars):
+                torch.stack(self._pending).tolist()
+                self._pending = []
+        else:
+            # mmengine's RuntimeInfoHook: one .item() per logged value, every step.
+            for v in log_vars.values():
+                v.item()
+        return log_vars
 
     def describe(self) -> dict:
         return dict(name=self.name, setting=self.setting, backbone=self.backbone,
                     attention=self.attn, precision=self.precision,
-                    compile=self.compile, batch=self.batch, encryption=self.encryption)
+                    compile=self.compile, switches=self.switches,
+                    switch_names=[SWITCHES[k][0] for k in self.switches],
+                    batch=self.batch, encryption=self.encryption)
 
     def free(self) -> None:
-        del self.model, self.optim_wrapper, self.data
+        del self.model, self.optim_wrapper, self.data, self._train_step
+        self._pending = []
         gc.collect()
         if self.device.startswith('cuda'):
             torch.cuda.empty_cache()
 
 
-def _variant_plan(batch: int, stock_batches: Sequence[int], compile_backbone: bool
-                  ) -> List[Tuple[str, str, int, bool]]:
-    plan = [(f'stock fp32 b{b}', 'stock', b, False) for b in stock_batches]
-    plan += [(f'plugin baseline b{b}', 'baseline', b, False)
+def _variant_plan(batch: int, stock_batches: Sequence[int], compile_backbone: bool,
+                  variants: Optional[Sequence[str]] = None
+                  ) -> List[Tuple[str, str, int, str]]:
+    """``(name, setting, batch, switches)`` of every variant to run, in order."""
+    if variants:
+        plan = []
+        for spec in variants:
+            setting, switches = parse_variant(spec)
+            batches = stock_batches if setting == 'stock' else (batch,)
+            plan += [(variant_name(setting, switches, b), setting, b, switches)
+                     for b in batches]
+        names = [p[0] for p in plan]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f'Variants {dup} are listed twice; list each once.')
+        return plan
+    plan = [(f'stock fp32 b{b}', 'stock', b, '') for b in stock_batches]
+    plan += [(f'plugin baseline b{b}', 'baseline', b, '')
              for b in stock_batches if b != batch]
-    plan += [(f'plugin {s} b{batch}', s, batch, False) for s in _SETTINGS]
+    plan += [(f'plugin {s} b{batch}', s, batch, '') for s in _SETTINGS]
     if compile_backbone:
-        plan.append((f'plugin baseline+compile b{batch}', 'baseline', batch, True))
+        plan.append((f'plugin baseline+compile b{batch}', 'baseline', batch, 'B'))
     return plan
+
+
+class _Timeout(Exception):
+    """A variant ran past its time budget."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: Optional[float]):
+    """Raise :class:`_Timeout` in the main thread after ``seconds`` (None: no limit)."""
+    if not seconds or not hasattr(signal, 'SIGALRM'):
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Timeout(f'ran past its time budget of {seconds:.0f} s')
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def bench_train(arch: str = 'tiny', decoder: str = 'mla', size: int = 128, batch: int = 2,
@@ -503,22 +650,26 @@ def bench_train(arch: str = 'tiny', decoder: str = 'mla', size: int = 128, batch
                 steps: int = 10, warmup: int = 2, compile_backbone: bool = False,
                 key_file: Optional[str] = None, seed: int = 0,
                 cpu_threads: Optional[int] = 1, timer: Optional[str] = None,
-                log: Callable[[str], None] = print) -> dict:
-    """Training-step throughput and memory of stock SETR and the three settings.
+                log: Callable[[str], None] = print,
+                variants: Optional[Sequence[str]] = None,
+                variant_budget_s: Optional[float] = None,
+                deadline: Optional[float] = None, config_dir: Optional[str] = None,
+                on_result: Optional[Callable[[dict], None]] = None) -> dict:
+    """Training-step throughput and memory of stock SETR and the plugin's variants.
 
     Args:
         arch (str): ``'tiny'``, ``'vit-b'`` or ``'vit-l'``. Defaults to ``'tiny'``.
         decoder (str): ``'mla'``, ``'pup'`` or ``'naive'``. Defaults to ``'mla'``.
         size (int): Square crop side. Defaults to 128.
         batch (int): Batch of the plugin variants. Defaults to 2.
-        stock_batches (Sequence[int], optional): Batches of the stock fp32 model (the
-            plugin baseline also runs at each, for the equal-batch memory ratio).
-            Defaults to ``(batch,)``.
+        stock_batches (Sequence[int], optional): Batches of the stock fp32 model (without
+            ``variants``, the plugin baseline also runs at each, for the equal-batch
+            memory ratio). Defaults to ``(batch,)``.
         device (str): ``'cpu'`` or ``'cuda'``. Defaults to ``'cpu'``.
         steps (int): Measured steps per variant. Defaults to 10.
         warmup (int): Unmeasured steps first. Defaults to 2.
-        compile_backbone (bool): Add the plugin baseline with ``torch_compile=True``.
-            Defaults to False.
+        compile_backbone (bool): Without ``variants``: add the plugin baseline with
+            ``torch_compile=True``. Defaults to False.
         key_file (str, optional): Key file; a throw-away key when None. Defaults to None.
         seed (int): Seed of weights and data. Defaults to 0.
         cpu_threads (int, optional): ``torch.set_num_threads`` for CPU runs, restored
@@ -528,6 +679,19 @@ def bench_train(arch: str = 'tiny', decoder: str = 'mla', size: int = 128, batch
         timer (str, optional): ``'cpu'`` or ``'wall'``; None picks
             :func:`default_timer`. Defaults to None.
         log (callable): Progress messages. Defaults to ``print``.
+        variants (Sequence[str], optional): Variant specs for :func:`parse_variant`
+            (e.g. ``['stock', 'baseline', 'baseline+F', 'proposed+FCD+B']``); stock runs
+            at each of ``stock_batches``, the others at ``batch``. Defaults to None (the
+            stock model and the three settings at the plugin defaults).
+        variant_budget_s (float, optional): On a GPU, seconds one variant (build,
+            compilation, warm-up and steps) may take before it is abandoned and
+            reported as an error. Defaults to None (no limit).
+        deadline (float, optional): ``time.time()`` after which no variant starts (and
+            none runs past it on a GPU); skipped ones are reported. Defaults to None.
+        config_dir (str, optional): ``configs/ppenc`` folder. Defaults to the
+            checkout's.
+        on_result (callable, optional): Called with each variant's record as soon as it
+            is measured (e.g. to write partial results). Defaults to None.
 
     Returns:
         dict: ``variants``: a list of dicts (``describe()`` fields, ``step`` timing,
@@ -535,8 +699,8 @@ def bench_train(arch: str = 'tiny', decoder: str = 'mla', size: int = 128, batch
     """
     stock_batches = tuple(stock_batches) if stock_batches else (batch,)
     timer = timer or default_timer(device)
-    plan = _variant_plan(batch, stock_batches, compile_backbone)
-    cfgs = model_configs(arch, decoder, size)
+    plan = _variant_plan(batch, stock_batches, compile_backbone, variants)
+    cfgs = model_configs(arch, decoder, size, config_dir)
     cuda = device.startswith('cuda')
     if cuda and not torch.cuda.is_available():
         raise RuntimeError('--device cuda was asked for, but torch.cuda.is_available() is '
@@ -548,64 +712,88 @@ def bench_train(arch: str = 'tiny', decoder: str = 'mla', size: int = 128, batch
     if not cuda and cpu_threads:
         torch.set_num_threads(cpu_threads)
     results: List[dict] = []
+
+    def finish(rec: dict) -> None:
+        if 'step' in rec:
+            rec['img_per_s'] = rec['batch'] / (rec['step']['median_ms'] / 1e3)
+        results.append(rec)
+        if on_result is not None:
+            on_result(rec)
+
     with tempfile.TemporaryDirectory() as tmp, _quiet_mmengine():
         key_file = key_file or _temp_key_file(tmp)
 
         def build(entry) -> _Variant:
-            name, setting, b, comp = entry
+            name, setting, b, switches = entry
             log(f'  building {name} ...')
-            return _Variant(name, setting, b, comp, cfgs, size, device, key_file, seed)
+            return _Variant(name, setting, b, switches, cfgs, size, device, key_file, seed)
 
         if cuda:
             # One at a time: each variant's peak memory is its own.
             for entry in plan:
                 v = None
+                t0 = time.time()
+                budget = variant_budget_s
+                if deadline is not None:
+                    left = deadline - t0
+                    budget = left if budget is None else min(budget, left)
                 try:
-                    v = build(entry)
-                    for _ in range(warmup):
-                        v.step()
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                    samples = time_interleaved({v.name: v.step}, steps, 0, device)[v.name]
+                    if budget is not None and budget < 5:
+                        raise _Timeout('skipped: no time left in the run budget')
+                    with _time_limit(budget):
+                        v = build(entry)
+                        for _ in range(warmup):
+                            v.step()
+                        torch.cuda.synchronize()
+                        ready = time.time() - t0
+                        torch.cuda.reset_peak_memory_stats()
+                        samples = time_sequential(v.step, steps)
                     rec = v.describe()
                     rec.update(step=_summary(samples, timer), samples_ms=samples[timer],
                                peak_mem_mib=torch.cuda.max_memory_allocated() / 2 ** 20,
-                               mem_kind='cuda max_memory_allocated')
+                               mem_kind='cuda max_memory_allocated',
+                               build_and_warmup_s=ready)
                 except Exception as e:  # noqa: BLE001  (one failed variant, e.g.
                     # out of memory or a torch.compile failure, must not end the run)
                     err = ('out of memory' if isinstance(e, torch.cuda.OutOfMemoryError)
-                           else f'{type(e).__name__}: {str(e)[:200]}')
+                           else f'{type(e).__name__}: {str(e)[:300]}')
                     rec = dict(name=entry[0], setting=entry[1], batch=entry[2],
-                               compile=entry[3], error=err)
-                results.append(rec)
-                log(f'  {rec["name"]}: ' + (f'{rec["step"]["median_ms"]:.1f} ms/step'
-                                            if 'step' in rec else rec['error']))
+                               switches=entry[3], compile=bool(set(entry[3]) & set('BMS')),
+                               error=err)
+                rec['elapsed_s'] = time.time() - t0
+                finish(rec)
+                log(f'  {rec["name"]}: ' + (f'{rec["step"]["median_ms"]:.1f} ms/step, '
+                                            f'{rec["img_per_s"]:.2f} img/s, '
+                                            f'{rec["peak_mem_mib"]:.0f} MiB'
+                                            if 'step' in rec else rec['error']) +
+                    f' ({rec["elapsed_s"]:.0f} s)')
                 if v is not None:
                     v.free()
                 del v
                 gc.collect()
                 torch.cuda.empty_cache()
+                if 'B' in entry[3] or 'M' in entry[3] or 'S' in entry[3]:
+                    torch._dynamo.reset()  # compiled graphs hold the freed model
         else:
-            variants = [build(e) for e in plan]
-            for v in variants:  # warm-up, and the memory measure, outside the timing
+            built = [build(e) for e in plan]
+            for v in built:  # warm-up, and the memory measure, outside the timing
                 for _ in range(max(warmup - 1, 0)):
                     v.step()
                 v.saved_mib = _saved_for_backward_mib(v.step)
-            log(f'  timing {len(variants)} variants interleaved, {steps} steps each ...')
-            samples = time_interleaved({v.name: v.step for v in variants}, steps, 0,
+            log(f'  timing {len(built)} variants interleaved, {steps} steps each ...')
+            samples = time_interleaved({v.name: v.step for v in built}, steps, 0,
                                        device)
-            for v in variants:
+            for v in built:
                 rec = v.describe()
                 rec.update(step=_summary(samples[v.name], timer),
                            samples_ms=samples[v.name][timer], peak_mem_mib=v.saved_mib,
                            mem_kind='saved for backward (CPU)')
-                results.append(rec)
+                finish(rec)
                 v.free()
+            if any(v.compile for v in built):
+                torch._dynamo.reset()
     used_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    for rec in results:
-        if 'step' in rec:
-            rec['img_per_s'] = rec['batch'] / (rec['step']['median_ms'] / 1e3)
     return dict(arch=arch, decoder=decoder, size=size, batch=batch,
                 stock_batches=list(stock_batches), device=device, steps=steps,
                 warmup=warmup, interleaved=not cuda, timer=timer,
@@ -630,69 +818,67 @@ def throughput_ratio(train: dict, num: dict, den: dict) -> float:
 # --------------------------------------------------------------------------- report
 def _find(variants: List[dict], **kw) -> Optional[dict]:
     for v in variants:
-        if all(v.get(k) == val for k, val in kw.items()) and 'step' in v:
+        if all(v.get(k, '' if k == 'switches' else None) == val for k, val in kw.items()) \
+                and 'step' in v:
             return v
     return None
 
 
-def evaluate_targets(report: dict) -> List[dict]:
-    """The issue's targets, each with its measured value and ``met``/``missed``/``n/a``.
+def compare(report: dict) -> List[dict]:
+    """The report's headline figures and ratios, each with how it was taken.
 
     Args:
         report (dict): With optional ``cipher``, ``pipeline`` and ``train`` sections as
             returned by :func:`bench_cipher`, :func:`bench_pipeline`, :func:`bench_train`.
 
     Returns:
-        list[dict]: ``name``, ``value``, ``op``, ``threshold``, ``status``, ``note``.
+        list[dict]: ``name``, ``value`` (None when a side did not run) and ``note``.
     """
     out = []
 
-    def add(name: str, value: Optional[float], op: str, threshold: float,
-            applies: bool = True, note: str = '') -> None:
-        out.append(dict(name=name, value=value, op=op, threshold=threshold,
-                        status=check(value, threshold, op, applies), note=note))
+    def add(name: str, value: Optional[float], note: str = '') -> None:
+        out.append(dict(name=name, value=value, note=note))
 
     crop = (report.get('cipher') or {}).get('768x768')
     if crop is not None:
-        add('BlockScramble ms per 768x768 crop', crop['scramble']['median_ms'], '<=',
-            TARGETS['crop_ms'], note='2-core CPU target')
+        add('BlockScramble ms per 768x768 crop', crop['scramble']['median_ms'],
+            f"{crop['scramble']['timer']} time")
     pipe = report.get('pipeline')
     if pipe is not None:
-        add('BlockScramble share of the stock train pipeline', pipe['share'], '<=',
-            TARGETS['pipeline_share'], note='per sample, median')
+        add('BlockScramble share of the stock train pipeline', pipe['share'],
+            'per sample, median')
     train = report.get('train')
-    if train is not None:
-        vs, b = train['variants'], train['batch']
-        base = _find(vs, setting='baseline', batch=b, compile=False)
-        how = ('median of per-round ratios' if train.get('interleaved')
-               else 'ratio of medians')
+    if train is None:
+        return out
+    vs, b = train['variants'], train['batch']
+    how = ('median of per-round ratios' if train.get('interleaved')
+           else 'ratio of medians')
+    for switches in sorted({v.get('switches', '') for v in vs if 'step' in v}, key=len):
+        base = _find(vs, setting='baseline', batch=b, switches=switches)
+        extra = ''.join(f' +{SWITCHES[k][0]}' for k in switches)
         for setting, label in (('proposed', 'proposed'), ('conventional2', 'conv. 2')):
-            other = _find(vs, setting=setting, batch=b)
-            ratio = throughput_ratio(train, other, base) if base and other else None
-            add(f'{label}/baseline images/s (batch {b})', ratio, '>=',
-                TARGETS['proposed_ratio'], note=f'encryption included; {how}')
-        on_target = (train['device'].split(':')[0], train['arch'], train['decoder'],
-                     train['size']) == GPU_TARGET_SHAPE
-        note = '' if on_target else 'target is for --device cuda vit-l mla 768'
-        stocks = [v for v in vs if v['setting'] == 'stock' and 'step' in v]
-        plugins = [v for v in vs if v['setting'] == 'baseline' and 'step' in v]
-        speed, speed_note = None, ''
-        if stocks and plugins:
-            best_p = max(plugins, key=lambda v: v['img_per_s'])
-            best_s = max(stocks, key=lambda v: v['img_per_s'])
-            speed = best_p['img_per_s'] / best_s['img_per_s']
-            speed_note = f"{best_p['name']} vs {best_s['name']}"
-        add('plugin/stock fp32 images/s (best of each)', speed, '>=', TARGETS['speedup'],
-            applies=on_target, note='; '.join(n for n in (speed_note, note) if n))
-        mem, mem_note = None, ''
-        for st in stocks:
-            p = _find(vs, setting='baseline', batch=st['batch'], compile=False)
-            if p is not None:
-                mem = p['peak_mem_mib'] / st['peak_mem_mib']
-                mem_note = f"batch {st['batch']}, {st['mem_kind']}"
-                break
-        add('plugin/stock fp32 peak memory (same batch)', mem, '<=', TARGETS['mem_ratio'],
-            applies=on_target, note='; '.join(n for n in (mem_note, note) if n))
+            other = _find(vs, setting=setting, batch=b, switches=switches)
+            if base and other:
+                add(f'{label}/baseline images/s (batch {b}{extra})',
+                    throughput_ratio(train, other, base), f'encryption included; {how}')
+    stocks = [v for v in vs if v['setting'] == 'stock' and 'step' in v]
+    plugins = [v for v in vs if v['setting'] != 'stock' and 'step' in v]
+    if stocks and plugins:
+        best_s = max(stocks, key=lambda v: v['img_per_s'])
+        best_p = max(plugins, key=lambda v: v['img_per_s'])
+        add('best plugin/best stock fp32 images/s', best_p['img_per_s'] /
+            best_s['img_per_s'], f"{best_p['name']} vs {best_s['name']}")
+        base = _find(vs, setting='baseline', batch=b, switches='')
+        if base is not None:
+            add('plugin defaults/best stock fp32 images/s',
+                base['img_per_s'] / best_s['img_per_s'], f"{base['name']} vs {best_s['name']}")
+    for st in stocks:
+        p = _find(vs, setting='baseline', batch=st['batch'], switches='')
+        if p is not None:
+            add('plugin/stock fp32 peak memory (same batch)',
+                p['peak_mem_mib'] / st['peak_mem_mib'],
+                f"batch {st['batch']}, {st['mem_kind']}")
+            break
     return out
 
 
@@ -740,15 +926,20 @@ def format_report(report: dict) -> str:
               _fmt(pipe['scramble']['median_ms'], 3), f"{100 * pipe['share']:.2f} %"]]))
     train = report.get('train')
     if train:
+        stock = [v['img_per_s'] for v in train['variants']
+                 if v['setting'] == 'stock' and 'step' in v]
+        best_stock = max(stock) if stock else None
         rows = []
         for v in train['variants']:
             if 'step' in v:
                 rows.append([v['name'], v['backbone'], v['attention'], v['precision'],
                              str(v['batch']), _fmt(v['step']['median_ms'], 1),
-                             _fmt(v['img_per_s'], 2), _fmt(v['peak_mem_mib'], 0)])
+                             _fmt(v['img_per_s'], 2),
+                             _fmt(v['img_per_s'] / best_stock) if best_stock else '-',
+                             _fmt(v['peak_mem_mib'], 0)])
             else:
                 rows.append([v['name'], '', '', '', str(v['batch']), v.get('error', ''),
-                             '', ''])
+                             '', '', ''])
         kind = next((v['mem_kind'] for v in train['variants'] if 'mem_kind' in v), '')
         parts.append(
             f"2./3. Training step: {train['arch']} + {train['decoder']}, "
@@ -757,22 +948,30 @@ def format_report(report: dict) -> str:
             f"{train['timer']} time, {train['torch_threads']} torch thread(s)"
             f"{', interleaved' if train['interleaved'] else ''}\n\n" + _table(
                 ['variant', 'backbone', 'attention', 'precision', 'batch', 'ms/step',
-                 'img/s', f'memory MiB ({kind})'], rows))
-    targets = report.get('targets')
-    if targets:
-        rows = [[t['name'], _fmt(t['value'], 3), f"{t['op']} {t['threshold']}",
-                 t['status'].upper() if t['status'] != 'n/a' else 'n/a', t['note']]
-                for t in targets]
-        parts.append('Targets\n\n' + _table(['target', 'value', 'goal', 'status', 'note'],
-                                            rows))
+                 'img/s', 'x best stock', f'memory MiB ({kind})'], rows))
+    prof = report.get('profile')
+    if prof and 'segments' in prof:
+        from .profile_step import format_profile
+        parts.append(format_profile(prof))
+    elif prof:
+        parts.append(f"Profile: {prof.get('error')}")
+    comparisons = report.get('comparisons')
+    if comparisons:
+        rows = [[c['name'], _fmt(c['value'], 3), c['note']] for c in comparisons]
+        parts.append('Comparisons\n\n' + _table(['figure', 'value', 'how'], rows))
     return '\n\n'.join(parts)
 
 
 def _meta(argv: Optional[Sequence[str]], device: str) -> dict:
     name = platform.processor() or platform.machine()
-    if device.startswith('cuda') and torch.cuda.is_available():
+    cuda = device.startswith('cuda') and torch.cuda.is_available()
+    if cuda:
         name = torch.cuda.get_device_name()
     return dict(device=device, device_name=name, torch=torch.__version__,
+                cuda=torch.version.cuda,
+                cudnn=torch.backends.cudnn.version() if cuda else None,
+                gpu_memory_mib=(torch.cuda.get_device_properties(0).total_memory / 2 ** 20
+                                if cuda else None),
                 numpy=np.__version__, python=platform.python_version(),
                 cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
@@ -791,42 +990,82 @@ def write_json(report: dict, path: str) -> str:
     return path
 
 
+SECTIONS = ('cipher', 'pipeline', 'train', 'profile')
+
+
 def run(sections: Sequence[str] = ('cipher', 'pipeline', 'train'),
         argv: Optional[Sequence[str]] = None, cipher_repeats: int = 50,
         pipeline_repeats: int = 20, log: Callable[[str], None] = print,
-        **train_kwargs) -> dict:
-    """Run the chosen sections and evaluate the targets.
+        out: Optional[str] = None, profile_variant: str = 'baseline',
+        profile_steps: int = 1, **train_kwargs) -> dict:
+    """Run the chosen sections and compare the results.
 
     Args:
-        sections (Sequence[str]): Any of ``'cipher'``, ``'pipeline'``, ``'train'``.
+        sections (Sequence[str]): Any of :data:`SECTIONS`.
         argv (Sequence[str], optional): The command-line arguments, recorded in meta.
         cipher_repeats (int): Repetitions of :func:`bench_cipher`. Defaults to 50.
         pipeline_repeats (int): Samples per pipeline in :func:`bench_pipeline`.
             Defaults to 20.
         log (callable): Progress messages. Defaults to ``print``.
-        **train_kwargs: Arguments of :func:`bench_train`; its ``timer`` (if given) also
-            applies to the cipher sections, which are timed in CPU time by default.
+        out (str, optional): JSON path rewritten after every section and every variant,
+            so that a run cut short keeps what it measured. Defaults to None.
+        profile_variant (str): Variant spec the ``'profile'`` section breaks down (see
+            :func:`parse_variant`). Defaults to ``'baseline'``.
+        profile_steps (int): Profiled steps. Defaults to 1.
+        **train_kwargs: Arguments of :func:`bench_train` (``arch``, ``decoder``,
+            ``size``, ``batch``, ``device``, ``seed`` and ``config_dir`` also apply to
+            the profile); its ``timer`` (if given) also applies to the cipher
+            sections, which are timed in CPU time by default.
 
     Returns:
-        dict: ``meta``, the sections' results and ``targets``.
+        dict: ``meta``, the sections' results and ``comparisons``.
     """
-    unknown = set(sections) - {'cipher', 'pipeline', 'train'}
+    unknown = set(sections) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"sections must be among 'cipher', 'pipeline', 'train'; got "
-                         f'{sorted(unknown)}')
+        raise ValueError(f'sections must be among {list(SECTIONS)}; got {sorted(unknown)}')
     report: Dict[str, Any] = dict(meta=_meta(argv, train_kwargs.get('device', 'cpu')))
+
+    def save() -> None:
+        if out:
+            report['comparisons'] = compare(report)
+            write_json(report, out)
+
     # numpy work runs on the CPU whatever the training device is.
     cipher_timer = train_kwargs.get('timer') or 'cpu'
     if 'cipher' in sections:
         log('Cipher: BlockScramble vs copy ...')
         report['cipher'] = bench_cipher(cipher_repeats, timer=cipher_timer)
+        save()
     if 'pipeline' in sections:
         log('Cipher: share of the stock Cityscapes train pipeline ...')
         report['pipeline'] = bench_pipeline(pipeline_repeats, timer=cipher_timer)
+        save()
     if 'train' in sections:
         log('Training throughput ...')
-        report['train'] = bench_train(log=log, **train_kwargs)
-    report['targets'] = evaluate_targets(report)
+        partial: List[dict] = []
+
+        def on_result(rec: dict) -> None:
+            partial.append(rec)
+            report['train'] = dict(partial=True, variants=partial)
+            if out:
+                write_json(report, out)
+
+        report['train'] = bench_train(log=log, on_result=on_result, **train_kwargs)
+        save()
+    if 'profile' in sections:
+        from .profile_step import profile_step
+        log(f'Profile of one training step ({profile_variant}) ...')
+        keys = ('arch', 'decoder', 'size', 'batch', 'device', 'seed', 'config_dir')
+        try:
+            report['profile'] = profile_step(
+                profile_variant, steps=profile_steps, log=log,
+                **{k: train_kwargs[k] for k in keys if k in train_kwargs})
+        except Exception as e:  # noqa: BLE001  (the other sections' results stay)
+            report['profile'] = dict(error=f'{type(e).__name__}: {str(e)[:300]}')
+            log(f'  profile failed: {report["profile"]["error"]}')
+        save()
+    report['comparisons'] = compare(report)
     report['meta']['max_rss_mib'] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss /
                                      (2 ** 20 if sys.platform == 'darwin' else 2 ** 10))
+    save()
     return report

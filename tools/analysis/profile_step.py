@@ -1,0 +1,230 @@
+"""Where the time of one SETR training step goes: backbone, neck, heads, losses, optimizer.
+
+:func:`profile_step` runs the step of a benchmark variant (see
+:func:`benchmark.parse_variant`) piece by piece, with the same arithmetic as
+``model.train_step``, and times each piece:
+
+- forward: data preprocessor, backbone, neck, decode head, auxiliary heads, losses;
+- backward: the losses and heads (decode head, auxiliary heads), the neck, the backbone.
+  The backward is split by cutting the graph at the neck's and the heads' inputs
+  (detached leaves that keep their gradients) and running the parts one after another:
+  the same kernels as one ``backward()`` call, in separate stretches;
+- the optimizer step, and the host copies of the logged values.
+
+On a GPU, pieces are timed with CUDA events and no host synchronisation in between, so a
+piece's time includes any wait for the CPU to queue its kernels. Then ``torch.profiler``
+records one ordinary ``train_step`` for the heaviest kernels and the count of operations
+that make the host wait for the device.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import benchmark as bm
+
+__all__ = ['profile_step', 'segmented_step', 'format_profile']
+
+#: Operations after which the host waits for the device.
+SYNC_OPS = ('aten::_local_scalar_dense', 'aten::nonzero', 'cudaStreamSynchronize',
+            'cudaDeviceSynchronize', 'cudaEventSynchronize')
+
+
+class _Marks:
+    """Timestamps between pieces: CUDA events on a GPU, ``perf_counter`` elsewhere."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.names: List[str] = []
+        self.stamps: list = []
+        self.mark('start')
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.stamps.append(ev)
+        else:
+            self.stamps.append(time.perf_counter())
+        self.names.append(name)
+
+    def durations(self) -> Dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            ms = [a.elapsed_time(b) for a, b in zip(self.stamps, self.stamps[1:])]
+        else:
+            ms = [(b - a) * 1e3 for a, b in zip(self.stamps, self.stamps[1:])]
+        return dict(zip(self.names[1:], ms))
+
+
+def _loss_sum(losses: Dict[str, torch.Tensor]) -> torch.Tensor:
+    # BaseModel.parse_losses counts the entries whose name contains 'loss'.
+    return sum(v for k, v in losses.items() if 'loss' in k)
+
+
+def segmented_step(model, optim_wrapper, data: dict) -> Dict[str, float]:
+    """One training step of an mmseg ``EncoderDecoder``, timed piece by piece.
+
+    Args:
+        model: The segmentor (``backbone``, optional ``neck``, ``decode_head`` and
+            optional ``auxiliary_head``).
+        optim_wrapper: Its optimizer wrapper (its ``optim_context`` gives autocast).
+        data (dict): A batch as the dataloader yields it.
+
+    Returns:
+        dict[str, float]: Milliseconds per piece, in order.
+    """
+    from mmseg.utils import add_prefix
+    param = next(model.parameters())
+    marks = _Marks(param.device.type == 'cuda')
+    batch = model.data_preprocessor(data, True)
+    inputs, samples = batch['inputs'], batch['data_samples']
+    marks.mark('data preprocessor')
+    with optim_wrapper.optim_context(model):
+        feats = model.backbone(inputs)
+        marks.mark('backbone fwd')
+        feats_in = [f.detach().requires_grad_() for f in feats]
+        if model.with_neck:
+            neck_out = model.neck(feats_in)
+            marks.mark('neck fwd')
+            heads_in = [f.detach().requires_grad_() for f in neck_out]
+        else:
+            neck_out, heads_in = feats_in, feats_in
+        logits = model.decode_head.forward(heads_in)
+        marks.mark('decode head fwd')
+        aux_heads = []
+        if model.with_auxiliary_head:
+            aux = model.auxiliary_head
+            aux_heads = list(aux) if isinstance(aux, torch.nn.ModuleList) else [aux]
+        aux_logits = [h.forward(heads_in) for h in aux_heads]
+        if aux_heads:
+            marks.mark('aux heads fwd')
+        dec_losses = add_prefix(model.decode_head.loss_by_feat(logits, samples), 'decode')
+        aux_losses: Dict[str, torch.Tensor] = {}
+        for i, (h, lg) in enumerate(zip(aux_heads, aux_logits)):
+            aux_losses.update(add_prefix(h.loss_by_feat(lg, samples), f'aux_{i}'))
+        marks.mark('losses fwd')
+    _, log_vars = model.parse_losses({**dec_losses, **aux_losses})
+    _loss_sum(dec_losses).backward()
+    marks.mark('decode head + loss bwd')
+    if aux_losses:
+        _loss_sum(aux_losses).backward()
+        marks.mark('aux heads + losses bwd')
+    if model.with_neck:
+        torch.autograd.backward(list(neck_out), [f.grad for f in heads_in])
+        marks.mark('neck bwd')
+    torch.autograd.backward(list(feats), [f.grad for f in feats_in])
+    marks.mark('backbone bwd')
+    optim_wrapper.step()
+    optim_wrapper.zero_grad()
+    marks.mark('optimizer')
+    for v in log_vars.values():
+        v.item()
+    marks.mark('log values to host')
+    return marks.durations()
+
+
+def _kernel_table(prof, top_k: int) -> List[dict]:
+    rows = []
+    for e in prof.key_averages():
+        dev = getattr(e, 'self_device_time_total', None)
+        if dev is None:
+            dev = getattr(e, 'self_cuda_time_total', 0)
+        if dev > 0:
+            rows.append(dict(name=e.key[:90], self_ms=dev / 1e3, calls=e.count))
+    rows.sort(key=lambda r: -r['self_ms'])
+    return rows[:top_k]
+
+
+def profile_step(spec: str = 'baseline', arch: str = 'vit-l', decoder: str = 'mla',
+                 size: int = 768, batch: int = 8, device: str = 'cuda', seed: int = 0,
+                 steps: int = 1, warmup: int = 2, top_k: int = 15,
+                 config_dir: Optional[str] = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Time the pieces of a training step and profile one ordinary step.
+
+    Args:
+        spec (str): Variant (:func:`benchmark.parse_variant`). Defaults to
+            ``'baseline'`` (the plugin defaults).
+        arch (str): ``'tiny'``, ``'vit-b'`` or ``'vit-l'``. Defaults to ``'vit-l'``.
+        decoder (str): ``'mla'``, ``'pup'`` or ``'naive'``. Defaults to ``'mla'``.
+        size (int): Square crop side. Defaults to 768.
+        batch (int): Batch size. Defaults to 8.
+        device (str): ``'cuda'`` or ``'cpu'``. Defaults to ``'cuda'``.
+        seed (int): Seed of weights and data. Defaults to 0.
+        steps (int): Timed piece-by-piece steps (medians are reported). Defaults to 1.
+        warmup (int): Ordinary steps first. Defaults to 2.
+        top_k (int): Kernels listed. Defaults to 15.
+        config_dir (str, optional): ``configs/ppenc`` folder. Defaults to the checkout's.
+        log (callable): Progress messages. Defaults to ``print``.
+
+    Returns:
+        dict: ``segments`` (name, ms, share of their sum), ``segments_total_ms``,
+        ``step_ms`` (one ordinary step, same clock), ``top_kernels``, ``sync_ops``
+        (op -> calls in one step) and the variant's description.
+    """
+    setting, switches = bm.parse_variant(spec)
+    if steps < 1:
+        raise ValueError(f'steps must be >= 1, got {steps}')
+    cfgs = bm.model_configs(arch, decoder, size, config_dir)
+    cuda = device.startswith('cuda')
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    name = bm.variant_name(setting, switches, batch)
+    with tempfile.TemporaryDirectory() as tmp, bm._quiet_mmengine():
+        v = bm._Variant(name, setting, batch, switches, cfgs, size, device,
+                        bm._temp_key_file(tmp), seed)
+        try:
+            for _ in range(warmup):
+                v.step()
+            runs = [segmented_step(v.model, v.optim_wrapper, v.data) for _ in range(steps)]
+            seg = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            clock = (bm.time_sequential(v.step, 3)['wall'] if cuda else
+                     [bm.time_interleaved({'s': v.step}, 1, 0)['s']['wall'][0]])
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if cuda:
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            with torch.profiler.profile(activities=activities) as prof:
+                with torch.profiler.record_function('train_step'):
+                    v.step()
+                if cuda:
+                    torch.cuda.synchronize()
+            kernels = _kernel_table(prof, top_k) if cuda else []
+            calls = {e.key: e.count for e in prof.key_averages()}
+            syncs = {op: calls.get(op, 0) for op in SYNC_OPS}
+            desc = v.describe()
+        finally:
+            v.free()
+    total = sum(seg.values())
+    log(f'  pieces sum to {total:.1f} ms; an ordinary step takes '
+        f'{statistics.median(clock):.1f} ms')
+    return dict(variant=desc, arch=arch, decoder=decoder, size=size, batch=batch,
+                device=device, steps=steps,
+                segments=[dict(name=k, ms=ms, share=ms / total if total else 0.0)
+                          for k, ms in seg.items()],
+                segments_total_ms=total, step_ms=statistics.median(clock),
+                top_kernels=kernels, sync_ops=syncs)
+
+
+def format_profile(prof: dict) -> str:
+    """Markdown tables of a :func:`profile_step` result."""
+    rows = [[s['name'], f"{s['ms']:.1f}", f"{100 * s['share']:.1f} %"]
+            for s in prof['segments']]
+    rows.append(['sum of pieces', f"{prof['segments_total_ms']:.1f}", ''])
+    rows.append(['ordinary train_step', f"{prof['step_ms']:.1f}", ''])
+    parts = [f"Profile: {prof['variant']['name']}, {prof['arch']} + {prof['decoder']}, "
+             f"{prof['size']}x{prof['size']}, {prof['device']} (median of "
+             f"{prof['steps']} piece-by-piece steps)\n\n" +
+             bm._table(['piece', 'ms', 'share'], rows)]
+    if prof.get('top_kernels'):
+        parts.append('Heaviest kernels in one step\n\n' + bm._table(
+            ['kernel', 'self ms', 'calls'],
+            [[k['name'], f"{k['self_ms']:.1f}", str(k['calls'])]
+             for k in prof['top_kernels']]))
+    syncs = ', '.join(f'{k} x{n}' for k, n in prof['sync_ops'].items() if n)
+    parts.append(f"Host-device synchronisations in one step: {syncs or 'none recorded'}")
+    return '\n\n'.join(parts)
