@@ -48,6 +48,14 @@ def ppenc_meta(key: SecretKey, block_size: int, mean=None, std=None) -> dict:
     return build_meta(key.fingerprint, block_size, key.flip_compatible, mean, std)
 
 
+def _reason(e: BaseException, path: str) -> str:
+    """First line of an exception's message (an empty file gives an empty message)."""
+    lines = str(e).splitlines()
+    if lines:
+        return f'{type(e).__name__}: {lines[0][:300]}'
+    return 'the file is empty' if os.path.getsize(path) == 0 else type(e).__name__
+
+
 def _torch_load(path: str):
     if path.endswith('.safetensors'):
         try:
@@ -55,7 +63,13 @@ def _torch_load(path: str):
         except ImportError:  # pragma: no cover - safetensors ships with timm
             raise ModelEncryptionError(f'{path} is a safetensors file; install '
                                        '`safetensors` to read it.') from None
-        return load_file(path, device='cpu')
+        try:
+            return load_file(path, device='cpu')
+        except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
+            raise ModelEncryptionError(
+                f'Cannot read {path!r} as a safetensors file: {_reason(e, path)}. '
+                'Expected a timm or mmseg ViT checkpoint; download or export it again.'
+            ) from None
     try:
         # weights_only: a checkpoint from the internet must not run code on the
         # creator's machine, which holds the key. The compat layer allow-lists the few
@@ -64,8 +78,10 @@ def _torch_load(path: str):
     except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
         raise ModelEncryptionError(
             f'Cannot read {path!r} as a PyTorch checkpoint with torch.load(weights_only='
-            f'True): {type(e).__name__}: {str(e).splitlines()[0][:300]}. Expected a '
-            'timm or mmseg ViT checkpoint (.pth/.pt/.bin or .safetensors).') from None
+            f'True): {_reason(e, path)}. Expected a timm or mmseg ViT checkpoint '
+            '(.pth/.pt/.bin or .safetensors); download or export it again. A checkpoint '
+            'that needs unsafe unpickling is refused on purpose: re-save its state dict '
+            'with torch.save(model.state_dict(), path).') from None
 
 
 def _unwrap(obj) -> Tuple['OrderedDict[str, torch.Tensor]', dict]:
@@ -127,8 +143,12 @@ def load_vit_checkpoint(path: str, patch_bias: str = 'fold'
     """
     if not os.path.isfile(path):
         raise ModelEncryptionError(f'Checkpoint {path!r} does not exist.')
-    sd, meta = _unwrap(_torch_load(path))
-    layout, prefix = detect_layout(sd)
+    obj = _torch_load(path)
+    try:
+        sd, meta = _unwrap(obj)
+        layout, prefix = detect_layout(sd)
+    except ModelEncryptionError as e:
+        raise ModelEncryptionError(f'{path}: {e}') from None
     if layout == 'timm':
         try:
             sd = convert_timm_vit(sd, patch_bias=patch_bias)

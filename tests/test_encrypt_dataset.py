@@ -57,13 +57,13 @@ def tree(root):
 
 
 def run_main(argv, capsys):
-    """Run the tool's main() in-process; return (exit message or None, stdout)."""
-    try:
-        tool.main(argv)
-        code = None
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().out
+    """Run the tool's main() in-process; return (the error line or None, stdout)."""
+    rc = tool.main(argv)
+    captured = capsys.readouterr()
+    if rc == 0:
+        return None, captured.out
+    assert captured.err.startswith('error: ') and rc in (1, 2), (rc, captured.err)
+    return captured.err.strip(), captured.out
 
 
 @pytest.fixture(scope='module')

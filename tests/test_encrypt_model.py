@@ -237,12 +237,18 @@ def test_detect_layout():
         detect_layout({'conv1.weight': torch.zeros(1)})
 
 
-def run_main(argv):
-    try:
-        tool.main(argv)
-    except SystemExit as e:
-        return e.code
-    return None
+def run_main(argv, capsys=None):
+    """Run the tool in-process: None on success, else its one ``error:`` line."""
+    import io
+    from contextlib import redirect_stderr
+    err = io.StringIO()
+    with redirect_stderr(err):
+        rc = tool.main(argv)
+    if rc == 0:
+        return None
+    lines = err.getvalue().strip().splitlines()
+    assert rc in (1, 2) and len(lines) == 1 and lines[0].startswith('error: '), (rc, lines)
+    return lines[0]
 
 
 def test_tool(setup, capsys, monkeypatch):

@@ -52,7 +52,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from ..core.errors import DatasetEncryptionError
+from ..core.errors import DatasetEncryptionError, DatasetWriteError
 from ..core.grid import pad_to_grid
 from ..core.meta import CIPHER_NAME
 from ..cipher import BlockCipher, get_cipher
@@ -656,8 +656,9 @@ def encrypt_dataset(src: str, dst: str, key: SecretKey, layout: str = 'cityscape
         EncryptionSummary: Counts, bytes, throughput, fingerprint and manifest path.
 
     Raises:
-        DatasetEncryptionError: see :func:`plan_dataset` and the module docstring; also a
-            DST that cannot be written (read-only, full), named with the fix.
+        DatasetEncryptionError: see :func:`plan_dataset` and the module docstring.
+        DatasetWriteError: DST cannot be written (read-only, full, a file in the way);
+            the message names the path and the fix.
     """
     check_output_format(out_format)
     if not isinstance(key, SecretKey):
@@ -678,7 +679,7 @@ def encrypt_dataset(src: str, dst: str, key: SecretKey, layout: str = 'cityscape
         _update(src, dst, key, items, manifest, summary, block_size, ignore_index, fsync,
                 workers or _default_workers(), progress, _kill_after)
     except OSError as e:
-        raise DatasetEncryptionError(_write_error(e, dst)) from None
+        raise DatasetWriteError(_write_error(e, dst)) from None
     finally:
         if lock_fd is not None:
             try:

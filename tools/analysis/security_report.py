@@ -372,7 +372,7 @@ def _key_handling(key: SecretKey, images, cfg: AnalysisConfig) -> Dict[str, obje
     user_key = resolve_key(cfg.key_file)
     scan = scan_work_dir(cfg.work_dir, user_key)
     scan['key_fingerprint'] = user_key.fingerprint
-    from .weights import replay_attack_work_dir
+    from mmseg_ppenc.security.weights import replay_attack_work_dir
     scan['replay_attack'] = replay_attack_work_dir(cfg.work_dir, user_key)
     key_path = cfg.key_file or os.environ.get('PPENC_KEY_FILE')
     if key_path:
