@@ -667,8 +667,8 @@ def encrypt_dataset(src: str, dst: str, key: SecretKey, layout: str = 'cityscape
     t0 = time.perf_counter()
     items = plan_dataset(src, layout, block_size, pad, allow_unlabeled)
     manifest = _manifest(key, block_size, layout, pad, ignore_index, items, False)
-    _check_existing_manifest(dst, manifest)
     _check_dst_links(src, dst, items)
+    _check_existing_manifest(dst, manifest)
     summary = EncryptionSummary(key_fingerprint=key.fingerprint,
                                 manifest=os.path.join(dst, MANIFEST_NAME))
     lock_fd = None
