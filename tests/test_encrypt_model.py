@@ -1,6 +1,7 @@
 """tools/encrypt_model.py: timm/mmseg checkpoints in, a stock-loadable encrypted mmseg
 checkpoint out, exact on encrypted images."""
 import copy
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -314,3 +315,95 @@ def test_plain_conversion_is_the_unencrypted_counterpart(tmp_path, monkeypatch, 
     assert 'already exists' in capsys.readouterr().err
     assert conv.main([enc, str(tmp_path / 'x.pth')]) == 2
     assert 'is encrypted' in capsys.readouterr().err
+
+
+def _smooth_backbone(tmp_path):
+    """An mmseg ViT backbone checkpoint whose patch embedding is smooth, as pre-trained
+    ones are (principal components of blurred-noise patches)."""
+    import cv2
+    import numpy as np
+    from mmseg_ppenc.security.weights import pca_patch_embedding
+    rng = np.random.default_rng(0)
+    imgs = [cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (0, 0), 3)
+            for _ in range(8)]
+    vit = VisionTransformer(img_size=(32, 32), embed_dims=64, num_layers=1, num_heads=2)
+    sd = vit.state_dict()
+    w = pca_patch_embedding(imgs, 64)
+    sd['patch_embed.projection.weight'] = torch.tensor(w, dtype=torch.float32).reshape(
+        64, 3, 16, 16)
+    path = str(tmp_path / 'smooth.pth')
+    torch.save({'state_dict': sd}, path)
+    return path
+
+
+def test_stripped_meta_is_detected_and_digest_recorded(tmp_path):
+    from mmseg_ppenc.model_encryption import (check_patch_embed_digest,
+                                              encrypt_model_checkpoint, patch_embed_digest)
+    key = SecretKey.generate()
+    src = _smooth_backbone(tmp_path)
+    out = str(tmp_path / 'enc.pth')
+    encrypt_model_checkpoint(src, out, key)
+    ckpt = torch.load(out, weights_only=True)
+    w = ckpt['state_dict']['patch_embed.projection.weight']
+    assert ckpt['meta']['ppenc']['patch_embed_sha256'] == patch_embed_digest(w)
+    check_patch_embed_digest(ckpt['meta']['ppenc'], ckpt['state_dict'], '', out)
+    tampered = dict(ckpt['state_dict'], **{'patch_embed.projection.weight': w * 1.001})
+    with pytest.raises(ModelEncryptionError, match='does not belong to its weights'):
+        check_patch_embed_digest(ckpt['meta']['ppenc'], tampered, '', out)
+    # The record stripped: the weights themselves show they are encrypted with this key.
+    stripped = str(tmp_path / 'stripped.pth')
+    torch.save({'state_dict': ckpt['state_dict']}, stripped)
+    with pytest.raises(ModelEncryptionError, match='already encrypted with key '
+                       f'{key.fingerprint}.*record was stripped'):
+        encrypt_model_checkpoint(stripped, str(tmp_path / 'twice.pth'), key)
+    # ...while the plain weights are not mistaken for encrypted ones, and another key's
+    # encryption is not this key's.
+    other = SecretKey.generate()
+    encrypt_model_checkpoint(stripped, str(tmp_path / 'other.pth'), other)
+    assert not osp.exists(tmp_path / 'twice.pth')
+
+
+@pytest.mark.parametrize('link', ['symlink', 'hard link', 'dotted path'])
+def test_out_reaching_in_through_a_link_is_refused(tmp_path, link):
+    from mmseg_ppenc.model_encryption import (convert_plain_checkpoint,
+                                              encrypt_model_checkpoint)
+    src = _smooth_backbone(tmp_path)
+    before = open(src, 'rb').read()
+    out = str(tmp_path / 'out.pth')
+    if link == 'symlink':
+        os.symlink(src, out)
+    elif link == 'hard link':
+        os.link(src, out)
+    else:
+        os.makedirs(tmp_path / 'sub')
+        out = str(tmp_path / 'sub' / '..' / osp.basename(src))
+    with pytest.raises(ModelEncryptionError, match='are the same file'):
+        encrypt_model_checkpoint(src, out, SecretKey.generate(), force=True)
+    with pytest.raises(ModelEncryptionError, match='are the same file'):
+        convert_plain_checkpoint(src, out, force=True)
+    assert open(src, 'rb').read() == before
+    # Also IN given through the link and OUT the real file.
+    if link != 'dotted path':
+        with pytest.raises(ModelEncryptionError, match='are the same file'):
+            encrypt_model_checkpoint(out, src, SecretKey.generate(), force=True)
+        assert open(src, 'rb').read() == before
+
+
+@pytest.mark.parametrize('content', ['empty', 'garbage', 'no tensors', 'bad safetensors'])
+def test_unreadable_checkpoints_are_one_error_line(tmp_path, content):
+    key_file = str(tmp_path / 'k.key')
+    SecretKey.generate().save(key_file)
+    path = str(tmp_path / ('in.safetensors' if content == 'bad safetensors' else 'in.pth'))
+    if content == 'no tensors':
+        torch.save({'state_dict': {}}, path)
+    else:
+        with open(path, 'wb') as f:
+            f.write({'empty': b'', 'garbage': b'\x00garbage' * 9,
+                     'bad safetensors': b'garbage' * 9}[content])
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'encrypt_model.py'),
+                           path, str(tmp_path / 'out.pth'), '--key-file', key_file],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and path in lines[0]
+    assert not osp.exists(tmp_path / 'out.pth')
