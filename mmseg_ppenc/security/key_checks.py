@@ -99,6 +99,7 @@ def corrupt_key_checks() -> Dict[str, object]:
             p = osp.join(tmp, name)
             with open(p, 'wb') as f:
                 f.write(data)
+            os.chmod(p, 0o600)  # refused for its content, not for its permissions
             out[f'{name}_rejected'] = _refused(p)
         out['missing_rejected'] = _refused(osp.join(tmp, 'absent.key'))
     return out
