@@ -1,0 +1,59 @@
+"""Checkpoints that need unsafe unpickling: refused by every tool that loads one, with one
+``error:`` line naming the file and the fix, exit status 2, and no code run."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_config
+
+
+class _Payload:
+    """Unpickling this would create the marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+@pytest.fixture
+def unsafe_ckpt(tmp_path):
+    marker = str(tmp_path / 'code_ran')
+    path = str(tmp_path / 'unsafe.pth')
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'meta': {'x': _Payload(marker)}},
+               path)
+    assert not osp.exists(marker)
+    return path, marker
+
+
+@pytest.mark.parametrize('tool', ['train', 'test', 'infer_encrypted'])
+def test_unsafe_pickle_is_one_error_line(tool, unsafe_ckpt, tmp_path, key_env):
+    path, marker = unsafe_ckpt
+    cfg = tiny_config('mla', 'baseline')
+    args = {
+        'train': ['tools/train.py', cfg, '--work-dir', str(tmp_path / 'wd'),
+                  '--cfg-options', f'load_from={path}', 'train_cfg.max_iters=1'],
+        'test': ['tools/test.py', cfg, path, '--work-dir', str(tmp_path / 'wd')],
+        'infer_encrypted': ['tools/infer_encrypted.py', osp.join(REPO, 'README.md'),
+                            '--config', cfg, '--checkpoint', path, '--out',
+                            str(tmp_path / 'out')],
+    }[tool]
+    if tool == 'infer_encrypted':  # a real image, so that the checkpoint is reached
+        import numpy as np
+        import cv2
+        img = str(tmp_path / 'q.png')
+        cv2.imwrite(img, np.zeros((64, 64, 3), np.uint8))
+        args[1] = img
+    proc = subprocess.run([sys.executable] + args, cwd=REPO, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and path in errors[0]
+    assert 'weights_only=True' in errors[0] and 're-save only its weights' in errors[0]
+    assert not osp.exists(marker)
