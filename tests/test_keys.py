@@ -223,3 +223,20 @@ def test_keygen_tool(tmp_path):
                            cwd=os.path.dirname(os.path.dirname(__file__)))
     assert again.returncode != 0 and 'refusing to overwrite' in again.stderr
     assert SecretKey.load(out) == key
+
+
+@pytest.mark.parametrize('link', ['symlink to a file', 'dangling symlink', 'hard link'])
+def test_key_save_never_writes_through_a_link(tmp_path, link):
+    target = tmp_path / 'precious.bin'
+    out = tmp_path / 'new.key'
+    if link == 'dangling symlink':
+        os.symlink(target, out)
+    else:
+        target.write_bytes(b'precious')
+        (os.symlink if link == 'symlink to a file' else os.link)(target, out)
+    with pytest.raises(FileExistsError, match='refusing to overwrite'):
+        SecretKey.generate().save(out)
+    if link == 'dangling symlink':
+        assert not target.exists()
+    else:
+        assert target.read_bytes() == b'precious'
