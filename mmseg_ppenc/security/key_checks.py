@@ -28,7 +28,8 @@ def key_file_mode(path: str) -> Dict[str, object]:
 
 def scan_work_dir(work_dir: str, key: SecretKey,
                   max_bytes: Optional[int] = 512 << 20) -> Dict[str, object]:
-    """Search every file of a work_dir for the key's raw, hex and base64 forms.
+    """Search every file of a work_dir for the key in any form :mod:`mmseg_ppenc.leak_scan`
+    knows.
 
     Args:
         work_dir (str): A training run's directory (config dump, logs, checkpoints).
