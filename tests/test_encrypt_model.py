@@ -22,7 +22,7 @@ from mmseg_ppenc.datasets import encrypt_dataset, make_synthetic_cityscapes
 from mmseg_ppenc.hooks import KeyManagementHook
 from mmseg_ppenc.keys import SecretKey
 from mmseg_ppenc.model_encryption import (ModelEncryptionError, detect_layout,
-                                          encrypt_model_checkpoint)
+                                          encrypt_model_checkpoint, patch_embed_digest)
 from mmseg_ppenc.models import EncryptedVisionTransformer
 
 from conftest import REPO, load_tool
@@ -214,7 +214,11 @@ def test_meta_matches_key_management_hook_and_plugin_backbone(setup, monkeypatch
 
     ckpt = {}
     hook.before_save_checkpoint(_Runner(), ckpt)
-    assert set(meta) == set(ckpt['meta']['ppenc'])
+    # The same record, plus the digest of the encrypted patch embedding that only the
+    # tool (which wrote those weights) can vouch for.
+    digest = meta.pop('patch_embed_sha256')
+    assert digest == patch_embed_digest(
+        torch.load(dst, weights_only=True)['state_dict']['patch_embed.projection.weight'])
     assert meta == ckpt['meta']['ppenc']
     # EncryptedVisionTransformer recognises the output as already encrypted.
     vit = EncryptedVisionTransformer(img_size=(64, 64), embed_dims=64, num_layers=4,
