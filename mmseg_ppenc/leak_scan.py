@@ -25,6 +25,8 @@ import os.path as osp
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
+
 from .keys import SecretKey
 
 __all__ = ['WINDOW', 'find_key_material', 'text_contains_key', 'data_contains_key',
@@ -82,6 +84,20 @@ def _parse_int(tok: bytes) -> int:
     return int(t)
 
 
+# Sequences hold values below 2**16 (key bytes, permutation entries); pairs are coded as
+# a * _PAIR_BASE + b, and larger values can never match.
+_PAIR_BASE = 1 << 20
+
+
+def _parse_run(tokens: List[bytes]) -> np.ndarray:
+    """Integer tokens as int64 (values that do not fit become a non-matching sentinel)."""
+    try:
+        return np.array(tokens).astype(np.int64)  # the common case: decimal only
+    except (ValueError, OverflowError):
+        out = [_parse_int(t) for t in tokens]
+        return np.array([v if v < (1 << 62) else _PAIR_BASE for v in out], dtype=np.int64)
+
+
 def _run_contains(values: List[int], pairs: Dict[Tuple[int, int], Set[int]]) -> bool:
     """Whether ``values`` holds ``WINDOW`` consecutive entries of the indexed sequence."""
     current: Set[int] = set()
@@ -118,6 +134,10 @@ class _Needles:
             for i, p in enumerate(perm):
                 inv[p] = i
             self.sequences += [_windows(perm), _windows(inv)]
+        # Adjacent pairs of every sequence as one integer each, to find candidate runs
+        # with one vectorised membership test before following them in Python.
+        self.pair_codes = np.array(sorted({a * _PAIR_BASE + b for seq in self.sequences
+                                           for a, b in seq}), dtype=np.int64)
 
     def in_data(self, data: bytes) -> bool:
         low = data.lower()
@@ -137,8 +157,13 @@ class _Needles:
             if any(w in digits for w in self.hex_windows):
                 return True
         for m in _INT_RUN.finditer(data):
-            values = [_parse_int(t) for t in _INT_TOKEN.findall(m.group(0))]
-            if any(_run_contains(values, pairs) for pairs in self.sequences):
+            values = _parse_run(_INT_TOKEN.findall(m.group(0)))
+            codes = values[:-1] * _PAIR_BASE + values[1:]
+            codes[(values[:-1] >= _PAIR_BASE) | (values[1:] >= _PAIR_BASE)] = -1
+            if np.count_nonzero(np.isin(codes, self.pair_codes)) < WINDOW - 1:
+                continue
+            vals = values.tolist()
+            if any(_run_contains(vals, pairs) for pairs in self.sequences):
                 return True
         return False
 
