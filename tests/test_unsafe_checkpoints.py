@@ -57,3 +57,34 @@ def test_unsafe_pickle_is_one_error_line(tool, unsafe_ckpt, tmp_path, key_env):
     assert len(errors) == 1 and path in errors[0]
     assert 'weights_only=True' in errors[0] and 're-save only its weights' in errors[0]
     assert not osp.exists(marker)
+
+
+@pytest.mark.parametrize('case', ['output is the query', 'two queries, one name'])
+def test_inference_never_overwrites_a_query(case, tmp_path, key_env, capsys):
+    """Outputs are checked before anything is loaded or written."""
+    import cv2
+    import numpy as np
+    from conftest import load_tool
+    tool = load_tool('infer_encrypted')
+    out = tmp_path / 'out'
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'b').mkdir()
+    if case == 'output is the query':
+        out.mkdir()
+        query = str(out / 'street_pred.png')
+        cv2.imwrite(query, np.zeros((32, 32, 3), np.uint8))
+        images = [str(tmp_path / 'a' / 'street.png'), query]
+        cv2.imwrite(images[0], np.zeros((32, 32, 3), np.uint8))
+        expect = 'would overwrite the query image'  # a/street.png -> out/street_pred.png
+    else:
+        images = [str(tmp_path / d / 'x.png') for d in ('a', 'b')]
+        expect = 'have the same file name'
+        for p in images:
+            cv2.imwrite(p, np.zeros((32, 32, 3), np.uint8))
+    before = {p: open(p, 'rb').read() for p in images}
+    rc = tool.main(images + ['--config', tiny_config('mla', 'baseline'), '--checkpoint',
+                             images[0], '--out', str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith('error: ') and expect in err
+    assert {p: open(p, 'rb').read() for p in images} == before
+    assert not osp.exists(out / 'x_pred.png')
