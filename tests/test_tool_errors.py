@@ -1,5 +1,6 @@
-"""Checkpoints that need unsafe unpickling: refused by every tool that loads one, with one
-``error:`` line naming the file and the fix, exit status 2, and no code run."""
+"""User errors of the run and inference tools: unsafe-pickle checkpoints are refused with
+one ``error:`` line naming the file and the fix, exit status 2, and no code run; inference
+outputs never replace a query image."""
 import os
 import os.path as osp
 import subprocess
