@@ -28,8 +28,8 @@ import numpy as np
 from .core.errors import InvalidKeyError
 
 __all__ = [
-    'KEY_ENV_VAR', 'KEY_BYTES', 'ALLOW_OPEN_KEY_ENV_VAR', 'InvalidKeyError', 'SecretKey', 'resolve_key',
-    'flip_compatible_permutation'
+    'KEY_ENV_VAR', 'KEY_BYTES', 'ALLOW_OPEN_KEY_ENV_VAR', 'InvalidKeyError', 'SecretKey',
+    'resolve_key', 'flip_compatible_permutation'
 ]
 
 #: Environment variable holding the path of the key file used when ``key_file=None``.
