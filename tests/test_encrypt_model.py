@@ -411,3 +411,18 @@ def test_unreadable_checkpoints_are_one_error_line(tmp_path, content):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: ') and path in lines[0]
     assert not osp.exists(tmp_path / 'out.pth')
+
+
+def test_unwritable_out_is_one_error_line(tmp_path):
+    key_file = str(tmp_path / 'k.key')
+    SecretKey.generate().save(key_file)
+    src = _smooth_backbone(tmp_path)
+    (tmp_path / 'afile').write_text('in the way')
+    out = str(tmp_path / 'afile' / 'enc.pth')  # its directory cannot exist
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'encrypt_model.py'),
+                           src, out, '--key-file', key_file],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: Cannot write ')
+    assert 'afile' in lines[0] and 'nothing was written' in lines[0]
