@@ -89,3 +89,20 @@ def test_inference_never_overwrites_a_query(case, tmp_path, key_env, capsys):
     assert rc == 2 and err.startswith('error: ') and expect in err
     assert {p: open(p, 'rb').read() for p in images} == before
     assert not osp.exists(out / 'x_pred.png')
+
+
+def test_key_pasted_into_config_is_one_error_line(tmp_path, key_env):
+    """The train tool stops at runner start with one line that names where the key is
+    and what to do, and that does not repeat the key."""
+    pasted = ':'.join(f'{b:02x}' for b in key_env._key)
+    proc = subprocess.run([sys.executable, 'tools/train.py',
+                           tiny_config('mla', 'proposed'), '--work-dir',
+                           str(tmp_path / 'wd'), '--cfg-options', f'notes={pasted}'],
+                          cwd=REPO, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and 'KEY MATERIAL LEAKED' in errors[0]
+    assert 'rotate the key' in errors[0] and pasted not in errors[0]
+    assert not any(f.endswith('.pth') for f in os.listdir(tmp_path / 'wd'))

@@ -6,7 +6,8 @@ problem, the expected and the actual value, and the fix; they never contain key 
 """
 
 __all__ = ['PpencError', 'ConfigError', 'InvalidKeyError', 'KeylessPipelineError',
-           'GridError', 'ModelEncryptionError', 'DatasetEncryptionError', 'DatasetWriteError']
+           'GridError', 'ModelEncryptionError', 'DatasetEncryptionError', 'DatasetWriteError',
+           'KeyLeakError']
 
 
 class PpencError(ValueError):
@@ -41,3 +42,9 @@ class DatasetEncryptionError(PpencError):
 class DatasetWriteError(DatasetEncryptionError):
     """An encryption run started and could not write its output (read-only or full DST);
     finished outputs are kept and a rerun resumes."""
+
+
+class KeyLeakError(PpencError, RuntimeError):
+    """Key material was found in a config, log or other run artefact. Also a
+    ``RuntimeError``: the run cannot go on until the files are deleted and the key
+    rotated."""

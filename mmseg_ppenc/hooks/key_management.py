@@ -9,7 +9,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ..core.errors import ConfigError, InvalidKeyError
+from ..core.errors import ConfigError, InvalidKeyError, KeyLeakError
 from ..core.grid import slide_problems
 from ..core.keyed import keyed_components, unwrap_model
 from ..core.meta import build_meta, check_meta, meta_of, normalization_of
@@ -119,7 +119,7 @@ class KeyManagementHook(Hook):
         cfg_text = meta.get('cfg')
         if isinstance(cfg_text, str):
             if text_contains_key(cfg_text, self._key(), self._block_sizes(runner)):
-                raise RuntimeError('Key material found in the config text that would be '
+                raise KeyLeakError('Key material found in the config text that would be '
                                    'stored in the checkpoint; remove it from the config '
                                    '(configs must name a key file, never key bytes).')
 
@@ -152,7 +152,7 @@ class KeyManagementHook(Hook):
                       if f.endswith(('.py', '.json', '.log', '.txt', '.yaml'))]
         hits += find_key_material(paths, key, max_bytes=64 << 20, block_sizes=sizes)
         if hits:
-            raise RuntimeError('KEY MATERIAL LEAKED: the secret key (or its permutation) '
+            raise KeyLeakError('KEY MATERIAL LEAKED: the secret key (or its permutation) '
                                f'appears in: {", ".join(hits)}. Delete these files, '
                                'rotate the key, and name the key only by file path '
                                '(PPENC_KEY_FILE).')
