@@ -185,6 +185,10 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
         checkpoint (str): Checkpoint trained on encrypted data.
         device (str): Torch device. Defaults to ``'cpu'``.
         cfg_options (dict, optional): Config overrides. Defaults to None.
+
+    Raises:
+        ConfigError: the checkpoint is unreadable, or refused by
+            ``torch.load(weights_only=True)`` (it could run code when unpickled).
     """
     from mmengine.config import Config
     from mmseg.apis import init_model
@@ -192,8 +196,20 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
         config = Config.fromfile(config)
     from .core.meta import check_normalization, normalization_of
     from .models.encrypted_vit import bind_normalization
+    import pickle
+
+    from .runner import unsafe_checkpoint_error
+    try:
+        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise unsafe_checkpoint_error(checkpoint, e) from None
+    except (RuntimeError, OSError, EOFError) as e:
+        from .core.errors import ConfigError
+        raise ConfigError(f'Cannot read checkpoint {checkpoint}: {type(e).__name__}. '
+                          'Expected a PyTorch checkpoint written by training; check the '
+                          'path or copy the file again.') from None
+    # Read (and refused if unsafe) before mmseg's init_model loads it again.
     model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
-    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
     model.ppenc_meta = meta_of(ckpt)
     bind_normalization(model)
     mean, std = normalization_of(model)

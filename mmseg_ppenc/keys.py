@@ -28,14 +28,16 @@ import numpy as np
 from .core.errors import InvalidKeyError
 
 __all__ = [
-    'KEY_ENV_VAR', 'KEY_BYTES', 'InvalidKeyError', 'SecretKey', 'resolve_key',
-    'flip_compatible_permutation'
+    'KEY_ENV_VAR', 'KEY_BYTES', 'ALLOW_OPEN_KEY_ENV_VAR', 'InvalidKeyError', 'SecretKey',
+    'resolve_key', 'flip_compatible_permutation'
 ]
 
 #: Environment variable holding the path of the key file used when ``key_file=None``.
 KEY_ENV_VAR = 'PPENC_KEY_FILE'
 #: Length of a key in bytes.
 KEY_BYTES = 32
+#: Set to ``1`` to accept a key file that other users can read (a warning remains).
+ALLOW_OPEN_KEY_ENV_VAR = 'PPENC_ALLOW_OPEN_KEY'
 
 _MAGIC = b'PPENCKEY'
 _VERSION = 1
@@ -114,15 +116,21 @@ class SecretKey:
         os.chmod(path, 0o600)
 
     @classmethod
-    def load(cls, path: PathLike) -> 'SecretKey':
+    def load(cls, path: PathLike, allow_open: Optional[bool] = None) -> 'SecretKey':
         """Read a key file written by :meth:`save` (or ``tools/keygen.py``).
+
+        Like ssh with a private key, a key file that other users can read (any group or
+        other permission bit) is refused: whoever read it has the key.
 
         Args:
             path (str | PathLike): The key file.
+            allow_open (bool, optional): Accept a file that others can read, with a
+                warning. Defaults to None: ``$PPENC_ALLOW_OPEN_KEY=1`` accepts it.
 
         Raises:
-            InvalidKeyError: the file is missing, unreadable, truncated, corrupt or not a key
-                file. The message says what was found and what was expected.
+            InvalidKeyError: the file is missing, not a regular file (a FIFO, a device),
+                readable by others, unreadable, truncated, corrupt or not a key file. The
+                message says what was found and what was expected.
         """
         path = os.fspath(path)
         if not os.path.exists(path):
@@ -131,11 +139,15 @@ class SecretKey:
             raise InvalidKeyError(f'Key file {path!r} is a directory, expected a key file. '
                             f'{_HOW_TO_MAKE}')
         try:
-            with open(path, 'rb') as f:
-                body = f.read(_FILE_LEN + 1)
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; anything but a
+            # regular file is refused below, before a single byte is read.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOCTTY', 0))
         except PermissionError:
             raise InvalidKeyError(f'Key file {path!r} is not readable by this user; '
                             'run as its owner or check its permissions.') from None
+        with os.fdopen(fd, 'rb') as f:
+            _check_key_file_stat(path, os.fstat(f.fileno()), allow_open)
+            body = f.read(_FILE_LEN + 1)
         if not body.startswith(_MAGIC):
             raise InvalidKeyError(f'{path!r} is not an mmseg_ppenc key file (it does not start '
                             f'with the {_MAGIC.decode()} header). {_HOW_TO_MAKE}')
@@ -324,6 +336,32 @@ def flip_compatible_permutation(words, block_size: int, channels: int = 3) -> np
     return perm
 
 
+def _check_key_file_stat(path: str, st: os.stat_result,
+                         allow_open: Optional[bool] = None) -> None:
+    """Refuse a key file that is not a regular file, or that others can read."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = ('a FIFO' if stat.S_ISFIFO(st.st_mode) else
+                'a socket' if stat.S_ISSOCK(st.st_mode) else
+                'a device' if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
+                'not a regular file')
+        raise InvalidKeyError(f'Key file {path!r} is {kind}, expected a regular key file. '
+                              f'{_HOW_TO_MAKE}')
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        if allow_open is None:
+            allow_open = os.environ.get(ALLOW_OPEN_KEY_ENV_VAR, '') == '1'
+        msg = (f'Key file {path!r} is readable or writable by other users (mode '
+               f'{mode:o}, expected 600)')
+        if not allow_open:
+            raise InvalidKeyError(f'{msg}: anyone who read it has the key. Restrict it with '
+                                  f'`chmod 600 {path}` (and rotate the key if others may '
+                                  f'have read it), or set {ALLOW_OPEN_KEY_ENV_VAR}=1 to '
+                                  'accept it anyway.')
+        import warnings
+        warnings.warn(f'{msg}; accepted because {ALLOW_OPEN_KEY_ENV_VAR}=1. Restrict it '
+                      'with chmod 600.')
+
+
 _LOADED: dict = {}
 
 
@@ -338,7 +376,9 @@ def resolve_key(key_file: Optional[PathLike] = None) -> SecretKey:
             the path from the environment variable ``PPENC_KEY_FILE``.
 
     Raises:
-        InvalidKeyError: no key is selected, or the file cannot be used.
+        InvalidKeyError: no key is selected, or the file cannot be used (see
+            :meth:`SecretKey.load`; ``$PPENC_ALLOW_OPEN_KEY=1`` accepts a file that other
+            users can read).
     """
     if key_file is None:
         key_file = os.environ.get(KEY_ENV_VAR)
@@ -355,8 +395,6 @@ def resolve_key(key_file: Optional[PathLike] = None) -> SecretKey:
     if key is None:
         key = SecretKey.load(path)
         _LOADED[cache_key] = key
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        import warnings
-        warnings.warn(f'Key file {path!r} is readable by other users (mode '
-                      f'{stat.S_IMODE(st.st_mode):o}); restrict it with chmod 600.')
+    else:  # permissions may have changed since the key was read
+        _check_key_file_stat(path, st)
     return key

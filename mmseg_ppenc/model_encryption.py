@@ -18,20 +18,90 @@ not get and cannot use.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import OrderedDict
 from typing import List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from .adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
 from .convert import MMSEG_MARKER, convert_timm_vit, locate_vit, strip_prefix
 from .core.errors import ModelEncryptionError
+from .core.files import same_file
 from .core.meta import build_meta
 from .keys import SecretKey
 
 __all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'detect_layout',
-           'encrypt_model_checkpoint', 'ppenc_meta', 'normalization_from_config']
+           'encrypt_model_checkpoint', 'ppenc_meta', 'normalization_from_config',
+           'patch_embed_digest', 'encrypted_with', 'check_patch_embed_digest']
+
+
+def patch_embed_digest(weight: torch.Tensor) -> str:
+    """SHA-256 of a patch-embedding weight (dtype, shape and values)."""
+    w = weight.detach().to('cpu').contiguous()
+    h = hashlib.sha256(f'{w.dtype}/{tuple(w.shape)}/'.encode())
+    h.update(w.view(torch.uint8).numpy().tobytes() if w.numel() else b'')
+    return h.hexdigest()
+
+
+def check_patch_embed_digest(meta: Mapping, state_dict: Mapping[str, torch.Tensor],
+                             prefix: str, what: str) -> None:
+    """Refuse weights that are not the ones a ``meta['ppenc']`` record was made for.
+
+    Args:
+        meta (Mapping): The record (a missing digest is accepted: older files).
+        state_dict (Mapping[str, Tensor]): The weights.
+        prefix (str): The ViT's key prefix.
+        what (str): How to name the checkpoint.
+
+    Raises:
+        ModelEncryptionError: the digest differs (the record was copied onto other
+            weights, or the patch embedding was changed after encryption).
+    """
+    want = meta.get('patch_embed_sha256') if isinstance(meta, Mapping) else None
+    key = prefix + MMSEG_MARKER
+    if want is None or key not in state_dict:
+        return
+    if patch_embed_digest(state_dict[key]) != want:
+        raise ModelEncryptionError(
+            f'{what}: its meta["ppenc"] record does not belong to its weights (the '
+            'patch-embedding digest differs): the record was copied from another file or '
+            'the weights were changed after encryption. Encrypt the plain checkpoint '
+            'again with tools/encrypt_model.py.')
+
+
+def _neighbour_similarity(w: np.ndarray, block: int) -> float:
+    """Mean cosine similarity of the columns of horizontally adjacent pixels."""
+    d = w.shape[0]
+    cols = w.reshape(d, -1, block, block)
+    a, b = cols[..., :-1].reshape(d, -1), cols[..., 1:].reshape(d, -1)
+    num = (a * b).sum(0)
+    den = np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0)
+    return float(np.mean(num / np.maximum(den, 1e-30)))
+
+
+def encrypted_with(weight: torch.Tensor, key: SecretKey) -> bool:
+    """Whether a patch embedding looks adapted to ``key`` already (meta or not).
+
+    Pre-trained patch embeddings are smooth: the columns of neighbouring pixels are
+    similar. The adaptation permutes the columns with the key, which destroys that; undoing
+    the permutation restores it. So a weight that is much smoother after undoing this key's
+    permutation than as it is was encrypted with this key. A weight without that
+    structure (a random initialisation) gives no answer, and False is returned.
+
+    Args:
+        weight (Tensor): ``(D, C, b, b)`` patch-embedding weight.
+        key (SecretKey): The key.
+    """
+    d, c, b, _ = weight.shape
+    w = weight.detach().to('cpu', torch.float64).reshape(d, -1).numpy()
+    perm = key.block_permutation(b, c)
+    undone = np.empty_like(w)
+    undone[:, perm] = w  # column k of the adapted weight is plain column perm[k]
+    as_is, restored = _neighbour_similarity(w, b), _neighbour_similarity(undone, b)
+    return restored > 0.2 and restored > as_is + 0.2
 
 
 def ppenc_meta(key: SecretKey, block_size: int, mean=None, std=None) -> dict:
@@ -47,6 +117,14 @@ def ppenc_meta(key: SecretKey, block_size: int, mean=None, std=None) -> dict:
     return build_meta(key.fingerprint, block_size, key.flip_compatible, mean, std)
 
 
+def _reason(e: BaseException, path: str) -> str:
+    """First line of an exception's message (an empty file gives an empty message)."""
+    lines = str(e).splitlines()
+    if lines:
+        return f'{type(e).__name__}: {lines[0][:300]}'
+    return 'the file is empty' if os.path.getsize(path) == 0 else type(e).__name__
+
+
 def _torch_load(path: str):
     if path.endswith('.safetensors'):
         try:
@@ -54,7 +132,13 @@ def _torch_load(path: str):
         except ImportError:  # pragma: no cover - safetensors ships with timm
             raise ModelEncryptionError(f'{path} is a safetensors file; install '
                                        '`safetensors` to read it.') from None
-        return load_file(path, device='cpu')
+        try:
+            return load_file(path, device='cpu')
+        except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
+            raise ModelEncryptionError(
+                f'Cannot read {path!r} as a safetensors file: {_reason(e, path)}. '
+                'Expected a timm or mmseg ViT checkpoint; download or export it again.'
+            ) from None
     try:
         # weights_only: a checkpoint from the internet must not run code on the
         # creator's machine, which holds the key. The compat layer allow-lists the few
@@ -63,8 +147,10 @@ def _torch_load(path: str):
     except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
         raise ModelEncryptionError(
             f'Cannot read {path!r} as a PyTorch checkpoint with torch.load(weights_only='
-            f'True): {type(e).__name__}: {str(e).splitlines()[0][:300]}. Expected a '
-            'timm or mmseg ViT checkpoint (.pth/.pt/.bin or .safetensors).') from None
+            f'True): {_reason(e, path)}. Expected a timm or mmseg ViT checkpoint '
+            '(.pth/.pt/.bin or .safetensors); download or export it again. A checkpoint '
+            'that needs unsafe unpickling is refused on purpose: re-save its state dict '
+            'with torch.save(model.state_dict(), path).') from None
 
 
 def _unwrap(obj) -> Tuple['OrderedDict[str, torch.Tensor]', dict]:
@@ -126,8 +212,12 @@ def load_vit_checkpoint(path: str, patch_bias: str = 'fold'
     """
     if not os.path.isfile(path):
         raise ModelEncryptionError(f'Checkpoint {path!r} does not exist.')
-    sd, meta = _unwrap(_torch_load(path))
-    layout, prefix = detect_layout(sd)
+    obj = _torch_load(path)
+    try:
+        sd, meta = _unwrap(obj)
+        layout, prefix = detect_layout(sd)
+    except ModelEncryptionError as e:
+        raise ModelEncryptionError(f'{path}: {e}') from None
     if layout == 'timm':
         try:
             sd = convert_timm_vit(sd, patch_bias=patch_bias)
@@ -152,8 +242,10 @@ def convert_plain_checkpoint(src: str, dst: str, force: bool = False) -> dict:
     Returns:
         dict: ``source_layout``, ``num_tensors``, ``dst``.
     """
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise ModelEncryptionError(f'IN and OUT are the same file ({src}).')
+    if same_file(src, dst):
+        raise ModelEncryptionError(f'IN {src} and OUT {dst} are the same file (through a '
+                                   'link or another spelling of the path); write the '
+                                   'converted model to a new path and keep the input.')
     if os.path.exists(dst) and not force:
         raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
     sd, meta, layout, prefix = load_vit_checkpoint(src)
@@ -215,14 +307,9 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
             'config (--config CONFIG; it is read from model.data_preprocessor) or '
             f'--mean/--std (mmseg\'s ImageNet values are {list(IMAGENET_MEAN)} / '
             f'{list(IMAGENET_STD)}; Segmenter configs use 127.5 / 127.5).')
-    if mean is None or std is None:
-        raise ModelEncryptionError(
-            'The normalisation to adapt the weights for is not given: pass the target '
-            'config (--config CONFIG; it is read from model.data_preprocessor) or '
-            f'--mean/--std (mmseg\'s ImageNet values are {list(IMAGENET_MEAN)} / '
-            f'{list(IMAGENET_STD)}; Segmenter configs use 127.5 / 127.5).')
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise ModelEncryptionError(f'IN and OUT are the same file ({src}); write the '
+    if same_file(src, dst):
+        raise ModelEncryptionError(f'IN {src} and OUT {dst} are the same file (through a '
+                                   'link or another spelling of the path); write the '
                                    'encrypted model to a new path and keep the plain one.')
     if os.path.exists(dst) and not force:
         raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
@@ -236,12 +323,21 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
         sd = OrderedDict((k[len(prefix):], v) for k, v in sd.items()
                          if k.startswith(prefix))
         prefix = ''
+    if encrypted_with(sd[prefix + MMSEG_MARKER], key):
+        raise ModelEncryptionError(
+            f'{src} has no meta["ppenc"] record, but its patch embedding is already '
+            f'encrypted with key {key.fingerprint} (undoing the key\'s permutation makes '
+            'it smooth, as plain pre-trained weights are): the record was stripped. '
+            'Encrypting it again would match no images. Use it as it is, or start from '
+            'the plain checkpoint.')
     try:
         enc = encrypt_vit_state_dict(sd, key, mean, std, prefix=prefix)
     except (KeyError, ValueError) as e:
         raise ModelEncryptionError(f'Cannot adapt {src}: {e}') from None
     block_size = int(enc[prefix + MMSEG_MARKER].shape[-1])
-    out_meta = {'ppenc': ppenc_meta(key, block_size, mean, std),
+    meta_rec = build_meta(key.fingerprint, block_size, key.flip_compatible, mean, std,
+                          patch_embed_sha256=patch_embed_digest(enc[prefix + MMSEG_MARKER]))
+    out_meta = {'ppenc': meta_rec,
                 'ppenc_model': dict(source_layout=layout, mean=[float(v) for v in mean],
                                     std=[float(v) for v in std],
                                     patch_bias=patch_bias if layout == 'timm' else None)}

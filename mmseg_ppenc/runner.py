@@ -14,7 +14,7 @@ from .compat import setup_cpu_distributed
 from .core.errors import ConfigError
 
 __all__ = ['ConfigError', 'load_config', 'check_config_paths', 'build_runner', 'train',
-           'test', 'DictAction']
+           'test', 'DictAction', 'unsafe_checkpoint_error']
 
 
 
@@ -109,8 +109,63 @@ def check_config_paths(cfg: Config, modes: Sequence[str] = ('train', 'val')) -> 
         raise ConfigError('Cannot start the run:\n  - ' + '\n  - '.join(problems))
 
 
+def unsafe_checkpoint_error(path: str, err: BaseException) -> ConfigError:
+    """The error for a checkpoint that ``torch.load(weights_only=True)`` refuses.
+
+    A checkpoint that needs full unpickling can run arbitrary code when loaded, so it is
+    refused rather than loaded with ``weights_only=False``.
+
+    Args:
+        path (str): The checkpoint.
+        err (BaseException): What torch raised (only its type is named: its text may
+            quote the refused object at length).
+    """
+    return ConfigError(
+        f'Checkpoint {path} was refused by torch.load(weights_only=True) '
+        f'({type(err).__name__}): it holds objects other than tensors and plain '
+        'containers, and unpickling it could run code. If you trust its origin, re-save '
+        'only its weights (torch.save({"state_dict": ckpt["state_dict"], "meta": '
+        'ckpt.get("meta", {})}, NEW_PATH) in a separate Python session) and pass '
+        'NEW_PATH instead.')
+
+
+def _refused_checkpoint(err: BaseException) -> bool:
+    import pickle
+    return isinstance(err, pickle.UnpicklingError) or (
+        isinstance(err, (RuntimeError, AttributeError, TypeError))
+        and 'weights_only' in str(err))
+
+
+def _run_checked(runner, cfg: Config, action: str):
+    """``runner.train()`` / ``runner.test()``, with refused checkpoints reported as a
+    :class:`ConfigError` that names the file."""
+    try:
+        return getattr(runner, action)()
+    except Exception as e:  # noqa: BLE001 - only refused checkpoints are translated
+        if not _refused_checkpoint(e):
+            raise
+        path = cfg.get('load_from') or (
+            'the checkpoint being resumed (work_dir/last_checkpoint)' if cfg.get('resume')
+            else 'the pre-trained checkpoint (model.backbone.init_cfg)')
+        raise unsafe_checkpoint_error(path, e) from None
+
+
 def build_runner(cfg: Config):
-    """Build the Runner (after starting CPU multi-process groups when needed)."""
+    """Build the Runner (after starting CPU multi-process groups when needed).
+
+    A config holding ``bytes`` anywhere is refused before the Runner writes its log and
+    config dump (the ``KeyManagementHook`` refuses it too, but only once they exist).
+
+    Raises:
+        ConfigError: the config holds bytes.
+    """
+    from .leak_scan import find_bytes_values
+    paths = find_bytes_values(cfg)
+    if paths:
+        raise ConfigError(f'The config holds bytes at {", ".join(paths)}; configs must '
+                          'never hold key material or other raw bytes (they are copied '
+                          'into the work_dir, the log and every checkpoint). Name the key '
+                          'by file (key_file=PATH or PPENC_KEY_FILE).')
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     setup_cpu_distributed(cfg, cfg.get('launcher', 'none'))
@@ -146,7 +201,7 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dic
     modes = ('train', 'val') if cfg.get('val_cfg') else ('train',)
     check_config_paths(cfg, modes)
     runner = build_runner(cfg)
-    runner.train()
+    _run_checked(runner, cfg, 'train')
     return runner
 
 
@@ -175,5 +230,5 @@ def test(config: str, checkpoint: str, work_dir: Optional[str] = None,
         cfg.test_evaluator['keep_results'] = True
     check_config_paths(cfg, ('test',))
     runner = build_runner(cfg)
-    return runner.test()
+    return _run_checked(runner, cfg, 'test')
 

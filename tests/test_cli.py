@@ -18,6 +18,8 @@ SHIMS = {
     'visualize': ('visualize', 'ppenc-visualize'),
     'convert_timm_vit': ('convert_timm_vit', 'ppenc-convert-timm'),
     'make_synthetic_cityscapes': ('make_synthetic_cityscapes', 'ppenc-make-synthetic'),
+    'encrypt_dataset': ('encrypt_dataset', 'ppenc-encrypt-dataset'),
+    'encrypt_model': ('encrypt_model', 'ppenc-encrypt-model'),
 }
 
 

@@ -3,6 +3,8 @@ import hashlib
 import json
 import os
 import os.path as osp
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 
 from mmseg_ppenc.cipher import decrypt_image, encrypt_image
+from mmseg_ppenc.datasets.encrypt import TIME_FIELDS
 from mmseg_ppenc.datasets import (MANIFEST_NAME, DatasetEncryptionError, encrypt_dataset,
                                   make_synthetic_cityscapes, read_manifest)
 from mmseg_ppenc.leak_scan import find_key_material
@@ -41,14 +44,26 @@ def contents(root):
     return {k: v[0] for k, v in snapshot(root).items()}
 
 
+def tree(root):
+    """Every file's bytes, and the manifest without its recorded times: what two runs
+    that produce the same tree agree on."""
+    out = {k: v for k, v in contents(root).items() if k != MANIFEST_NAME}
+    manifest = read_manifest(root)
+    for rec in manifest['files'].values():
+        for f in TIME_FIELDS:
+            rec.pop(f)
+    out[MANIFEST_NAME] = manifest
+    return out
+
+
 def run_main(argv, capsys):
-    """Run the tool's main() in-process; return (exit message or None, stdout)."""
-    try:
-        tool.main(argv)
-        code = None
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().out
+    """Run the tool's main() in-process; return (the error line or None, stdout)."""
+    rc = tool.main(argv)
+    captured = capsys.readouterr()
+    if rc == 0:
+        return None, captured.out
+    assert captured.err.startswith('error: ') and rc in (1, 2), (rc, captured.err)
+    return captured.err.strip(), captured.out
 
 
 @pytest.fixture(scope='module')
@@ -127,7 +142,8 @@ def test_killed_run_resumes_to_identical_tree(src_tree, key_file, reference, tmp
                          timeout=300)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     partial = contents(dst)
-    finished = [p for p in partial if p not in (MANIFEST_NAME, '.ppenc_encrypt.lock')
+    finished = [p for p in partial if p not in (MANIFEST_NAME, '.ppenc_encrypt.lock',
+                                                '.ppenc_journal.jsonl')
                 and '.tmp-' not in p]
     assert 7 <= len(finished) < 26
     assert read_manifest(dst)['complete'] is False
@@ -140,9 +156,12 @@ def test_killed_run_resumes_to_identical_tree(src_tree, key_file, reference, tmp
     code, out = run_main([src_tree, dst, '--key-file', key_file, '--no-progress'], capsys)
     assert code is None
     images_done = sum(p.startswith('leftImg8bit') for p in finished)
-    assert f'Encrypted {12 - images_done} images ({images_done} already done)' in out
+    # Finished outputs the journal vouches for are kept; a worker's output renamed into
+    # place just before the kill, but not yet recorded, is written again.
+    m = re.search(r'Encrypted (\d+) images \((\d+) already done\)', out)
+    assert int(m.group(1)) + int(m.group(2)) == 12 and int(m.group(2)) <= images_done
     assert 'Removed' in out and 'partial file' in out
-    assert contents(dst) == contents(ref_dst)  # byte-identical to the uninterrupted run
+    assert tree(dst) == tree(ref_dst)  # byte-identical to the uninterrupted run
     # A second run does no work and touches nothing.
     before = snapshot(dst)
     code, out = run_main([src_tree, dst, '--key-file', key_file, '--no-progress'], capsys)
@@ -273,3 +292,162 @@ def test_folder_layout_and_name_collision(tmp_path, key_file):
     with pytest.raises(DatasetEncryptionError, match='would both be written to'):
         encrypt_dataset(str(src), str(tmp_path / 'f_enc2'), key, layout='folder',
                         workers=1, progress=False)
+
+
+# ------------------------------------------------------------- reruns after changes
+def _dirs(root):
+    return sorted(osp.relpath(d, root) for d, _, _ in os.walk(root))
+
+
+def _mutate(src):
+    """Edit an image and a label map, delete an image with its label map and a whole city,
+    add an image, touch a file without changing it."""
+    rng = np.random.default_rng(9)
+    img_dir = osp.join(src, 'leftImg8bit', 'train', 'aachen')
+    lab_dir = osp.join(src, 'gtFine', 'train', 'aachen')
+    imgs = sorted(os.listdir(img_dir))
+    edited = osp.join(img_dir, imgs[0])
+    cv2.imwrite(edited, rng.integers(0, 256, (64, 128, 3), dtype=np.uint8))
+    lab = osp.join(lab_dir, imgs[1].replace('_leftImg8bit', '_gtFine_labelTrainIds'))
+    Image.fromarray(rng.integers(0, 19, (64, 128), dtype=np.uint8)).save(lab)
+    gone = imgs[2]
+    os.remove(osp.join(img_dir, gone))
+    os.remove(osp.join(lab_dir, gone.replace('_leftImg8bit', '_gtFine_labelTrainIds')))
+    val = osp.join(src, 'leftImg8bit', 'val')
+    city = sorted(os.listdir(val))[0]
+    shutil.rmtree(osp.join(val, city))
+    shutil.rmtree(osp.join(src, 'gtFine', 'val', city))
+    new = 'aachen_000099_000019'
+    cv2.imwrite(osp.join(img_dir, new + '_leftImg8bit.png'),
+                rng.integers(0, 256, (64, 128, 3), dtype=np.uint8))
+    Image.fromarray(rng.integers(0, 19, (64, 128), dtype=np.uint8)).save(
+        osp.join(lab_dir, new + '_gtFine_labelTrainIds.png'))
+    os.utime(osp.join(src, 'README.txt'), ns=(1, 10 ** 18))
+
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_rerun_after_source_changes_equals_fresh_run(src_tree, key_file, tmp_path,
+                                                     workers):
+    src = str(tmp_path / 'src')
+    shutil.copytree(src_tree, src)
+    key = SecretKey.load(key_file)
+    dst = str(tmp_path / 'enc')
+    encrypt_dataset(src, dst, key, workers=workers, progress=False)
+    _mutate(src)
+    summary = encrypt_dataset(src, dst, key, workers=workers, progress=False)
+    fresh = str(tmp_path / 'fresh')
+    encrypt_dataset(src, fresh, key, workers=workers, progress=False)
+    assert tree(dst) == tree(fresh) and _dirs(dst) == _dirs(fresh)
+    assert read_manifest(dst)['complete'] is True
+    # Edited image + edited label map; the new image (and its label map) are new.
+    assert summary.changed == 2 and summary.images_encrypted == 2
+    assert summary.files_copied == 2
+    # The deleted image and label map, and the val city's outputs, are gone.
+    assert len(summary.removed) == 2 + 2 * 1 and all(
+        not osp.exists(osp.join(dst, r)) for r in summary.removed)
+    text = summary.format()
+    assert 'Source changed since the last run: 2 output(s)' in text
+    assert f'Removed {len(summary.removed)} output(s) whose source is gone' in text
+    # Once up to date, a rerun does nothing.
+    again = encrypt_dataset(src, dst, key, workers=workers, progress=False)
+    assert again.images_encrypted == again.files_copied == again.changed == 0
+    assert not again.removed
+
+
+@pytest.mark.parametrize('how', ['hard link to the source', 'edited output',
+                                 'unrecorded output'])
+def test_only_vouched_outputs_count_as_done(src_tree, key_file, reference, tmp_path, how):
+    dst = str(tmp_path / 'enc')
+    shutil.copytree(reference[0], dst)
+    rel = 'leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png'
+    out = osp.join(dst, rel)
+    os.remove(out)
+    if how == 'hard link to the source':
+        os.link(osp.join(src_tree, rel), out)  # a plain image posing as an output
+    elif how == 'edited output':
+        shutil.copy(osp.join(src_tree, rel), out)
+    else:  # written but never recorded: the manifest does not know it
+        shutil.copy(osp.join(reference[0], rel), out)
+        manifest = read_manifest(dst)
+        del manifest['files'][rel]
+        with open(osp.join(dst, MANIFEST_NAME), 'w') as f:
+            json.dump(manifest, f)
+    before = snapshot(src_tree)
+    summary = encrypt_dataset(src_tree, dst, SecretKey.load(key_file), workers=1,
+                              progress=False)
+    assert summary.unvouched == 1 and summary.images_encrypted == 1
+    assert tree(dst) == tree(reference[0])
+    assert snapshot(src_tree) == before  # the hard-linked source was not written
+
+
+@pytest.mark.parametrize('when', ['start', 'resume'])
+def test_dst_directory_linked_into_src_is_refused(src_tree, key_file, reference, tmp_path,
+                                                  capsys, when):
+    dst = str(tmp_path / 'enc')
+    if when == 'resume':
+        shutil.copytree(reference[0], dst)
+        shutil.rmtree(osp.join(dst, 'leftImg8bit'))
+    else:
+        os.makedirs(dst)
+    os.symlink(osp.join(src_tree, 'leftImg8bit'), osp.join(dst, 'leftImg8bit'))
+    before = snapshot(src_tree)
+    code, _ = run_main([src_tree, dst, '--key-file', key_file, '--no-progress'], capsys)
+    assert code.startswith('error: DST directory') and 'resolves into SRC' in code
+    assert 'Replace the link with a real directory' in code
+    assert snapshot(src_tree) == before
+
+
+def _unlabeled_tree(root):
+    make_synthetic_cityscapes(root, num_train=2, num_val=1, height=32, width=32, seed=1)
+    lab = osp.join(root, 'gtFine', 'train')
+    city = sorted(os.listdir(lab))[0]
+    victim = sorted(os.listdir(osp.join(lab, city)))[0]
+    os.remove(osp.join(lab, city, victim))
+    return victim.replace('_gtFine_labelTrainIds', '_leftImg8bit')
+
+
+def test_image_without_label_is_refused(tmp_path, key_file, capsys):
+    src = str(tmp_path / 'src')
+    name = _unlabeled_tree(src)
+    code, _ = run_main([src, str(tmp_path / 'o'), '--key-file', key_file], capsys)
+    assert code.startswith('error: 1 image(s)') and 'have no label map' in code
+    assert name in code and '--allow-unlabeled' in code
+    assert not osp.exists(tmp_path / 'o')
+    code, _ = run_main([src, str(tmp_path / 'o'), '--key-file', key_file,
+                        '--allow-unlabeled', '--no-progress'], capsys)
+    assert code is None
+
+
+@pytest.mark.parametrize('content', [b'', b'not an image at all', b'\x89PNG\r\n\x1a\n'])
+def test_unreadable_image_is_one_error_line(tmp_path, key_file, content):
+    src = str(tmp_path / 'src')
+    make_synthetic_cityscapes(src, num_train=1, num_val=1, height=32, width=32, seed=1)
+    img_dir = osp.join(src, 'leftImg8bit', 'train')
+    city = sorted(os.listdir(img_dir))[0]
+    name = sorted(os.listdir(osp.join(img_dir, city)))[0]
+    with open(osp.join(img_dir, city, name), 'wb') as f:
+        f.write(content)
+    proc = subprocess.run([sys.executable, TOOL, src, str(tmp_path / 'o'), '--key-file',
+                           key_file, '--no-progress'], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith('error: 1 image(s)') and 'Traceback' not in proc.stderr
+    assert name in proc.stderr and 'not readable images' in proc.stderr
+    assert 'Replace them with valid images' in proc.stderr
+
+
+def test_unwritable_dst_is_one_error_line(src_tree, key_file, tmp_path):
+    dst = tmp_path / 'enc'
+    dst.mkdir()
+    # An output directory that cannot be created: a file is in its way.
+    subprocess.run([sys.executable, TOOL, src_tree, str(dst), '--key-file', key_file,
+                    '--no-progress', '--_kill-after', '1', '--workers', '1'],
+                   capture_output=True, timeout=120)
+    shutil.rmtree(dst / 'gtFine', ignore_errors=True)
+    (dst / 'gtFine').write_text('in the way')
+    proc = subprocess.run([sys.executable, TOOL, src_tree, str(dst), '--key-file',
+                           key_file, '--no-progress', '--workers', '2'],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith('error: Cannot write ') and 'Traceback' not in proc.stderr
+    assert 'gtFine' in proc.stderr and 'rerun the same command' in proc.stderr

@@ -1,6 +1,7 @@
 """tools/encrypt_model.py: timm/mmseg checkpoints in, a stock-loadable encrypted mmseg
 checkpoint out, exact on encrypted images."""
 import copy
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from mmseg_ppenc.datasets import encrypt_dataset, make_synthetic_cityscapes
 from mmseg_ppenc.hooks import KeyManagementHook
 from mmseg_ppenc.keys import SecretKey
 from mmseg_ppenc.model_encryption import (ModelEncryptionError, detect_layout,
-                                          encrypt_model_checkpoint)
+                                          encrypt_model_checkpoint, patch_embed_digest)
 from mmseg_ppenc.models import EncryptedVisionTransformer
 
 from conftest import REPO, load_tool
@@ -214,7 +215,11 @@ def test_meta_matches_key_management_hook_and_plugin_backbone(setup, monkeypatch
 
     ckpt = {}
     hook.before_save_checkpoint(_Runner(), ckpt)
-    assert set(meta) == set(ckpt['meta']['ppenc'])
+    # The same record, plus the digest of the encrypted patch embedding that only the
+    # tool (which wrote those weights) can vouch for.
+    digest = meta.pop('patch_embed_sha256')
+    assert digest == patch_embed_digest(
+        torch.load(dst, weights_only=True)['state_dict']['patch_embed.projection.weight'])
     assert meta == ckpt['meta']['ppenc']
     # EncryptedVisionTransformer recognises the output as already encrypted.
     vit = EncryptedVisionTransformer(img_size=(64, 64), embed_dims=64, num_layers=4,
@@ -238,12 +243,18 @@ def test_detect_layout():
         detect_layout({'conv1.weight': torch.zeros(1)})
 
 
-def run_main(argv):
-    try:
-        tool.main(argv)
-    except SystemExit as e:
-        return e.code
-    return None
+def run_main(argv, capsys=None):
+    """Run the tool in-process: None on success, else its one ``error:`` line."""
+    import io
+    from contextlib import redirect_stderr
+    err = io.StringIO()
+    with redirect_stderr(err):
+        rc = tool.main(argv)
+    if rc == 0:
+        return None
+    lines = err.getvalue().strip().splitlines()
+    assert rc in (1, 2) and len(lines) == 1 and lines[0].startswith('error: '), (rc, lines)
+    return lines[0]
 
 
 def test_tool(setup, capsys, monkeypatch):
@@ -309,3 +320,143 @@ def test_plain_conversion_is_the_unencrypted_counterpart(tmp_path, monkeypatch, 
     assert 'already exists' in capsys.readouterr().err
     assert conv.main([enc, str(tmp_path / 'x.pth')]) == 2
     assert 'is encrypted' in capsys.readouterr().err
+
+
+def _smooth_backbone(tmp_path):
+    """An mmseg ViT backbone checkpoint whose patch embedding is smooth, as pre-trained
+    ones are (principal components of blurred-noise patches)."""
+    import cv2
+    import numpy as np
+    from mmseg_ppenc.security.weights import pca_patch_embedding
+    rng = np.random.default_rng(0)
+    imgs = [cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (0, 0), 3)
+            for _ in range(8)]
+    vit = VisionTransformer(img_size=(32, 32), embed_dims=64, num_layers=1, num_heads=2)
+    sd = vit.state_dict()
+    w = pca_patch_embedding(imgs, 64)
+    sd['patch_embed.projection.weight'] = torch.tensor(w, dtype=torch.float32).reshape(
+        64, 3, 16, 16)
+    path = str(tmp_path / 'smooth.pth')
+    torch.save({'state_dict': sd}, path)
+    return path
+
+
+def test_stripped_meta_is_detected_and_digest_recorded(tmp_path):
+    from mmseg_ppenc.model_encryption import (check_patch_embed_digest,
+                                              encrypt_model_checkpoint, patch_embed_digest)
+    key = SecretKey.generate()
+    src = _smooth_backbone(tmp_path)
+    out = str(tmp_path / 'enc.pth')
+    encrypt_model_checkpoint(src, out, key)
+    ckpt = torch.load(out, weights_only=True)
+    w = ckpt['state_dict']['patch_embed.projection.weight']
+    assert ckpt['meta']['ppenc']['patch_embed_sha256'] == patch_embed_digest(w)
+    check_patch_embed_digest(ckpt['meta']['ppenc'], ckpt['state_dict'], '', out)
+    tampered = dict(ckpt['state_dict'], **{'patch_embed.projection.weight': w * 1.001})
+    with pytest.raises(ModelEncryptionError, match='does not belong to its weights'):
+        check_patch_embed_digest(ckpt['meta']['ppenc'], tampered, '', out)
+    # The record stripped: the weights themselves show they are encrypted with this key.
+    stripped = str(tmp_path / 'stripped.pth')
+    torch.save({'state_dict': ckpt['state_dict']}, stripped)
+    with pytest.raises(ModelEncryptionError, match='already encrypted with key '
+                       f'{key.fingerprint}.*record was stripped'):
+        encrypt_model_checkpoint(stripped, str(tmp_path / 'twice.pth'), key)
+    # ...while the plain weights are not mistaken for encrypted ones, and another key's
+    # encryption is not this key's.
+    other = SecretKey.generate()
+    encrypt_model_checkpoint(stripped, str(tmp_path / 'other.pth'), other)
+    assert not osp.exists(tmp_path / 'twice.pth')
+
+
+@pytest.mark.parametrize('link', ['symlink', 'hard link', 'dotted path'])
+def test_out_reaching_in_through_a_link_is_refused(tmp_path, link):
+    from mmseg_ppenc.model_encryption import (convert_plain_checkpoint,
+                                              encrypt_model_checkpoint)
+    src = _smooth_backbone(tmp_path)
+    before = open(src, 'rb').read()
+    out = str(tmp_path / 'out.pth')
+    if link == 'symlink':
+        os.symlink(src, out)
+    elif link == 'hard link':
+        os.link(src, out)
+    else:
+        os.makedirs(tmp_path / 'sub')
+        out = str(tmp_path / 'sub' / '..' / osp.basename(src))
+    with pytest.raises(ModelEncryptionError, match='are the same file'):
+        encrypt_model_checkpoint(src, out, SecretKey.generate(), force=True)
+    with pytest.raises(ModelEncryptionError, match='are the same file'):
+        convert_plain_checkpoint(src, out, force=True)
+    assert open(src, 'rb').read() == before
+    # Also IN given through the link and OUT the real file.
+    if link != 'dotted path':
+        with pytest.raises(ModelEncryptionError, match='are the same file'):
+            encrypt_model_checkpoint(out, src, SecretKey.generate(), force=True)
+        assert open(src, 'rb').read() == before
+
+
+@pytest.mark.parametrize('content', ['empty', 'garbage', 'no tensors', 'bad safetensors'])
+def test_unreadable_checkpoints_are_one_error_line(tmp_path, content):
+    key_file = str(tmp_path / 'k.key')
+    SecretKey.generate().save(key_file)
+    path = str(tmp_path / ('in.safetensors' if content == 'bad safetensors' else 'in.pth'))
+    if content == 'no tensors':
+        torch.save({'state_dict': {}}, path)
+    else:
+        with open(path, 'wb') as f:
+            f.write({'empty': b'', 'garbage': b'\x00garbage' * 9,
+                     'bad safetensors': b'garbage' * 9}[content])
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'encrypt_model.py'),
+                           path, str(tmp_path / 'out.pth'), '--key-file', key_file],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and path in lines[0]
+    assert not osp.exists(tmp_path / 'out.pth')
+
+
+def test_unwritable_out_is_one_error_line(tmp_path):
+    key_file = str(tmp_path / 'k.key')
+    SecretKey.generate().save(key_file)
+    src = _smooth_backbone(tmp_path)
+    (tmp_path / 'afile').write_text('in the way')
+    out = str(tmp_path / 'afile' / 'enc.pth')  # its directory cannot exist
+    proc = subprocess.run([sys.executable, osp.join(REPO, 'tools', 'encrypt_model.py'),
+                           src, out, '--key-file', key_file],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: Cannot write ')
+    assert 'afile' in lines[0] and 'nothing was written' in lines[0]
+
+
+def test_normalisation_comes_from_the_target_config(setup, tmp_path, capsys):
+    """--config reads mean/std from the config's data preprocessor and records them; a
+    --mean/--std that contradicts it is refused; the record then refuses a model with
+    another normalisation."""
+    from mmseg_ppenc.cli.encrypt_model import main
+    from conftest import tiny_config
+    root, plain_root, enc_root, key_file, key = setup
+    src, _ = _plain_checkpoint(root, 'mmseg-backbone')
+    cfg_file = tmp_path / 'segmenter_like.py'
+    cfg_file.write_text(f'_base_ = {tiny_config("mla", "proposed")!r}\n'
+                        'model = dict(data_preprocessor=dict(mean=[127.5, 127.5, 127.5], '
+                        'std=[127.5, 127.5, 127.5]))\n')
+    out = str(tmp_path / 'enc.pth')
+    assert main([src, out, '--key-file', key_file, '--config', str(cfg_file)]) == 0
+    rec = torch.load(out, weights_only=True)['meta']['ppenc']
+    assert rec['mean'] == [127.5] * 3 and rec['std'] == [127.5] * 3
+    assert 'mean=[127.5, 127.5, 127.5]' in capsys.readouterr().out
+    assert main([src, str(tmp_path / 'x.pth'), '--key-file', key_file, '--config',
+                 str(cfg_file), '--mean', '123.675,116.28,103.53', '--std',
+                 '58.395,57.12,57.375']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'differs from the data preprocessor' in err
+    assert not osp.exists(tmp_path / 'x.pth')
+    # An ImageNet model refuses the 127.5-adapted checkpoint.
+    vit = EncryptedVisionTransformer(img_size=(64, 64), embed_dims=64, num_layers=4,
+                                     num_heads=4, mlp_ratio=2, with_cls_token=False,
+                                     norm_cfg=dict(type='LN', eps=1e-6), key_file=key_file,
+                                     mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                     init_cfg=dict(type='Pretrained', checkpoint=out))
+    with pytest.raises(ValueError, match=r'adapted for normalisation mean=\[127.5'):
+        vit.init_weights()

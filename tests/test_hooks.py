@@ -3,13 +3,14 @@ import base64
 import os
 import os.path as osp
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mmseg_ppenc.leak_scan import find_key_material
-from mmseg_ppenc.core.errors import GridError
+from mmseg_ppenc.core.errors import ConfigError, GridError
 from mmseg_ppenc.keys import InvalidKeyError, SecretKey
 
 from conftest import tiny_config
@@ -99,6 +100,49 @@ def test_key_material_in_config_fails_loudly(key_env, tmp_path, encode):
     cfg.notes = f'my key is {encode(key_env._key)}'
     with pytest.raises(RuntimeError, match='KEY MATERIAL LEAKED'):
         Runner.from_cfg(cfg).train()
+
+
+def _perm(key):
+    return [int(v) for v in key.block_permutation(16)]
+
+
+# Forms of the key a user might paste into a config; each must stop the run at its start.
+PASTED_FORMS = {
+    'latin-1 string': lambda k: k._key.decode('latin-1'),
+    'bytes literal text': lambda k: repr(k._key),
+    'decimal list': lambda k: list(k._key),
+    'decimal string': lambda k: ' '.join(str(b) for b in k._key),
+    'hex, colons': lambda k: ':'.join(f'{b:02x}' for b in k._key),
+    'hex, spaces': lambda k: ' '.join(f'{b:02X}' for b in k._key),
+    'hex, dashes': lambda k: '-'.join(f'{b:02x}' for b in k._key),
+    'hex ints': lambda k: [hex(b) for b in k._key],
+    'permutation': _perm,
+    'permutation as text': lambda k: ', '.join(map(str, _perm(k))),
+    'inverse permutation': lambda k: [int(v) for v in np.argsort(_perm(k))],
+}
+
+
+@pytest.mark.parametrize('form', sorted(PASTED_FORMS))
+def test_pasted_key_forms_are_refused_at_start(key_env, tmp_path, form):
+    cfg = _cfg(tmp_path)
+    cfg.notes = PASTED_FORMS[form](key_env)
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(RuntimeError, match='KEY MATERIAL LEAKED'):
+        runner.train()
+    assert not osp.exists(osp.join(runner.work_dir, 'iter_2.pth'))  # stopped before work
+
+
+@pytest.mark.parametrize('value', ['key', 'slice of the key file', 'other bytes'])
+def test_bytes_in_config_are_refused_at_start(key_env, tmp_path, value):
+    cfg = _cfg(tmp_path)
+    raw = open(os.environ['PPENC_KEY_FILE'], 'rb').read()
+    cfg.notes = dict(pasted={'key': key_env._key, 'slice of the key file': raw[10:42],
+                            'other bytes': b'not a key'}[value])
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ConfigError, match=r'holds bytes at notes\.pasted.*'
+                                          r'name the key by file'):
+        runner.train()
+    assert not osp.exists(osp.join(runner.work_dir, 'iter_2.pth'))
 
 
 def test_unkeyed_and_foreign_checkpoints(key_env, tmp_path, other_key_file, monkeypatch):

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from mmseg_ppenc.keys import (KEY_ENV_VAR, InvalidKeyError, SecretKey, mirror_index,
-                              resolve_key)
+from mmseg_ppenc.keys import (ALLOW_OPEN_KEY_ENV_VAR, KEY_ENV_VAR, InvalidKeyError, SecretKey,
+                              mirror_index, resolve_key)
 
 GOLDEN_KEY = bytes(range(32))
 
@@ -166,11 +166,35 @@ class TestResolve:
         with pytest.raises(InvalidKeyError, match=f'{KEY_ENV_VAR} is not set'):
             resolve_key(None)
 
-    def test_warns_on_group_readable_file(self, tmp_path):
+    @pytest.mark.parametrize('mode', [0o644, 0o640, 0o604, 0o620, 0o602])
+    def test_file_open_to_others_is_refused(self, tmp_path, monkeypatch, mode):
+        monkeypatch.delenv(ALLOW_OPEN_KEY_ENV_VAR, raising=False)
         path = tmp_path / 'k.key'
-        SecretKey.generate().save(path)
-        os.chmod(path, 0o644)
+        key = SecretKey.generate()
+        key.save(path)
+        resolve_key(str(path))  # cached while it is 0600...
+        os.chmod(path, mode)
+        for load in (resolve_key, SecretKey.load):  # ...and refused once it is not
+            with pytest.raises(InvalidKeyError, match=rf'mode {mode:o}, expected 600.*'
+                               rf'chmod 600.*{ALLOW_OPEN_KEY_ENV_VAR}=1'):
+                load(str(path))
+        monkeypatch.setenv(ALLOW_OPEN_KEY_ENV_VAR, '1')
         with pytest.warns(UserWarning, match='chmod 600'):
+            assert resolve_key(str(path)) == key
+        monkeypatch.delenv(ALLOW_OPEN_KEY_ENV_VAR)
+        with pytest.warns(UserWarning, match='accepted because'):
+            assert SecretKey.load(str(path), allow_open=True) == key
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize('through_symlink', [False, True])
+    def test_fifo_is_refused_without_hanging(self, tmp_path, through_symlink):
+        fifo = tmp_path / 'k.fifo'
+        os.mkfifo(fifo, 0o600)
+        path = fifo
+        if through_symlink:
+            path = tmp_path / 'k.key'
+            os.symlink(fifo, path)
+        with pytest.raises(InvalidKeyError, match='is a FIFO, expected a regular key file'):
             resolve_key(str(path))
 
 
@@ -199,3 +223,20 @@ def test_keygen_tool(tmp_path):
                            cwd=os.path.dirname(os.path.dirname(__file__)))
     assert again.returncode != 0 and 'refusing to overwrite' in again.stderr
     assert SecretKey.load(out) == key
+
+
+@pytest.mark.parametrize('link', ['symlink to a file', 'dangling symlink', 'hard link'])
+def test_key_save_never_writes_through_a_link(tmp_path, link):
+    target = tmp_path / 'precious.bin'
+    out = tmp_path / 'new.key'
+    if link == 'dangling symlink':
+        os.symlink(target, out)
+    else:
+        target.write_bytes(b'precious')
+        (os.symlink if link == 'symlink to a file' else os.link)(target, out)
+    with pytest.raises(FileExistsError, match='refusing to overwrite'):
+        SecretKey.generate().save(out)
+    if link == 'dangling symlink':
+        assert not target.exists()
+    else:
+        assert target.read_bytes() == b'precious'

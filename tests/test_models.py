@@ -157,3 +157,24 @@ def test_patch_norm_needs_bias(key_env):
                                      mean=IMAGENET_MEAN, std=IMAGENET_STD)
     vit.init_weights()
     assert vit.key_fingerprint == key_env.fingerprint
+
+
+@pytest.mark.parametrize('init', ['none', 'pretrained'])
+def test_random_start_is_not_adapted(key_env, tmp_path, init):
+    """Without pre-trained weights the key adaptation is skipped (it would only expose the
+    key to anyone replaying the seed); with them it is applied."""
+    from mmseg_ppenc.models import FastVisionTransformer
+    kw = dict(img_size=32, embed_dims=32, num_layers=1, num_heads=2)
+    torch.manual_seed(5)
+    ref = FastVisionTransformer(**kw)
+    ref.init_weights()
+    init_cfg = None
+    if init == 'pretrained':
+        path = str(tmp_path / 'plain.pth')
+        torch.save({'state_dict': ref.state_dict()}, path)
+        init_cfg = dict(type='Pretrained', checkpoint=path)
+    torch.manual_seed(5)
+    vit = EncryptedVisionTransformer(**kw, init_cfg=init_cfg)
+    vit.init_weights()
+    same = torch.equal(vit.patch_embed.projection.weight, ref.patch_embed.projection.weight)
+    assert same == (init == 'none')

@@ -421,3 +421,60 @@ def test_tool_end_to_end(tmp_path):
     for form in key.material_forms():
         assert form.decode('latin-1') not in dump
 
+
+
+# ----------------------------------------------------------------- initialisation replay
+@pytest.mark.slow
+def test_replaying_the_initialisation_gives_no_key(tmp_path, monkeypatch, synthetic_root):
+    """A checkpoint of the quick-start proposed run (no pre-trained weights) records its
+    config and seed; replaying the initialisation recovers nothing beyond chance, while
+    the same start adapted with the key (what such runs used to do) gives the key away."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    from conftest import tiny_config
+    key = SecretKey(bytes(range(32)))  # fixed: its permutation has 1 fixed point or so
+    key_file = tmp_path / 'run.key'
+    key.save(key_file)
+    monkeypatch.setenv('PPENC_KEY_FILE', str(key_file))
+    monkeypatch.setenv('PPENC_DATA_ROOT', synthetic_root)
+    cfg = Config.fromfile(tiny_config('mla', 'proposed'))
+    work = tmp_path / 'work'
+    cfg.work_dir = str(work)
+    cfg.train_cfg.max_iters = 2
+    cfg.train_cfg.val_interval = 1000
+    cfg.default_hooks.checkpoint.interval = 1
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        loader.num_workers = 0
+        loader.persistent_workers = False
+    cfg.train_dataloader.batch_size = 2
+    Runner.from_cfg(cfg).train()
+
+    res = W.replay_attack_work_dir(str(work), key)
+    assert sorted(res['checkpoints']) == ['iter_1.pth', 'iter_2.pth']
+    fixed = int(np.sum(key.block_permutation(16) == np.arange(768)))
+    for r in res['checkpoints'].values():
+        # The replay is exact (the columns are found in place)...
+        assert r['identity_fraction'] == 1.0 and r['mean_cosine'] > 0.999
+        # ...and what it yields about the key is the permutation's fixed points only.
+        assert r['recovery'] == fixed / 768
+    assert res['at_chance'] and res['max_recovery'] <= 5 / 768
+
+    ckpt = torch.load(work / 'iter_1.pth', map_location='cpu', weights_only=False)
+    start = W.replay_initial_model(ckpt, loader_draws=1)
+    ckpt['state_dict'] = encrypt_vit_state_dict(start, key, prefix='backbone.')
+    torch.save(ckpt, tmp_path / 'adapted_start.pth')
+    exposed = W.replay_initialisation_attack(str(tmp_path / 'adapted_start.pth'), key)
+    assert exposed['recovery'] == 1.0
+
+    out = tmp_path / 'security.json'
+    env = {k: v for k, v in os.environ.items() if k != 'PPENC_KEY_FILE'}
+    proc = subprocess.run(
+        [sys.executable, osp.join(REPO, 'tools', 'analyze_security.py'), '--num-val', '2',
+         '--num-pool', '2', '--size', '64', '128', '--coa-counts', '2', '--kpa-pairs', '1',
+         '--no-vit-b', '--variants', 'shuffle', '--work-dir', str(work),
+         '--key-file', str(key_file), '--out', str(out)],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    replay = json.loads(out.read_text())['key_handling']['work_dir']['replay_attack']
+    assert replay['at_chance'] is True and replay['max_recovery'] == fixed / 768
+    assert 'at chance level' in proc.stdout

@@ -97,6 +97,32 @@ def write_rgb(path: str, rgb) -> None:
         raise ConfigError(f'Cannot write {path!r}.')
 
 
+def _outputs(args, path: str) -> list:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    names = [f'{stem}_pred.png'] + ([f'{stem}_labels.png'] if args.save_labels else []) \
+        + ([f'{stem}_enc.png'] if args.save_encrypted else [])
+    return [os.path.join(args.out, n) for n in names]
+
+
+def _check_outputs(args, error) -> None:
+    """Refuse outputs that would replace a query image (through any link or spelling)
+    or each other (two queries with one file name)."""
+    from mmseg_ppenc.core.files import same_file
+    seen = {}
+    for path in args.images:
+        for out in _outputs(args, path):
+            for img in args.images:
+                if same_file(out, img):
+                    raise error(f'The output {out} would overwrite the query image {img}; '
+                                'choose another --out directory.')
+            real = os.path.realpath(out)
+            if real in seen:
+                raise error(f'The queries {seen[real]} and {path} have the same file name, '
+                            f'so both would write {out}; rename one, or run them '
+                            'separately with different --out directories.')
+            seen[real] = path
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Encrypt each image with the key, segment it, write the predictions.
 
@@ -122,6 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for p in [args.config, args.checkpoint] + args.images:
             if not os.path.isfile(p):
                 raise ConfigError(f'{p!r} does not exist.')
+        _check_outputs(args, ConfigError)
         device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
         model = load_encrypted_model(args.config, args.checkpoint, device=device)
         if model.ppenc_meta is not None or not args.allow_unkeyed:

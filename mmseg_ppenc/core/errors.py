@@ -6,7 +6,8 @@ problem, the expected and the actual value, and the fix; they never contain key 
 """
 
 __all__ = ['PpencError', 'ConfigError', 'InvalidKeyError', 'KeylessPipelineError',
-           'GridError', 'ModelEncryptionError', 'DatasetEncryptionError']
+           'GridError', 'ModelEncryptionError', 'DatasetEncryptionError', 'DatasetWriteError',
+           'KeyLeakError']
 
 
 class PpencError(ValueError):
@@ -36,3 +37,14 @@ class ModelEncryptionError(PpencError):
 
 class DatasetEncryptionError(PpencError):
     """A dataset tree cannot be encrypted as asked."""
+
+
+class DatasetWriteError(DatasetEncryptionError):
+    """An encryption run started and could not write its output (read-only or full DST);
+    finished outputs are kept and a rerun resumes."""
+
+
+class KeyLeakError(PpencError, RuntimeError):
+    """Key material was found in a config, log or other run artefact. Also a
+    ``RuntimeError``: the run cannot go on until the files are deleted and the key
+    rotated."""

@@ -25,7 +25,8 @@ _NORM_RTOL = 1e-6
 
 def build_meta(fingerprint: str, block_size: int, flip_compatible: bool = False,
                mean: Optional[Sequence[float]] = None,
-               std: Optional[Sequence[float]] = None) -> dict:
+               std: Optional[Sequence[float]] = None,
+               patch_embed_sha256: Optional[str] = None) -> dict:
     """The ``meta['ppenc']`` record.
 
     Args:
@@ -36,6 +37,10 @@ def build_meta(fingerprint: str, block_size: int, flip_compatible: bool = False,
         mean (Sequence[float], optional): RGB normalisation mean the weights are adapted
             for. Defaults to None (not recorded).
         std (Sequence[float], optional): RGB normalisation std. Defaults to None.
+        patch_embed_sha256 (str, optional): SHA-256 of the adapted patch-embedding
+            weight (see :func:`mmseg_ppenc.model_encryption.patch_embed_digest`), so the
+            record can be checked against the weights it was made for. Defaults to None
+            (not recorded).
 
     Returns:
         dict: The record (plain Python types only, so it pickles safely).
@@ -47,6 +52,8 @@ def build_meta(fingerprint: str, block_size: int, flip_compatible: bool = False,
     if mean is not None and std is not None:
         meta['mean'] = [float(v) for v in mean]
         meta['std'] = [float(v) for v in std]
+    if patch_embed_sha256 is not None:
+        meta['patch_embed_sha256'] = str(patch_embed_sha256)
     return meta
 
 

@@ -9,7 +9,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ..core.errors import ConfigError, GridError, InvalidKeyError
+from ..core.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError
 from ..core.exactness import (channel_problems, pipeline_problems,
                               preprocessor_pad_problems, segmentor_problems)
 from ..core.grid import slide_problems
@@ -17,7 +17,7 @@ from ..core.keyed import keyed_components, run_dataloaders, unwrap_model
 from ..core.meta import (build_meta, check_meta, check_normalization, meta_of,
                          normalization_of)
 from ..keys import SecretKey, resolve_key
-from ..leak_scan import find_key_material, text_contains_key
+from ..leak_scan import find_bytes_values, find_key_material, text_contains_key
 
 __all__ = ['KeyManagementHook']
 
@@ -42,8 +42,12 @@ class KeyManagementHook(Hook):
     - ``resume`` / ``load_from`` refuse a checkpoint made with another key (and, unless
       ``allow_unkeyed_checkpoint``, one that records no key) or adapted for another
       normalisation than the model's.
-    - The dumped config, the config text stored in checkpoints and the logs are scanned
-      for the key's raw, hex and base64 forms; the run fails loudly if any is found.
+    - At runner start, a config holding a ``bytes`` value anywhere is refused (a key
+      pasted as bytes); the run config, its dump and the logs are scanned for the key in
+      any form :mod:`mmseg_ppenc.leak_scan` knows (bytes, latin-1 text, escaped
+      literals, hex with any separators, integer sequences, the block permutation and its
+      inverse), again before training/testing, in the config text stored in every
+      checkpoint and after the run; the run fails loudly if anything is found.
 
     Args:
         key_file (str, optional): Key file. Defaults to None (``$PPENC_KEY_FILE``).
@@ -124,7 +128,19 @@ class KeyManagementHook(Hook):
                               + '; '.join(grid + problems) + '.')
 
     def before_run(self, runner) -> None:
-        """Bind the backbone's normalisation and check exactness, before weights load."""
+        """Before any work and before weights load: refuse a config holding bytes or the
+        key, bind the backbone's normalisation and check that the run is exact."""
+        cfg = getattr(runner, 'cfg', None)
+        paths = find_bytes_values(cfg) if cfg is not None else []
+        if paths:
+            raise ConfigError(
+                f'The run config holds bytes at {", ".join(paths)}. Configs must never '
+                'hold key material or other raw bytes: mmengine copies the config into '
+                'the work_dir, the log and every checkpoint. Remove the value and name '
+                'the key by file (key_file=PATH, or leave key_file=None and set '
+                'PPENC_KEY_FILE); if key bytes were pasted, delete this work_dir\'s '
+                'config and logs and rotate the key.')
+        self._scan(runner)
         from ..models.encrypted_vit import bind_normalization
         bind_normalization(unwrap_model(runner.model))
         self._check_exact(runner, ('train', 'val', 'test'))
@@ -151,8 +167,8 @@ class KeyManagementHook(Hook):
             self._key().flip_compatible, mean, std)
         cfg_text = meta.get('cfg')
         if isinstance(cfg_text, str):
-            if text_contains_key(cfg_text, self._key()):
-                raise RuntimeError('Key material found in the config text that would be '
+            if text_contains_key(cfg_text, self._key(), self._block_sizes(runner)):
+                raise KeyLeakError('Key material found in the config text that would be '
                                    'stored in the checkpoint; remove it from the config '
                                    '(configs must name a key file, never key bytes).')
 
@@ -169,20 +185,27 @@ class KeyManagementHook(Hook):
                    '(PPENC_KEY_FILE) or start from a checkpoint of this key.')
 
     # ----------------------------------------------------------------- leakage
+    @staticmethod
+    def _block_sizes(runner) -> Tuple[int, ...]:
+        backbone = getattr(unwrap_model(runner.model), 'backbone', None)
+        patch = getattr(backbone, 'patch_size', None)
+        return tuple(sorted({16, int(patch)})) if patch else (16,)
+
     def _scan(self, runner) -> None:
         key = self._key()
+        sizes = self._block_sizes(runner)
         hits = []
         cfg_text = runner.cfg.pretty_text if runner.cfg is not None else ''
-        if text_contains_key(cfg_text, key):
+        if text_contains_key(cfg_text, key, sizes):
             hits.append('the run config')
         paths = [p for p in (runner.log_dir,) if p and osp.isdir(p)]
         work_dir = runner.work_dir
         if work_dir and osp.isdir(work_dir):
             paths += [osp.join(work_dir, f) for f in os.listdir(work_dir)
                       if f.endswith(('.py', '.json', '.log', '.txt', '.yaml'))]
-        hits += find_key_material(paths, key, max_bytes=64 << 20)
+        hits += find_key_material(paths, key, max_bytes=64 << 20, block_sizes=sizes)
         if hits:
-            raise RuntimeError('KEY MATERIAL LEAKED: the secret key (raw, hex or base64) '
+            raise KeyLeakError('KEY MATERIAL LEAKED: the secret key (or its permutation) '
                                f'appears in: {", ".join(hits)}. Delete these files, '
                                'rotate the key, and name the key only by file path '
                                '(PPENC_KEY_FILE).')

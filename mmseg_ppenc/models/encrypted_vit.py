@@ -15,7 +15,23 @@ from ..core.meta import check_meta, check_normalization, read_checkpoint_meta
 from ..keys import SecretKey, resolve_key
 from .fast_vit import FastVisionTransformer
 
-__all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta', 'bind_normalization']
+__all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta', 'bind_normalization',
+           'pretrained_checkpoint']
+
+
+def pretrained_checkpoint(init_cfg) -> Optional[str]:
+    """The checkpoint a backbone's ``init_cfg`` loads, or None when it loads none.
+
+    Args:
+        init_cfg (dict | list[dict] | None): mmengine ``init_cfg`` (``pretrained=PATH``
+            becomes ``dict(type='Pretrained', checkpoint=PATH)`` in mmseg's ViT).
+    """
+    cfgs = init_cfg if isinstance(init_cfg, (list, tuple)) else [init_cfg]
+    for c in cfgs:
+        if isinstance(c, dict) and c.get('type') in ('Pretrained', 'Pretrained_Part') \
+                and c.get('checkpoint'):
+            return str(c['checkpoint'])
+    return None
 
 
 def checkpoint_key_meta(path: str) -> Optional[dict]:
@@ -37,6 +53,13 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
     :func:`mmseg_ppenc.adaptation.encrypt_vit_state_dict`, so the model fed encrypted
     images computes what the plain model computes on plain images. The weights stay a
     stock ``VisionTransformer`` state dict.
+
+    Without pre-trained weights (no ``init_cfg`` checkpoint, no ``pretrained``) the
+    adaptation is skipped and the reason logged: permuting a random initialisation gives
+    an equally random start, so it adds nothing to training, while the checkpoint records
+    the config and the seed, from which anyone can rebuild that initialisation and read
+    the key's permutation off the patch embedding by matching columns
+    (:func:`mmseg_ppenc.security.weights.replay_initialisation_attack`).
 
     The adaptation is never applied twice: a pre-trained checkpoint whose
     ``meta['ppenc']`` shows it is already encrypted with this key is loaded as is (one
@@ -110,7 +133,8 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
                       'skipped (weights are already encrypted).', logger='current',
                       level=30)
             return
-        if self.norm_mean is None or self.norm_std is None:
+        ckpt = pretrained_checkpoint(self.init_cfg)
+        if ckpt is not None and (self.norm_mean is None or self.norm_std is None):
             raise ConfigError(
                 'EncryptedVisionTransformer does not know the normalisation to adapt the '
                 'weights for: add KeyManagementHook to custom_hooks (it takes mean/std '
@@ -129,9 +153,14 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
             print_log('The pre-trained checkpoint has no patch-embedding bias; it starts '
                       'at zero.', logger='current')
         key = self._key()
-        ckpt = self.init_cfg.get('checkpoint') if isinstance(self.init_cfg, dict) else None
         meta = read_checkpoint_meta(ckpt) if ckpt else None
-        if meta is not None:
+        if ckpt is None:
+            print_log('EncryptedVisionTransformer has no pre-trained weights (no init_cfg '
+                      'checkpoint): the key adaptation is skipped. A permuted random '
+                      'initialisation is no better a start than the random one, and the '
+                      'checkpoint\'s config and seed would let anyone rebuild it and read '
+                      'the key off the patch embedding.', logger='current')
+        elif meta is not None:
             check_meta(meta, key.fingerprint, f'the pre-trained checkpoint {ckpt}',
                        block_size=self.patch_size,
                        mismatch_fix='Use the plain pre-trained checkpoint, or select the '

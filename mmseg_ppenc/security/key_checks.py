@@ -28,7 +28,8 @@ def key_file_mode(path: str) -> Dict[str, object]:
 
 def scan_work_dir(work_dir: str, key: SecretKey,
                   max_bytes: Optional[int] = 512 << 20) -> Dict[str, object]:
-    """Search every file of a work_dir for the key's raw, hex and base64 forms.
+    """Search every file of a work_dir for the key in any form :mod:`mmseg_ppenc.leak_scan`
+    knows.
 
     Args:
         work_dir (str): A training run's directory (config dump, logs, checkpoints).
@@ -99,6 +100,7 @@ def corrupt_key_checks() -> Dict[str, object]:
             p = osp.join(tmp, name)
             with open(p, 'wb') as f:
                 f.write(data)
+            os.chmod(p, 0o600)  # refused for its content, not for its permissions
             out[f'{name}_rejected'] = _refused(p)
         out['missing_rejected'] = _refused(osp.join(tmp, 'absent.key'))
     return out

@@ -24,6 +24,15 @@ not commute with a rotation; making it exact means folding the LayerNorm weights
 next layers and rotating every residual-stream weight, and each rotated layer can be
 matched against the public weights by orthogonal Procrustes, which gives the rotation back.
 It is therefore not offered.
+
+**Replay of the initialisation.** A run *without* pre-trained weights starts from a
+random ViT, and every mmengine checkpoint records the full config (``meta['cfg']``) and
+the seed (``meta['seed']``). Anyone holding the checkpoint rebuilds that random initial
+model bit for bit and matches its patch-embedding columns against the checkpoint's
+(:func:`replay_initialisation_attack`): were the random start permuted by the key, the
+permutation would be read off exactly. ``EncryptedVisionTransformer`` therefore skips the
+adaptation when it loads no pre-trained weights, and this attack recovers only what chance
+gives.
 """
 from __future__ import annotations
 
@@ -42,7 +51,17 @@ __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attac
            'sorted_column_attack', 'add_noise_to_patch_embedding',
            'withhold_patch_embedding', 'permute_hidden_channels', 'load_state_dict',
            'pca_patch_embedding', 'backbone_features', 'relative_change', 'recovery_of',
-           'noise_sweep']
+           'noise_sweep', 'replay_initial_model', 'replay_initialisation_attack',
+           'replay_attack_work_dir']
+
+# Key-using model components and what an attacker without the key builds instead: the
+# same modules with the same random-number consumption, minus the key arguments.
+_KEYLESS_TWINS = {
+    'EncryptedVisionTransformer': ('FastVisionTransformer', ('key_file', 'mean', 'std')),
+    'EncryptedSegDataPreProcessor': ('SegDataPreProcessor',
+                                     ('key_file', 'block_size', 'pad_to_grid',
+                                      'grid_pad_val')),
+}
 
 
 
@@ -266,3 +285,163 @@ def noise_sweep(plain: np.ndarray, enc_state: Mapping[str, torch.Tensor],
         out[float(lvl)] = recovery_of(
             weight_matching_attack(plain, patch_embedding_matrix(noisy)), true_perm)
     return out
+
+
+# ------------------------------------------------------------------ initialisation replay
+def _keyless_model_cfg(node):
+    """A copy of a model config in which key-using components are their keyless twins."""
+    if isinstance(node, Mapping):
+        out = {k: _keyless_model_cfg(v) for k, v in node.items()}
+        twin = _KEYLESS_TWINS.get(out.get('type'))
+        if twin is not None:
+            out['type'] = twin[0]
+            for k in twin[1]:
+                out.pop(k, None)
+        init = out.get('init_cfg')
+        if isinstance(init, Mapping) and init.get('type') in ('Pretrained',
+                                                               'Pretrained_Part'):
+            out['init_cfg'] = None  # only the random part of the start can be replayed
+        return out
+    if isinstance(node, (list, tuple)):
+        return type(node)(_keyless_model_cfg(v) for v in node)
+    return node
+
+
+def replay_initial_model(checkpoint: Mapping, loader_draws: int = 0
+                         ) -> 'OrderedDict[str, torch.Tensor]':
+    """Rebuild the random initial weights of the run that wrote ``checkpoint``.
+
+    Uses only what the checkpoint carries: the config text (``meta['cfg']``) and the seed
+    (``meta['seed']``). The random state is seeded as mmengine's Runner seeds it, the
+    segmentor is built (key-using components replaced by their keyless twins, which
+    consume random numbers identically) and ``init_weights()`` runs as the Runner runs it.
+    A backbone whose ``init_cfg`` loads a checkpoint gets the random initialisation
+    instead (the attacker replays only the random part).
+
+    Between building the model and initialising it the Runner builds the training loop;
+    an iteration-based loop opens its dataloader, which draws one base seed from the
+    global generator. ``loader_draws`` replays those draws.
+
+    Args:
+        checkpoint (Mapping): A loaded mmengine checkpoint.
+        loader_draws (int): Dataloader seed draws between build and init. Defaults to 0.
+
+    Returns:
+        OrderedDict[str, Tensor]: The initial state dict of the segmentor.
+
+    Raises:
+        ValueError: the checkpoint records no config or no seed.
+    """
+    from mmengine.config import Config
+    from mmengine.runner import set_random_seed
+    from mmseg.registry import MODELS
+
+    from ..compat import replace_syncbn
+    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+    meta = meta if isinstance(meta, Mapping) else {}
+    cfg_text, seed = meta.get('cfg'), meta.get('seed')
+    if not isinstance(cfg_text, str) or not isinstance(seed, int):
+        raise ValueError('The checkpoint records no config text (meta["cfg"]) or no seed '
+                         '(meta["seed"]); its initialisation cannot be replayed.')
+    cfg = Config.fromstring(cfg_text, file_format='.py')
+    model_cfg = _keyless_model_cfg(cfg.model.to_dict())
+    replace_syncbn(model_cfg)
+    randomness = cfg.get('randomness') or {}
+    set_random_seed(seed, deterministic=bool(randomness.get('deterministic', False)))
+    model = MODELS.build(model_cfg)
+    for _ in range(loader_draws):
+        # What torch's DataLoader iterator draws for its base seed.
+        torch.empty((), dtype=torch.int64).random_()
+    model.init_weights()
+    return OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+
+
+def replay_initialisation_attack(path: str, key=None) -> Dict[str, object]:
+    """Recover a key's permutation from one checkpoint by replaying its initialisation.
+
+    The replayed initial patch embedding is matched column by column against the
+    checkpoint's (:func:`weight_matching_attack`); of the replays with 0, 1 or 2 dataloader
+    seed draws (see :func:`replay_initial_model`), the one whose matched columns agree best
+    is kept, as an attacker without the key would choose. When the checkpoint's columns are those
+    of the initial model in their own order, the run did not permute its start and the
+    key is not exposed this way.
+
+    Args:
+        path (str): An mmengine checkpoint file (read with ``weights_only=True``).
+        key (SecretKey, optional): The true key, to measure the recovery. Defaults to
+            None (only the key-free statistics are reported).
+
+    Returns:
+        dict: ``identity_fraction`` (columns matched to themselves),
+        ``mean_cosine`` (of the matched columns; near 1 means the replay is exact and the
+        weights moved little), ``columns`` and, with ``key``, ``recovery`` (fraction of the
+        key's permutation recovered) and ``chance`` (the expected recovery of a guess,
+        ``1/columns``).
+    """
+    from ..compat import register_safe_globals
+    register_safe_globals()
+    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    cur = patch_embedding_matrix(ckpt.get('state_dict', ckpt))
+    best = None
+    for draws in range(3):
+        init = patch_embedding_matrix(replay_initial_model(ckpt, draws))
+        est = weight_matching_attack(init, cur)
+        cos = float(np.mean(np.sum(_unit_columns(cur) * _unit_columns(init)[:, est],
+                                   axis=0)))
+        if best is None or cos > best[0]:
+            best = (cos, est)
+    cos, est = best
+    n = cur.shape[1]
+    out: Dict[str, object] = dict(columns=int(n),
+                                  identity_fraction=recovery_of(est, np.arange(n)),
+                                  mean_cosine=cos)
+    if key is not None:
+        block = int(round(np.sqrt(n / 3)))
+        out['recovery'] = recovery_of(est, key.block_permutation(block))
+        out['chance'] = 1.0 / n
+    return out
+
+
+def _checkpoint_order(name: str):
+    m = re.search(r'(\d+)\.pth$', name)
+    return (0, int(m.group(1)), name) if m else (1, 0, name)
+
+
+def replay_attack_work_dir(work_dir: str, key=None) -> Dict[str, object]:
+    """Run :func:`replay_initialisation_attack` on a work_dir's first and last checkpoint.
+
+    The first checkpoint is the closest to the initialisation (the most exposed), the last
+    the one most likely to be shared.
+
+    Args:
+        work_dir (str): A training run's directory.
+        key (SecretKey, optional): The run's key, to measure the recovery. Defaults to
+            None.
+
+    Returns:
+        dict: ``checkpoints`` (file name -> result, or ``{'skipped': reason}``),
+        ``max_recovery`` (None without ``key`` or without an attacked checkpoint),
+        ``chance`` (expected recovery of a guess) and ``at_chance`` (whether no checkpoint
+        gave away more than 5 positions, which a random guess of a 768-entry permutation
+        exceeds with probability below 0.1 %).
+    """
+    import os
+    names = sorted((f for f in os.listdir(work_dir) if f.endswith('.pth')),
+                   key=_checkpoint_order)
+    chosen = names[:1] + names[-1:] if len(names) > 1 else names
+    results: Dict[str, object] = {}
+    recoveries, chance = [], None
+    for name in chosen:
+        try:
+            res = replay_initialisation_attack(os.path.join(work_dir, name), key)
+        except (ValueError, KeyError) as e:
+            results[name] = {'skipped': str(e)}
+            continue
+        results[name] = res
+        if 'recovery' in res:
+            recoveries.append(res['recovery'] * res['columns'])
+            chance = res['chance']
+    return {'checkpoints': results,
+            'max_recovery': (max(recoveries) * chance if recoveries else None),
+            'chance': chance,
+            'at_chance': all(r <= 5 for r in recoveries)}

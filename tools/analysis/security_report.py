@@ -372,6 +372,8 @@ def _key_handling(key: SecretKey, images, cfg: AnalysisConfig) -> Dict[str, obje
     user_key = resolve_key(cfg.key_file)
     scan = scan_work_dir(cfg.work_dir, user_key)
     scan['key_fingerprint'] = user_key.fingerprint
+    from mmseg_ppenc.security.weights import replay_attack_work_dir
+    scan['replay_attack'] = replay_attack_work_dir(cfg.work_dir, user_key)
     key_path = cfg.key_file or os.environ.get('PPENC_KEY_FILE')
     if key_path:
         scan['key_file'] = key_file_mode(key_path)
@@ -549,6 +551,12 @@ def format_report(res: Dict[str, object]) -> str:
                      f"{wd['files_scanned']} files scanned, " +
                      ('no key material found' if wd['ok'] else
                       'LEAKED in: ' + ', '.join(wd['leaks']))])
+        ra = wd.get('replay_attack') or {}
+        if ra.get('max_recovery') is not None:
+            rows.append(['key from checkpoints by replaying the initialisation',
+                         f"{_pct(ra['max_recovery'])} of the permutation (chance "
+                         f"{_pct(ra['chance'])}): " + ('at chance level' if ra['at_chance']
+                                                       else 'KEY EXPOSED')])
         if 'key_file' in wd:
             rows.append(['key file permissions', f"{wd['key_file']['mode']} (" +
                          ('owner only' if wd['key_file']['owner_only'] else

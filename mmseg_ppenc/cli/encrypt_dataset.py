@@ -1,0 +1,108 @@
+"""``ppenc-encrypt-dataset``: encrypt every image of a dataset tree (client side).
+
+Example::
+
+    python tools/encrypt_dataset.py data/cityscapes data/cityscapes_encrypted \
+        --key-file ~/.ppenc/site-a.key --layout cityscapes --workers 4
+
+The output tree has the same layout: images become lossless PNGs encrypted block-wise,
+label maps and other files are copied unchanged, and DST/ppenc_manifest.json records the
+key fingerprint, block size, counts and one record per output (no key material). Rerun
+the same command to resume an interrupted run or to bring DST up to date after the
+source changed.
+
+Exit status: 0 done; 2 bad input (the ``error:`` line names the file and the fix);
+1 DST could not be written (read-only, full): fix it and rerun to resume;
+130 interrupted (finished files are kept; rerun to resume).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from mmseg_ppenc.cli import RUN_FAILED, fail
+
+__all__ = ['build_parser', 'main']
+
+#: Exit status after Ctrl-C.
+INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser.
+
+    Returns:
+        argparse.ArgumentParser: Parser for ``SRC DST [options]``.
+    """
+    from mmseg_ppenc.datasets.encrypt import LAYOUTS
+    parser = argparse.ArgumentParser(
+        description='Encrypt a dataset tree block-wise for keyless training on a server.',
+        epilog='Exit status: 0 done, 2 bad input, 1 DST not writable (rerun to resume), '
+        '130 interrupted (rerun to resume).')
+    parser.add_argument('src', help='plain dataset root (only read)')
+    parser.add_argument('dst', help='output root (new, or a previous run to resume or '
+                        'update)')
+    parser.add_argument('--layout', default='cityscapes', choices=sorted(LAYOUTS),
+                        help='cityscapes: leftImg8bit/ images, gtFine/ labels; ade20k: '
+                        'images/, annotations/; folder: every image file (default: '
+                        'cityscapes)')
+    parser.add_argument('--key-file', default=None,
+                        help='key file (default: $PPENC_KEY_FILE)')
+    parser.add_argument('--workers', type=int, default=None,
+                        help='worker processes (default: min(4, CPU count))')
+    parser.add_argument('--pad', action='store_true',
+                        help='pad images whose sides are not multiples of the block size '
+                        '(with 0) and their label maps (with the ignore index 255) at the '
+                        'bottom/right, instead of refusing them')
+    parser.add_argument('--allow-unlabeled', action='store_true',
+                        help='accept images without a label map (e.g. a test split); '
+                        'refused by default')
+    parser.add_argument('--block-size', type=int, default=16,
+                        help='cipher block size = ViT patch size (default: 16)')
+    parser.add_argument('--format', default='png', dest='out_format',
+                        help='output image format; only lossless png is accepted')
+    parser.add_argument('--fsync', action='store_true',
+                        help='fsync every file before renaming it into place')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    # Testing hook: simulate a crash (SIGKILL) after N files.
+    parser.add_argument('--_kill-after', dest='kill_after', type=int, default=None,
+                        help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Encrypt SRC into DST and print a summary.
+
+    Args:
+        argv (Sequence[str], optional): Arguments without the program name. Defaults to
+            None (``sys.argv``).
+
+    Returns:
+        int: The exit status (see the module docstring).
+    """
+    args = build_parser().parse_args(argv)
+    from mmseg_ppenc.core.errors import DatasetWriteError, PpencError
+    from mmseg_ppenc.datasets.encrypt import check_output_format, encrypt_dataset
+    from mmseg_ppenc.keys import resolve_key
+    try:
+        check_output_format(args.out_format)
+        if args.workers is not None and args.workers < 1:
+            return fail(f'--workers must be at least 1, got {args.workers}.')
+        if args.block_size < 1:
+            return fail(f'--block-size must be positive, got {args.block_size}.')
+        key = resolve_key(args.key_file)
+        summary = encrypt_dataset(args.src, args.dst, key, layout=args.layout,
+                                  workers=args.workers, pad=args.pad,
+                                  block_size=args.block_size, out_format=args.out_format,
+                                  progress=not args.no_progress, fsync=args.fsync,
+                                  allow_unlabeled=args.allow_unlabeled,
+                                  _kill_after=args.kill_after)
+    except DatasetWriteError as e:
+        return fail(e, RUN_FAILED)
+    except PpencError as e:
+        return fail(e)
+    except KeyboardInterrupt:
+        return fail('interrupted: finished files are kept; rerun the same command to '
+                    'resume.', INTERRUPTED)
+    print(summary.format())
+    return 0

@@ -1,0 +1,125 @@
+"""``ppenc-encrypt-model``: encrypt a plain ViT checkpoint for the secret key (client side).
+
+Example::
+
+    python tools/encrypt_model.py pretrain/vit_large_patch16_384.pth \
+        pretrain/vit_large_patch16_384_encrypted.pth --key-file ~/.ppenc/site-a.key
+
+IN may be a timm ViT checkpoint (vit_base_patch16_384 / vit_large_patch16_384 layout), an
+mmseg VisionTransformer backbone, or a whole mmseg segmentor (e.g. fine-tuned on plain
+images). OUT is an mmseg checkpoint that a stock VisionTransformer loads without this
+package; its meta records the key fingerprint (never the key). OUT is never IN, however it
+is reached (symlink, hard link, another spelling of the path).
+
+Exit status: 0 done; 2 bad input (the ``error:`` line names the file and the fix);
+1 OUT could not be written (read-only or full disk).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional, Sequence
+
+from mmseg_ppenc.cli import RUN_FAILED, fail
+
+__all__ = ['build_parser', 'main']
+
+# mmseg's ImageNet normalisation (RGB), the defaults of --mean/--std; stated here so that
+# --help does not import torch.
+_MEAN = (123.675, 116.28, 103.53)
+_STD = (58.395, 57.12, 57.375)
+
+
+def _three_floats(text: str) -> List[float]:
+    try:
+        vals = [float(v) for v in text.replace(',', ' ').split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected three numbers (R G B), got {text!r}')
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f'expected three numbers (R G B), got {text!r}')
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the command-line parser.
+
+    Returns:
+        argparse.ArgumentParser: Parser for ``IN OUT [options]``.
+    """
+    parser = argparse.ArgumentParser(
+        description='Encrypt a ViT checkpoint (timm or mmseg) for a key, exactly.',
+        epilog='Exit status: 0 done, 2 bad input, 1 OUT could not be written.')
+    parser.add_argument('input', metavar='IN', help='plain checkpoint (local file)')
+    parser.add_argument('output', metavar='OUT', help='encrypted mmseg checkpoint to write')
+    parser.add_argument('--key-file', default=None,
+                        help='key file (default: $PPENC_KEY_FILE)')
+    parser.add_argument('--config', default=None,
+                        help='the config the model will be trained with: mean/std are '
+                        'read from its model.data_preprocessor (recommended)')
+    parser.add_argument('--mean', type=_three_floats, default=None,
+                        help='data preprocessor mean, RGB, e.g. "123.675,116.28,103.53" '
+                        '(default: from --config, else mmseg\'s ImageNet values)')
+    parser.add_argument('--std', type=_three_floats, default=None,
+                        help='data preprocessor std, RGB (default: from --config, else '
+                        'mmseg\'s ImageNet values)')
+    parser.add_argument('--patch-bias', choices=['fold', 'keep'], default='fold',
+                        help='timm inputs: fold the patch-embedding bias into pos_embed '
+                        '(for mmseg\'s default patch_bias=False; exact) or keep it (for '
+                        'patch_bias=True backbones) (default: fold)')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='segmentor inputs: write only the backbone (for init_cfg)')
+    parser.add_argument('--force', action='store_true',
+                        help='overwrite OUT (never IN, however it is reached)')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Encrypt IN for the key and write OUT.
+
+    Args:
+        argv (Sequence[str], optional): Arguments without the program name. Defaults to
+            None (``sys.argv``).
+
+    Returns:
+        int: The exit status (see the module docstring).
+    """
+    args = build_parser().parse_args(argv)
+    from mmseg_ppenc.core.errors import PpencError
+    from mmseg_ppenc.keys import resolve_key
+    from mmseg_ppenc.model_encryption import encrypt_model_checkpoint
+    try:
+        mean, std = _normalization(args)
+        key = resolve_key(args.key_file)
+        info = encrypt_model_checkpoint(args.input, args.output, key, mean=mean,
+                                        std=std, patch_bias=args.patch_bias,
+                                        backbone_only=args.backbone_only, force=args.force)
+    except PpencError as e:
+        return fail(e)
+    except OSError as e:
+        return fail(f'Cannot write {e.filename or args.output}: {e.strerror or e}. Make '
+                    'the directory writable and free some space, or choose another OUT; '
+                    'nothing was written.', RUN_FAILED)
+    print(f'Wrote {info["output"]} checkpoint {info["dst"]} ({info["num_tensors"]} tensors, '
+          f'from a {info["source_layout"]} checkpoint), encrypted for key '
+          f'{info["key_fingerprint"]} with block size {info["block_size"]}, adapted for '
+          f'mean={list(mean)} std={list(std)} (recorded in the checkpoint; a model with '
+          'another normalisation refuses it).')
+    return 0
+
+
+def _normalization(args) -> tuple:
+    """mean/std from --config, --mean/--std (which must agree), else ImageNet's."""
+    from mmseg_ppenc.core.errors import ModelEncryptionError
+    given = (args.mean, args.std)
+    if (args.mean is None) != (args.std is None):
+        raise ModelEncryptionError('Pass both --mean and --std, or neither.')
+    if args.config is None:
+        return given if args.mean is not None else (list(_MEAN), list(_STD))
+    from mmseg_ppenc.core.exactness import normalization_problem
+    from mmseg_ppenc.model_encryption import normalization_from_config
+    mean, std = normalization_from_config(args.config)
+    if args.mean is not None:
+        problem = normalization_problem(given, (mean, std), '--mean/--std')
+        if problem:
+            raise ModelEncryptionError(f'{problem} (read from {args.config}). Drop '
+                                       '--mean/--std, or use the config they belong to.')
+    return mean, std
