@@ -200,16 +200,22 @@ def test_config_parses(arch: str, decoder: str, setting: str) -> None:
     train = plain(cfg.train_dataloader.dataset.pipeline)
     val = plain(cfg.val_dataloader.dataset.pipeline)
     test = plain(cfg.test_dataloader.dataset.pipeline)
+    # Every setting pads crops smaller than the crop size to it in uint8 (before
+    # encryption), so the data preprocessor never pads a normalised batch and the three
+    # settings train on the same pixels.
+    padded_train = stock_train[:-1] + [dict(type='PadToGrid', size=(768, 768)),
+                                       stock_train[-1]]
     if encrypt:
-        # Crops smaller than the crop size are padded to it in uint8 before encryption,
-        # so the data preprocessor never pads the encrypted batch.
-        assert train == encrypted(stock_train[:-1] + [
-            dict(type='PadToGrid', size=(768, 768)), stock_train[-1]], pad_to_grid=True)
+        assert train == encrypted(padded_train, pad_to_grid=True)
         assert val == encrypted(PLAIN_TEST_PIPELINE)
     else:
-        assert train == stock_train
+        assert train == padded_train
         assert val == PLAIN_TEST_PIPELINE
     assert test == val
+    # mmseg's init_model / inference_model and MMSegInferencer read the top-level
+    # test_pipeline: it must be the one the test loader runs.
+    assert plain(cfg.test_pipeline) == test
+    assert plain(cfg.train_pipeline) == train
     for pipeline in (train, val, test):
         names = types_of(pipeline)
         if encrypt:
@@ -255,7 +261,8 @@ def test_config_parses(arch: str, decoder: str, setting: str) -> None:
 
     # Everything else is the stock config.
     allowed = {'model', 'train_dataloader', 'val_dataloader', 'test_dataloader',
-               'custom_imports', 'custom_hooks', 'optim_wrapper'}
+               'train_pipeline', 'test_pipeline', 'custom_imports', 'custom_hooks',
+               'optim_wrapper'}
     ours = {k: v for k, v in plain(cfg.to_dict()).items()
             if k not in allowed and not k.startswith('ppenc_')}
     theirs = {k: v for k, v in plain(stock.to_dict()).items() if k not in allowed}
@@ -494,3 +501,34 @@ def test_full_size_server_keeps_fused_attention_and_stock_names(registered: None
     stock = VisionTransformer(**stock_args)
     assert ({k: tuple(v.shape) for k, v in ours.state_dict().items()} ==
             {k: tuple(v.shape) for k, v in stock.state_dict().items()})
+
+
+# ------------------------------------------------------------- every shipped config
+def _dataset_pipeline(dataset: dict) -> list:
+    """The pipeline a loader's dataset runs (through wrappers such as the keyless one)."""
+    while 'pipeline' not in dataset:
+        dataset = dataset['dataset']
+    return dataset['pipeline']
+
+
+SHIPPED = sorted(p for p in CONFIG_DIR.rglob('*.py') if '_base_' not in p.parts)
+
+
+def test_shipped_configs_are_found() -> None:
+    # The paper grid, the tiny grid, the ADE20K families and the server configs.
+    assert len(SHIPPED) >= 18 + 9 + 12 + 3, [p.name for p in SHIPPED]
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_top_level_test_pipeline_is_the_loaders(path: Path, server_env: dict) -> None:
+    """mmseg's init_model / inference_model and MMSegInferencer build the top-level
+    ``test_pipeline``; tools/test.py builds the loaders'. They must be one pipeline, or
+    the inference API feeds a proposed model plain (or off-grid) images."""
+    cfg = plain(Config.fromfile(str(path)).to_dict())
+    test = _dataset_pipeline(cfg['test_dataloader']['dataset'])
+    assert cfg['test_pipeline'] == test
+    assert _dataset_pipeline(cfg['val_dataloader']['dataset']) == test
+    assert cfg['train_pipeline'] == _dataset_pipeline(cfg['train_dataloader']['dataset'])
+    encrypted_model = cfg['model']['backbone']['type'] == 'EncryptedVisionTransformer'
+    if encrypted_model:
+        assert 'BlockScramble' in types_of(test)

@@ -23,8 +23,13 @@ model = dict(
 # float32 elsewhere. `--cfg-options optim_wrapper.type=OptimWrapper` trains in float32.
 optim_wrapper = dict(type='BF16AmpOptimWrapper')
 
-# Test without Resize (see the shared base) so that the three settings are evaluated
-# alike; the stock train pipeline is kept. test_dataloader = val_dataloader was resolved
-# in the stock config, so it is reassigned here.
-val_dataloader = dict(dataset=dict(pipeline={{_base_.ppenc_test_pipeline}}))
+# Pipelines of the shared base: the stock train pipeline plus the uint8 PadToGrid of
+# every setting, and a test pipeline without Resize, so that the three settings see the
+# same pixels. The top-level names are set too: mmseg's init_model / inference_model and
+# MMSegInferencer read `test_pipeline`, not the dataloader's. test_dataloader =
+# val_dataloader was resolved in the stock config, so it is reassigned here.
+train_pipeline = {{_base_.ppenc_train_pipeline}}
+test_pipeline = {{_base_.ppenc_test_pipeline}}
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -4,9 +4,10 @@
 # The key comes from $PPENC_KEY_FILE; configs never contain key material.
 _base_ = './setr_vit-l_naive_cityscapes_baseline.py'
 
-# Same pipelines as the baseline with BlockScramble right before PackSegInputs.
-train_dataloader = dict(
-    dataset=dict(pipeline={{_base_.ppenc_encrypted_train_pipeline}}))
-val_dataloader = dict(
-    dataset=dict(pipeline={{_base_.ppenc_encrypted_test_pipeline}}))
+# Same pipelines as the baseline with BlockScramble right before PackSegInputs; the
+# top-level `test_pipeline` (read by mmseg's inference API) is the encrypted one too.
+train_pipeline = {{_base_.ppenc_encrypted_train_pipeline}}
+test_pipeline = {{_base_.ppenc_encrypted_test_pipeline}}
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -4,8 +4,11 @@
 # config (mmengine forbids duplicate keys among several bases); use them through
 # `{{_base_.ppenc_xxx}}`.
 
-# The stock train pipeline of mmseg's `_base_/datasets/cityscapes_768x768.py`, restated
-# verbatim (tests/test_configs.py checks it against the stock one).
+# The stock train pipeline of mmseg's `_base_/datasets/cityscapes_768x768.py` (restated
+# verbatim; tests/test_configs.py checks it against the stock one) with one addition for
+# every setting, baseline included: PadToGrid brings crops smaller than the crop size to
+# it in uint8 (labels 255), so the data preprocessor never pads a batch after
+# normalisation, and the three settings train on the same pixels.
 ppenc_train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
@@ -17,6 +20,7 @@ ppenc_train_pipeline = [
     dict(type='RandomCrop', crop_size=(768, 768), cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PhotoMetricDistortion'),
+    dict(type='PadToGrid', size=(768, 768)),
     dict(type='PackSegInputs'),
 ]
 # Test pipeline of every setting (baseline included, so that the numbers are comparable):
@@ -29,13 +33,8 @@ ppenc_test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 # The encrypted variants: BlockScramble after every augmentation, right before packing.
-# In training, random resizing can leave crops smaller than 768 whose sides are not
-# multiples of 16; pad_to_grid pads them (labels with the ignore index). The key comes
-# from $PPENC_KEY_FILE (key_file=None): configs never carry key material.
-# PadToGrid brings crops smaller than the crop size to it in uint8 (labels 255), so the
-# data preprocessor never pads the encrypted, normalised batch.
+# The key comes from $PPENC_KEY_FILE (key_file=None): configs never carry key material.
 ppenc_encrypted_train_pipeline = ppenc_train_pipeline[:-1] + [
-    dict(type='PadToGrid', size=(768, 768)),
     dict(type='BlockScramble', pad_to_grid=True),
     dict(type='PackSegInputs'),
 ]

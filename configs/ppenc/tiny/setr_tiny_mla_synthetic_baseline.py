@@ -28,12 +28,15 @@ model = dict(
     ],
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(48, 48)))
 
+# The top-level pipelines are what mmseg's inference API reads (test_pipeline).
+train_pipeline = {{_base_.ppenc_train_pipeline}}
+test_pipeline = {{_base_.ppenc_test_pipeline}}
 train_dataloader = dict(
     batch_size=8, num_workers=2,
-    dataset=dict(data_root=data_root, pipeline={{_base_.ppenc_train_pipeline}}))
+    dataset=dict(data_root=data_root, pipeline=train_pipeline))
 val_dataloader = dict(
     num_workers=1,
-    dataset=dict(data_root=data_root, pipeline={{_base_.ppenc_test_pipeline}}))
+    dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 optimizer = dict(lr=0.01)

@@ -1,8 +1,9 @@
 # Conventional 2: plain model fine-tuned and tested on encrypted images.
 _base_ = './setr_tiny_pup_synthetic_baseline.py'
 
-train_dataloader = dict(
-    dataset=dict(pipeline={{_base_.ppenc_encrypted_train_pipeline}}))
-val_dataloader = dict(
-    dataset=dict(pipeline={{_base_.ppenc_encrypted_test_pipeline}}))
+# The top-level pipelines are what mmseg's inference API reads: the encrypted ones.
+train_pipeline = {{_base_.ppenc_encrypted_train_pipeline}}
+test_pipeline = {{_base_.ppenc_encrypted_test_pipeline}}
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

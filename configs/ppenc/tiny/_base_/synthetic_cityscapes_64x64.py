@@ -12,6 +12,9 @@ ppenc_train_pipeline = [
     dict(type='RandomCrop', crop_size=(64, 64), cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PhotoMetricDistortion'),
+    # Every setting, baseline included: crops smaller than the crop size are padded to it
+    # in uint8 (labels 255), so the data preprocessor never pads after normalisation.
+    dict(type='PadToGrid', size=(64, 64)),
     dict(type='PackSegInputs'),
 ]
 # No resize at test time: every slide window then starts on the 16-pixel block grid.
@@ -21,10 +24,7 @@ ppenc_test_pipeline = [
     dict(type='PackSegInputs'),
 ]
 # The encrypted variants: BlockScramble after every augmentation, before packing.
-# PadToGrid brings crops smaller than the crop size to it in uint8 (labels 255), so the
-# data preprocessor never pads the encrypted, normalised batch.
 ppenc_encrypted_train_pipeline = ppenc_train_pipeline[:-1] + [
-    dict(type='PadToGrid', size=(64, 64)),
     dict(type='BlockScramble', pad_to_grid=True),
     dict(type='PackSegInputs'),
 ]

@@ -1,0 +1,11 @@
+# Segmenter-Mask with ViT-S/16 on ADE20K 512x512 -- conventional 2: the plain pre-trained
+# model (not encrypted) fine-tuned and tested on block-wise encrypted images.
+# The key comes from $PPENC_KEY_FILE; configs never contain key material.
+_base_ = './segmenter_vit-s_mask_ade20k_baseline.py'
+
+# The baseline's pipelines with BlockScramble right before PackSegInputs.
+train_pipeline = {{_base_.ppenc_encrypted_train_pipeline}}
+test_pipeline = {{_base_.ppenc_encrypted_test_pipeline}}
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader

@@ -1,0 +1,10 @@
+# Segmenter-Mask with ViT-S/16 on ADE20K 512x512 -- proposed: the pre-trained model
+# encrypted with the key (exact adaptation of the patch embedding, for the data
+# preprocessor's normalisation), fine-tuned and tested on block-wise encrypted images.
+# The key comes from $PPENC_KEY_FILE; configs never contain key material.
+_base_ = './segmenter_vit-s_mask_ade20k_conventional2.py'
+
+model = dict(backbone=dict(type='EncryptedVisionTransformer'))
+# Checks at start that the run is exact (grid, padding, channel order, normalisation)
+# and that every component uses one key, and that none leaks into the run's files.
+custom_hooks = [dict(type='KeyManagementHook')]

@@ -1,0 +1,10 @@
+# UperNet-MLN with ViT-B/16 on ADE20K 512x512 -- proposed: the pre-trained model
+# encrypted with the key (exact adaptation of the patch embedding, for the data
+# preprocessor's normalisation), fine-tuned and tested on block-wise encrypted images.
+# The key comes from $PPENC_KEY_FILE; configs never contain key material.
+_base_ = './upernet_vit-b16_mln_ade20k_conventional2.py'
+
+model = dict(backbone=dict(type='EncryptedVisionTransformer'))
+# Checks at start that the run is exact (grid, padding, channel order, normalisation)
+# and that every component uses one key, and that none leaks into the run's files.
+custom_hooks = [dict(type='KeyManagementHook')]
