@@ -7,7 +7,11 @@ from types import ModuleType
 
 import pytest
 
-import mmseg_ppenc  # noqa: F401  (applies compat fixes, registers components)
+import mmseg_ppenc
+
+# The tests use mmseg directly (datasets, registries, checkpoints), as a training script
+# does: register the plugin up front so that every test file also runs on its own.
+mmseg_ppenc.register_all_modules()
 from mmseg_ppenc.datasets import make_synthetic_cityscapes
 from mmseg_ppenc.keys import KEY_ENV_VAR, SecretKey
 

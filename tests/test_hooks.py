@@ -180,3 +180,22 @@ def test_find_key_material(tmp_path):
     (tmp_path / 'c.txt').write_text(base64.b64encode(key._key).decode())
     hits = find_key_material([str(tmp_path)], key)
     assert sorted(osp.basename(h) for h in hits) == ['b.bin', 'c.txt']
+
+
+@pytest.mark.parametrize('tta', [False, True], ids=['plain_test_pipeline', 'tta'])
+def test_pipeline_without_encryption_is_refused(key_env, tmp_path, tta):
+    """An encrypted backbone fed by a pipeline that never encrypts (e.g. a stock
+    tta_pipeline under tools/test.py --tta) is refused at start, naming the fix."""
+    cfg = _cfg(tmp_path / 'wd')
+    plain = [t for t in cfg.test_dataloader.dataset.pipeline if t['type'] != 'BlockScramble']
+    if tta:
+        pack = plain.pop()
+        plain = plain + [dict(type='TestTimeAug', transforms=[
+            [dict(type='RandomFlip', prob=0.0), dict(type='RandomFlip', prob=1.0)],
+            [pack]])]
+    cfg.test_dataloader.dataset.pipeline = plain
+    cfg.load_from = None
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='has no BlockScramble, so the encrypted backbone '
+                                         'would get plain images'):
+        runner.test()

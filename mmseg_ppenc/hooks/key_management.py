@@ -13,7 +13,7 @@ from ..core.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError
 from ..core.exactness import (channel_problems, pipeline_problems,
                               preprocessor_pad_problems, segmentor_problems)
 from ..core.grid import slide_problems
-from ..core.keyed import keyed_components, run_dataloaders, unwrap_model
+from ..core.keyed import is_keyed, keyed_components, run_dataloaders, unwrap_model
 from ..core.meta import (build_meta, check_meta, check_normalization, meta_of,
                          normalization_of)
 from ..keys import SecretKey, resolve_key
@@ -106,6 +106,13 @@ class KeyManagementHook(Hook):
                 where = f'{mode}_pipeline' + (f'[{i}]' if i else '')
                 scrambles = [(f'{where}.BlockScramble', t) for t in transforms
                              if type(t).__name__ == 'BlockScramble']
+                if not scrambles and is_keyed(backbone) and not is_keyed(pre) and \
+                        getattr(dataset, 'manifest', None) is None:
+                    # e.g. tools/test.py --tta with a config's stock tta_pipeline.
+                    problems.append(
+                        f'{where} has no BlockScramble, so the encrypted backbone would '
+                        'get plain images: end the pipeline with BlockScramble before '
+                        'PackSegInputs (for --tta, in every branch of tta_pipeline)')
                 problems += channel_problems(scrambles, bgr_to_rgb)
                 problems += pipeline_problems(mode, transforms, block)
                 if scrambles:
