@@ -20,10 +20,12 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from .core.keyed import KeyedComponent
 from .keys import KEY_ENV_VAR, SecretKey, resolve_key
 
-__all__ = ['BlockCipher', 'SelectedCipher', 'get_cipher', 'encrypt_image', 'decrypt_image',
-           'encrypt_tensor', 'decrypt_tensor', 'block_grid', 'from_block_grid']
+__all__ = ['BlockCipher', 'SelectedCipher', 'SelectedCipherMixin', 'get_cipher',
+           'encrypt_image', 'decrypt_image', 'encrypt_tensor', 'decrypt_tensor', 'block_grid',
+           'from_block_grid']
 
 
 class BlockCipher:
@@ -291,6 +293,23 @@ class SelectedCipher:
         state['_cipher'] = None
         state['_selected'] = None
         return state
+
+
+class SelectedCipherMixin(KeyedComponent):
+    """A :class:`~mmseg_ppenc.core.keyed.KeyedComponent` that encrypts with the cipher of
+    a :class:`SelectedCipher` stored as ``self._selected``."""
+
+    _selected: SelectedCipher
+
+    @property
+    def cipher(self) -> BlockCipher:
+        """The cipher, (re)loaded from the key file if the selection changed."""
+        return self._selected.get()
+
+    @property
+    def key_fingerprint(self) -> str:
+        """Fingerprint of the key in use (safe to log)."""
+        return self.cipher.key_fingerprint
 
 
 def encrypt_image(img: np.ndarray, key: SecretKey, block_size: int = 16) -> np.ndarray:

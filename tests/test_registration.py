@@ -7,9 +7,10 @@ import pytest
 COMPONENTS = {
     'MODELS': ['EncryptedVisionTransformer', 'FastVisionTransformer',
                'EncryptedSegDataPreProcessor', 'FusedMultiheadAttention'],
-    'TRANSFORMS': ['BlockScramble', 'GridRandomCrop', 'EncryptedPhotoMetric',
+    'TRANSFORMS': ['BlockScramble', 'PadToGrid', 'GridRandomCrop', 'EncryptedPhotoMetric',
                    'EncryptedRandomFlip'],
-    'HOOKS': ['KeyManagementHook', 'KeylessServerHook'],
+    'HOOKS': ['KeyManagementHook', 'KeylessServerHook', 'ChannelsLastHook',
+              'CompileModelHook', 'DeferredLogRuntimeInfoHook'],
     'DATASETS': ['KeylessEncryptedDataset'],
     'OPTIM_WRAPPERS': ['BF16AmpOptimWrapper'],
 }

@@ -64,9 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--fsync', action='store_true',
                         help='fsync every file before renaming it into place')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
-    # Testing hook: simulate a crash (SIGKILL) after N files.
-    parser.add_argument('--_kill-after', dest='kill_after', type=int, default=None,
-                        help=argparse.SUPPRESS)
     return parser
 
 
@@ -95,8 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   workers=args.workers, pad=args.pad,
                                   block_size=args.block_size, out_format=args.out_format,
                                   progress=not args.no_progress, fsync=args.fsync,
-                                  allow_unlabeled=args.allow_unlabeled,
-                                  _kill_after=args.kill_after)
+                                  allow_unlabeled=args.allow_unlabeled)
     except DatasetWriteError as e:
         return fail(e, RUN_FAILED)
     except PpencError as e:

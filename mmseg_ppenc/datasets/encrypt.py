@@ -48,7 +48,7 @@ import stat
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -627,7 +627,8 @@ def encrypt_dataset(src: str, dst: str, key: SecretKey, layout: str = 'cityscape
                     block_size: int = 16, ignore_index: int = 255,
                     out_format: str = 'png', progress: bool = True,
                     fsync: bool = False, allow_unlabeled: bool = False,
-                    _kill_after: Optional[int] = None) -> EncryptionSummary:
+                    on_file_done: Optional[Callable[[str, int], None]] = None
+                    ) -> EncryptionSummary:
     """Encrypt every image of the dataset tree ``src`` into ``dst``.
 
     Args:
@@ -649,8 +650,9 @@ def encrypt_dataset(src: str, dst: str, key: SecretKey, layout: str = 'cityscape
         fsync (bool): fsync every file before renaming it (slower, survives power
             loss). Defaults to False.
         allow_unlabeled (bool): Accept images without a label map. Defaults to False.
-        _kill_after (int, optional): Testing hook: SIGKILL the workers and this process
-            after that many files, as a crash would. Defaults to None.
+        on_file_done (callable, optional): Called as ``on_file_done(rel_path, n)`` after
+            each output is written and recorded (``rel_path`` relative to ``dst``, ``n``
+            files so far in this run), e.g. for a progress display. Defaults to None.
 
     Returns:
         EncryptionSummary: Counts, bytes, throughput, fingerprint and manifest path.
@@ -677,7 +679,7 @@ def encrypt_dataset(src: str, dst: str, key: SecretKey, layout: str = 'cityscape
         lock_fd = _lock(dst)
         summary.stale_removed = _remove_stale(dst)
         _update(src, dst, key, items, manifest, summary, block_size, ignore_index, fsync,
-                workers or _default_workers(), progress, _kill_after)
+                workers or _default_workers(), progress, on_file_done)
     except OSError as e:
         raise DatasetWriteError(_write_error(e, dst)) from None
     finally:
@@ -759,7 +761,8 @@ def _remove_output(dst: str, rel: str) -> None:
 
 def _update(src: str, dst: str, key: SecretKey, items: List[WorkItem], manifest: dict,
             summary: EncryptionSummary, block_size: int, ignore_index: int, fsync: bool,
-            workers: int, progress: bool, kill_after: Optional[int]) -> None:
+            workers: int, progress: bool,
+            on_file_done: Optional[Callable[[str, int], None]]) -> None:
     old = read_manifest(dst) or {}
     records: Dict[str, dict] = dict(old.get('files') or {})
     journal = _read_journal(dst)
@@ -800,7 +803,7 @@ def _update(src: str, dst: str, key: SecretKey, items: List[WorkItem], manifest:
                     os.fsync(jf.fileno())
 
             _run(pending, src, dst, key, block_size, ignore_index, fsync, workers,
-                 progress, summary, kill_after, done)
+                 progress, summary, on_file_done, done)
     final = _manifest(key, block_size, manifest['layout'], manifest['pad'], ignore_index,
                       items, True, records)
     _write_manifest(dst, final)
@@ -810,7 +813,8 @@ def _update(src: str, dst: str, key: SecretKey, items: List[WorkItem], manifest:
 
 def _run(pending: List[WorkItem], src: str, dst: str, key: SecretKey, block_size: int,
          ignore_index: int, fsync: bool, workers: int, progress: bool,
-         summary: EncryptionSummary, kill_after: Optional[int], done) -> None:
+         summary: EncryptionSummary, on_file_done: Optional[Callable[[str, int], None]],
+         done) -> None:
     from tqdm import tqdm
     _STATE.clear()
     _STATE.update(src=src, dst=dst, cipher=get_cipher(key, block_size),
@@ -835,8 +839,8 @@ def _run(pending: List[WorkItem], src: str, dst: str, key: SecretKey, block_size
                 summary.files_copied += 1
             summary.bytes_written += nbytes
             bar.update(1)
-            if kill_after is not None and count >= kill_after:
-                _die(pool)
+            if on_file_done is not None:
+                on_file_done(item.dst, count)
         if pool is not None:
             pool.close()
             pool.join()
@@ -853,13 +857,3 @@ def _can_fork() -> bool:
     import multiprocessing as mp
     return 'fork' in mp.get_all_start_methods()
 
-
-def _die(pool) -> None:  # pragma: no cover - the process ends here
-    """Simulate a crash: SIGKILL the workers (mid-write, perhaps) and this process."""
-    if pool is not None:
-        for p in getattr(pool, '_pool', []):
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except OSError:
-                pass
-    os.kill(os.getpid(), signal.SIGKILL)

@@ -8,15 +8,14 @@ import torch.nn.functional as F
 from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.registry import MODELS
 
-from ..cipher import BlockCipher, SelectedCipher
+from ..cipher import SelectedCipher, SelectedCipherMixin
 from ..core.grid import grid_pad
-from ..core.keyed import KeyedComponent
 
 __all__ = ['EncryptedSegDataPreProcessor']
 
 
 @MODELS.register_module()
-class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
+class EncryptedSegDataPreProcessor(SegDataPreProcessor, SelectedCipherMixin):
     """``SegDataPreProcessor`` that first encrypts the uint8 batch block-wise on its device.
 
     For simulations, where the plain images are at hand anyway (e.g. measuring the
@@ -54,16 +53,6 @@ class EncryptedSegDataPreProcessor(SegDataPreProcessor, KeyedComponent):
         self.grid_pad_val = grid_pad_val
         self._inputs_bgr = bool(kwargs.get('bgr_to_rgb', False))
         self._selected = SelectedCipher(key_file, block_size)
-
-    @property
-    def cipher(self) -> BlockCipher:
-        """The cipher, (re)loaded if the selected key file changed."""
-        return self._selected.get()
-
-    @property
-    def key_fingerprint(self) -> str:
-        """Fingerprint of the key in use (safe to log)."""
-        return self.cipher.key_fingerprint
 
     def _target(self, training: bool) -> Optional[tuple]:
         # The size the parent would pad the batch to, which we reach in raw pixels first.

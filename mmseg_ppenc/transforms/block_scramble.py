@@ -6,15 +6,14 @@ from typing import Optional
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from ..cipher import BlockCipher, SelectedCipher
-from ..core.keyed import KeyedComponent
+from ..cipher import SelectedCipher, SelectedCipherMixin
 from .pad import pad_results
 
 __all__ = ['BlockScramble']
 
 
 @TRANSFORMS.register_module()
-class BlockScramble(BaseTransform, KeyedComponent):
+class BlockScramble(BaseTransform, SelectedCipherMixin):
     """Encrypt the image block-wise with the secret key.
 
     Put it after every augmentation and before ``PackSegInputs``: the model must see
@@ -72,16 +71,6 @@ class BlockScramble(BaseTransform, KeyedComponent):
         self.pad_val = pad_val
         self.seg_pad_val = seg_pad_val
         self._selected = SelectedCipher(key_file, block_size)
-
-    @property
-    def cipher(self) -> BlockCipher:
-        """The cipher, (re)loaded from the key file if the selection changed."""
-        return self._selected.get()
-
-    @property
-    def key_fingerprint(self) -> str:
-        """Fingerprint of the key in use (safe to log)."""
-        return self.cipher.key_fingerprint
 
     def _pad(self, results: dict) -> None:
         pad_results(results, self.block_size, None, self.pad_val, self.seg_pad_val)

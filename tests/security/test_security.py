@@ -26,7 +26,7 @@ from mmseg_ppenc.security import weights as W
 from mmseg_ppenc.security.key_checks import (corrupt_key_checks, key_file_mode,
                                              scan_work_dir, wrong_key_check)
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from conftest import REPO  # noqa: E402
 
 
 @pytest.fixture(scope='module', autouse=True)

@@ -174,7 +174,8 @@ def test_random_start_is_not_adapted(key_env, tmp_path, init):
         torch.save({'state_dict': ref.state_dict()}, path)
         init_cfg = dict(type='Pretrained', checkpoint=path)
     torch.manual_seed(5)
-    vit = EncryptedVisionTransformer(**kw, init_cfg=init_cfg)
+    vit = EncryptedVisionTransformer(**kw, init_cfg=init_cfg, mean=IMAGENET_MEAN,
+                                     std=IMAGENET_STD)
     vit.init_weights()
     same = torch.equal(vit.patch_embed.projection.weight, ref.patch_embed.projection.weight)
     assert same == (init == 'none')

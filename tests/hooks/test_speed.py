@@ -1,6 +1,8 @@
 """Speed switches keep float32 results: channels-last heads, fused optimizer, deferred log
 copies (with the real mmengine Runner on generated data)."""
 import copy
+import os
+import sys
 
 import pytest
 import torch
@@ -13,8 +15,10 @@ from mmseg.utils import register_all_modules
 from mmseg_ppenc.hooks.speed import (ChannelsLastHook, CompileModelHook,
                                      DeferredLogRuntimeInfoHook, to_channels_last)
 
-from conftest import tiny_config
-from test_benchmark import bm
+from conftest import REPO, tiny_config
+
+sys.path.insert(0, os.path.join(REPO, 'tools'))
+from analysis import benchmark as bm  # noqa: E402
 
 register_all_modules(init_default_scope=True)
 

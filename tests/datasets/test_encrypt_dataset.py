@@ -131,15 +131,33 @@ def test_outputs_decrypt_to_source(src_tree, key_file, reference):
     assert find_key_material([dst], key) == []
 
 
+_KILL = (
+    'import os, signal, sys\n'
+    'from mmseg_ppenc.datasets.encrypt import encrypt_dataset\n'
+    'from mmseg_ppenc.keys import SecretKey\n'
+    'def crash(rel, n):\n'
+    '    if n >= int(sys.argv[4]):  # SIGKILL this process group: workers die too\n'
+    '        os.killpg(os.getpgrp(), signal.SIGKILL)\n'
+    'encrypt_dataset(sys.argv[1], sys.argv[2], SecretKey.load(sys.argv[3]), '
+    'workers=int(sys.argv[5]), progress=False, on_file_done=crash)\n')
+
+
+def killed_run(src, dst, key_file, after, workers):
+    """Run encrypt_dataset in its own process group and SIGKILL it after ``after``
+    outputs, as a crash (or kill -9) would."""
+    return subprocess.run([sys.executable, '-c', _KILL, src, dst, key_file, str(after),
+                           str(workers)], capture_output=True, text=True, timeout=300,
+                          start_new_session=True,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+
+
 def test_killed_run_resumes_to_identical_tree(src_tree, key_file, reference, tmp_path,
                                               capsys):
     ref_dst, _ = reference
     dst = str(tmp_path / 'enc')
     env = dict(os.environ, PPENC_KEY_FILE=key_file, PYTHONWARNINGS='ignore')
-    # A real SIGKILL of the tool and its workers after 7 files (deterministic point).
-    res = subprocess.run([sys.executable, TOOL, src_tree, dst, '--workers', '2',
-                          '--_kill-after', '7'], env=env, capture_output=True, text=True,
-                         timeout=300)
+    # A real SIGKILL of the process and its workers after 7 files (deterministic point).
+    res = killed_run(src_tree, dst, key_file, after=7, workers=2)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
     partial = contents(dst)
     finished = [p for p in partial if p not in (MANIFEST_NAME, '.ppenc_encrypt.lock',
@@ -440,9 +458,7 @@ def test_unwritable_dst_is_one_error_line(src_tree, key_file, tmp_path):
     dst = tmp_path / 'enc'
     dst.mkdir()
     # An output directory that cannot be created: a file is in its way.
-    subprocess.run([sys.executable, TOOL, src_tree, str(dst), '--key-file', key_file,
-                    '--no-progress', '--_kill-after', '1', '--workers', '1'],
-                   capture_output=True, timeout=120)
+    killed_run(src_tree, str(dst), key_file, after=1, workers=1)
     shutil.rmtree(dst / 'gtFine', ignore_errors=True)
     (dst / 'gtFine').write_text('in the way')
     proc = subprocess.run([sys.executable, TOOL, src_tree, str(dst), '--key-file',

@@ -347,7 +347,7 @@ def test_stripped_meta_is_detected_and_digest_recorded(tmp_path):
     key = SecretKey.generate()
     src = _smooth_backbone(tmp_path)
     out = str(tmp_path / 'enc.pth')
-    encrypt_model_checkpoint(src, out, key)
+    encrypt_model_checkpoint(src, out, key, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     ckpt = torch.load(out, weights_only=True)
     w = ckpt['state_dict']['patch_embed.projection.weight']
     assert ckpt['meta']['ppenc']['patch_embed_sha256'] == patch_embed_digest(w)
@@ -360,11 +360,13 @@ def test_stripped_meta_is_detected_and_digest_recorded(tmp_path):
     torch.save({'state_dict': ckpt['state_dict']}, stripped)
     with pytest.raises(ModelEncryptionError, match='already encrypted with key '
                        f'{key.fingerprint}.*record was stripped'):
-        encrypt_model_checkpoint(stripped, str(tmp_path / 'twice.pth'), key)
+        encrypt_model_checkpoint(stripped, str(tmp_path / 'twice.pth'), key, mean=IMAGENET_MEAN,
+                                 std=IMAGENET_STD)
     # ...while the plain weights are not mistaken for encrypted ones, and another key's
     # encryption is not this key's.
     other = SecretKey.generate()
-    encrypt_model_checkpoint(stripped, str(tmp_path / 'other.pth'), other)
+    encrypt_model_checkpoint(stripped, str(tmp_path / 'other.pth'), other, mean=IMAGENET_MEAN,
+                             std=IMAGENET_STD)
     assert not osp.exists(tmp_path / 'twice.pth')
 
 
@@ -383,14 +385,16 @@ def test_out_reaching_in_through_a_link_is_refused(tmp_path, link):
         os.makedirs(tmp_path / 'sub')
         out = str(tmp_path / 'sub' / '..' / osp.basename(src))
     with pytest.raises(ModelEncryptionError, match='are the same file'):
-        encrypt_model_checkpoint(src, out, SecretKey.generate(), force=True)
+        encrypt_model_checkpoint(src, out, SecretKey.generate(), force=True,
+                                 mean=IMAGENET_MEAN, std=IMAGENET_STD)
     with pytest.raises(ModelEncryptionError, match='are the same file'):
         convert_plain_checkpoint(src, out, force=True)
     assert open(src, 'rb').read() == before
     # Also IN given through the link and OUT the real file.
     if link != 'dotted path':
         with pytest.raises(ModelEncryptionError, match='are the same file'):
-            encrypt_model_checkpoint(out, src, SecretKey.generate(), force=True)
+            encrypt_model_checkpoint(out, src, SecretKey.generate(), force=True,
+                                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
         assert open(src, 'rb').read() == before
 
 

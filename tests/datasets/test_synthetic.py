@@ -21,7 +21,9 @@ from mmseg.utils import register_all_modules  # noqa: E402
 
 from mmseg_ppenc.datasets import CITYSCAPES_CLASSES, make_synthetic_cityscapes  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from conftest import REPO  # noqa: E402
+
+REPO_ROOT = Path(REPO)
 VALID_LABELS = set(range(19)) | {255}
 
 
