@@ -530,3 +530,42 @@ def test_load_encrypted_model_checks_normalisation(setr_pair, key_env, tmp_path)
         key_env.fingerprint, 16, False, [127.5] * 3, [127.5] * 3)}}, ckpt)
     loaded = load_encrypted_model(enc, ckpt)
     assert loaded.backbone.norm_mean == (127.5, 127.5, 127.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', ['segmenter-mask', 'upernet-vit-mln'])
+def test_tools_train_then_test_out_give_the_plain_label_maps(case, key_env, tmp_path, roots):
+    """The user's path: tools/train.py, then tools/test.py --out, on a stock config with
+    only the recipe applied, gives the plain model's label maps (off-grid test sizes)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from conftest import REPO
+    plain_cfg, enc_cfg = _pair(case, tmp_path, roots)
+    outs = {}
+    for name, cfg in (('plain', plain_cfg), ('enc', enc_cfg)):
+        cfg_file = str(tmp_path / f'{name}.py')
+        cfg.dump(cfg_file)
+        wd, out = str(tmp_path / f'wd_{name}'), str(tmp_path / f'out_{name}')
+        for args in (['tools/train.py', cfg_file, '--work-dir', wd],
+                     ['tools/test.py', cfg_file, osp.join(wd, 'iter_1.pth'), '--work-dir',
+                      wd, '--out', out]):
+            res = subprocess.run([sys.executable] + args, cwd=REPO, env=dict(os.environ),
+                                 capture_output=True, text=True, timeout=900)
+            assert res.returncode == 0, (args, res.stderr[-3000:])
+        outs[name] = {f: np.asarray(Image.open(osp.join(out, f)))
+                      for f in sorted(os.listdir(out)) if f.endswith('.png')}
+    assert outs['plain'] and sorted(outs['plain']) == sorted(outs['enc'])
+    total = differ = 0
+    for f, plain in outs['plain'].items():
+        enc = outs['enc'][f]
+        assert plain.shape == enc.shape  # the original image size
+        total += plain.size
+        differ += int((plain != enc).sum())
+    # Identical but for float32 ties of the plain model itself (see _assert_same_labels).
+    assert differ / total < 1e-3, (differ, total)
+    # Not a vacuous comparison: the maps hold several classes.
+    assert max(len(np.unique(m)) for m in outs['plain'].values()) > 1
