@@ -34,6 +34,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmseg_ppenc.compat import replace_syncbn  # noqa: E402
 from mmseg_ppenc.transforms import PACK_META_KEYS  # noqa: E402
+from test_configs import plain, types_of, walk  # noqa: E402  (one copy of the helpers)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADE_DIR = REPO_ROOT / 'configs' / 'ppenc' / 'ade20k'
@@ -65,29 +66,6 @@ FAST = {'segmenter_vit-s_mask_ade20k', 'setr_vit-l_mla_ade20k'}
 
 def config_path(family: str, setting: str) -> Path:
     return ADE_DIR / f'{family}_{setting}.py'
-
-
-def plain(obj: Any) -> Any:
-    """ConfigDicts as plain dicts and lists, without mmengine's ``_scope_`` keys."""
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items() if k != '_scope_'}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(plain(v) for v in obj)
-    return obj
-
-
-def walk(node: Any):
-    if isinstance(node, dict):
-        yield node
-        for v in node.values():
-            yield from walk(v)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            yield from walk(v)
-
-
-def types_of(pipeline: List[dict]) -> List[str]:
-    return [t['type'] for t in pipeline]
 
 
 def load_stock(family: str) -> Config:

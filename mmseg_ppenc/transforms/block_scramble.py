@@ -7,7 +7,7 @@ from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
 from ..cipher import SelectedCipher, SelectedCipherMixin
-from .pad import pad_results
+from .pad import check_pad_val, pad_results
 
 __all__ = ['BlockScramble']
 
@@ -59,11 +59,7 @@ class BlockScramble(BaseTransform, SelectedCipherMixin):
                  seg_pad_val: int = 255) -> None:
         if channel_order not in ('bgr', 'rgb'):
             raise ValueError(f"channel_order must be 'bgr' or 'rgb', got {channel_order!r}")
-        if (not isinstance(pad_val, int) or isinstance(pad_val, bool)
-                or not 0 <= pad_val <= 255):
-            raise ValueError(f'BlockScramble pad_val must be one int in [0, 255] for all '
-                             f'channels, got {pad_val!r}: a per-channel pad would be '
-                             'shuffled by the key and reveal it.')
+        check_pad_val(pad_val, 'BlockScramble')
         self.key_file = key_file
         self.block_size = block_size
         self.channel_order = channel_order

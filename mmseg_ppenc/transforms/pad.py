@@ -7,9 +7,9 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from ..core.grid import to_pair
+from ..core.grid import grid_pad, to_pair
 
-__all__ = ['PadToGrid', 'PACK_META_KEYS', 'pad_results']
+__all__ = ['PadToGrid', 'PACK_META_KEYS', 'pad_results', 'check_pad_val']
 
 #: ``PackSegInputs`` meta keys for pipelines that pad: mmseg's defaults plus
 #: ``img_padding_size``, which ``BaseSegmentor.postprocess_result`` reads to cut the pad
@@ -17,6 +17,26 @@ __all__ = ['PadToGrid', 'PACK_META_KEYS', 'pad_results']
 PACK_META_KEYS: Tuple[str, ...] = (
     'img_path', 'seg_map_path', 'ori_shape', 'img_shape', 'pad_shape', 'scale_factor',
     'flip', 'flip_direction', 'reduce_zero_label', 'img_padding_size')
+
+
+def check_pad_val(pad_val: int, who: str) -> int:
+    """Refuse a pad value that is not one byte for all channels.
+
+    A constant block is its own encryption; a per-channel value would be shuffled by the
+    key and reveal it.
+
+    Args:
+        pad_val (int): The value.
+        who (str): The transform, for the message.
+
+    Returns:
+        int: ``pad_val``.
+    """
+    if not isinstance(pad_val, int) or isinstance(pad_val, bool) or not 0 <= pad_val <= 255:
+        raise ValueError(f'{who} pad_val must be one int in [0, 255] for all channels, got '
+                         f'{pad_val!r}: a per-channel pad would be shuffled by the key and '
+                         'reveal it.')
+    return pad_val
 
 
 def pad_results(results: dict, block: int, size: Optional[Tuple[int, int]] = None,
@@ -42,7 +62,8 @@ def pad_results(results: dict, block: int, size: Optional[Tuple[int, int]] = Non
     img = results['img']
     h, w = img.shape[:2]
     th, tw = (max(h, size[0]), max(w, size[1])) if size is not None else (h, w)
-    th, tw = -(-th // block) * block, -(-tw // block) * block
+    gh, gw = grid_pad(th, tw, block)
+    th, tw = th + gh, tw + gw
     ph, pw = th - h, tw - w
     if not (ph or pw):
         results.setdefault('img_padding_size', (0, 0, 0, 0))
@@ -110,11 +131,7 @@ class PadToGrid(BaseTransform):
     def __init__(self, block_size: int = 16,
                  size: Optional[Union[int, Sequence[int]]] = None,
                  pad_val: int = 0, seg_pad_val: int = 255) -> None:
-        if (not isinstance(pad_val, int) or isinstance(pad_val, bool)
-                or not 0 <= pad_val <= 255):
-            raise ValueError(f'PadToGrid pad_val must be one int in [0, 255] for all '
-                             f'channels, got {pad_val!r}: a per-channel pad would be '
-                             'shuffled by the key and reveal it.')
+        check_pad_val(pad_val, 'PadToGrid')
         if not isinstance(block_size, int) or block_size <= 0:
             raise ValueError(f'block_size must be a positive int, got {block_size!r}.')
         self.block_size = block_size
