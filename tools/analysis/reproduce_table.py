@@ -7,37 +7,40 @@ and reads the tiny configs of the checkout it sits in. Run it as
 The paper fine-tunes ImageNet-pre-trained SETR models on Cityscapes in three settings
 (``docs/method.md``, "The method"): **baseline** (plain model, plain images),
 **conventional 2** (plain model, encrypted images) and **proposed** (model encrypted with
-the key, encrypted images).
-Neither ImageNet weights nor Cityscapes can be used here, so this module rebuilds the
-experiment at toy scale:
+the key, encrypted images). Its headline is a pattern: proposed is about as good as
+baseline, and conventional 2 is far below both, because a block-wise pixel shuffle
+breaks the match between the pre-trained patch embedding and its input. That pattern
+needs pre-training to be worth a lot. This driver rebuilds the experiment at toy scale
+so that it is:
 
-1. **Data**: a synthetic Cityscapes-format set (:func:`make_synthetic_cityscapes`).
-2. **Pre-training stand-in**: the tiny configs' own ViT backbone (``model.backbone`` of the
-   tiny baseline config, ``init_cfg=None``) is trained on *plain* images of a different task
-   and different images: for 64x64 crops, every token must linearly decode the
-   Cityscapes *category* (flat, construction, object, nature, sky, human, vehicle: 7, not
-   the 19 classes) of each pixel of its 16x16 patch (:func:`pretrain_backbone`). The
-   scenes come from :func:`render_scene` with their own seed stream and sizes, so no
-   fine-tuning image is seen. Inputs are normalised exactly as the fine-tuning configs'
-   ``SegDataPreProcessor`` does (RGB, mmseg mean/std). The backbone is saved as
-   ``{'state_dict': ...}`` in mmseg's layout.
-3. **Fine-tuning**: the nine tiny configs ``configs/ppenc/tiny/setr_tiny_{mla,pup,naive}_
-   synthetic_{baseline,conventional2,proposed}.py`` run in the real mmengine ``Runner``
-   with ``model.backbone.init_cfg = Pretrained(<that checkpoint>)`` in all three settings,
-   the same seed, data and schedule. ``EncryptedVisionTransformer`` (proposed) encrypts
-   the same plain weights with the key when it initialises. As a reference that the
-   paper does not have, the baseline is also trained without pre-training
-   (``init_cfg=None``): conventional 2's handicap is the loss of (part of) what
-   pre-training gave, so the table means little unless pre-training helps.
-4. **Evaluation**: the configs' ``IoUMetric`` (aAcc / mIoU / mAcc) on the val split.
+1. **Data** (:mod:`textures`): texture mosaics. Eight classes that differ only by the
+   orientation and period of a grating inside each 16x16 block; colour, contrast and
+   brightness are random per region, so they carry no information. A scarce fine-tuning
+   set (24 images of 64x128 by default), like Cityscapes against ImageNet.
+2. **Pre-training stand-in for ImageNet** (:func:`pretrain_backbone`): the tiny configs'
+   own ViT backbone learns, on an unlimited stream of *plain* mosaics with continuous
+   orientations and periods, to decode every pixel's orientation bin and period bin
+   from the tokens. A related task, not the fine-tuning labels.
+3. **Fine-tuning** (:func:`finetune`): the nine tiny configs
+   ``configs/ppenc/tiny/setr_tiny_{mla,pup,naive}_synthetic_{baseline,conventional2,
+   proposed}.py`` in the real mmengine ``Runner``, with the data set swapped for the
+   mosaics (:func:`make_finetune_config`), all from the same pre-trained checkpoint
+   (``init_cfg=Pretrained``; ``EncryptedVisionTransformer`` encrypts it with the key for
+   proposed). A fourth cell, **scratch**, is the baseline without pre-training: how
+   much pre-training is worth here, and the floor conventional 2 can fall to.
+4. **Seeds**: every cell is run once per seed; a seed sets the fine-tuning seed *and*
+   the key (one key file per seed). Data and pre-training stay fixed. Results are the
+   per-seed values, their mean and their sample standard deviation.
+5. **Frozen backbone**: the same grid with the backbone frozen after initialisation and
+   only the decoder trained. Conventional 2 cannot re-learn its patch embedding there,
+   which shows the mechanism directly.
+6. **Evaluation**: the configs' ``IoUMetric`` (aAcc / mIoU / mAcc) on the val split.
 
-Outputs: ``table1.md`` (shaped like the paper's Table I, plus the no-pre-training
-reference), ``table1.json`` (metrics,
-settings, timings, key fingerprint; never key bytes) and ``table1.png`` (mIoU bars).
-:func:`evaluate_at_init` evaluates a setting's model right after initialisation, which
-shows that proposed and baseline start from the same function while conventional 2 does
-not; :func:`pretrain_backbone` reports the same at the level of the pre-training task
-(held-out accuracy on encrypted crops with the plain and with the adapted weights).
+Outputs: ``table1.md``, ``table1.json`` (per decoder and cell: per-seed mIoU, mean,
+std, and the other metrics; key fingerprints, never key bytes) and ``table1.png``.
+``--quick`` runs every stage at toy sizes (for tests). :func:`evaluate_at_init`
+evaluates a cell's model right after initialisation, which shows that proposed and
+baseline start from the same function while conventional 2 does not.
 
 Runs are deterministic per (seed, key) on a given machine and thread count: every Runner
 is seeded, data loading is in-process and the thread count is fixed
@@ -63,44 +66,45 @@ import numpy as np
 import torch
 
 # Run from a checkout without installing: the repository root (two levels up) goes first
-# on sys.path so that its mmseg_ppenc is the one imported.
-REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+# on sys.path so that its mmseg_ppenc is the one imported; this directory holds textures.
+HERE = osp.dirname(osp.abspath(__file__))
+REPO_ROOT = osp.dirname(osp.dirname(HERE))
+for _p in (REPO_ROOT, HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
-from mmseg_ppenc.datasets.synthetic import make_synthetic_cityscapes, render_scene  # noqa: E402
+import textures  # noqa: E402
 from mmseg_ppenc.keys import KEY_ENV_VAR, InvalidKeyError, SecretKey  # noqa: E402
 
 __all__ = [
-    'DECODERS', 'SETTINGS', 'CATEGORY_OF_CLASS', 'ExperimentConfig', 'default_config_dir',
-    'tiny_config_path', 'load_backbone_config', 'pretrain_backbone', 'prepare_key',
-    'make_finetune_config', 'finetune', 'evaluate_at_init', 'run_experiment',
-    'format_markdown', 'plot_miou'
+    'DECODERS', 'SETTINGS', 'CELLS', 'ExperimentConfig', 'default_config_dir',
+    'tiny_config_path', 'load_backbone_config', 'pretrain_backbone', 'prepare_keys',
+    'make_finetune_config', 'finetune', 'evaluate_at_init', 'summarise', 'run_experiment',
+    'format_markdown', 'plot_miou', 'PAPER_TABLE1'
 ]
 
 #: Decoders of the paper's Table I, in its row order.
 DECODERS: Tuple[str, ...] = ('mla', 'pup', 'naive')
-#: The three settings, in the paper's column order.
+#: The three settings of the paper, in its column order.
 SETTINGS: Tuple[str, ...] = ('baseline', 'conventional2', 'proposed')
-_DECODER_TITLES = {'mla': 'MLA', 'pup': 'PUP', 'naive': 'Naive'}
-_SETTING_TITLES = {'baseline': 'baseline', 'conventional2': 'conventional 2',
-                   'proposed': 'proposed'}
+#: The cells of the grid: the paper's settings plus the baseline without pre-training.
+CELLS: Tuple[str, ...] = SETTINGS + ('scratch',)
+TITLES = {'mla': 'MLA', 'pup': 'PUP', 'naive': 'Naive', 'baseline': 'baseline',
+          'conventional2': 'conventional 2', 'proposed': 'proposed',
+          'scratch': 'scratch (no pre-training)'}
 _METRICS = ('aAcc', 'mIoU', 'mAcc')
-
-#: Cityscapes category of each train id (the official 7 categories without 'void'):
-#: flat 0, construction 1, object 2, nature 3, sky 4, human 5, vehicle 6. The
-#: pre-training stand-in predicts these, a coarser label space than fine-tuning's 19.
-CATEGORY_OF_CLASS: Tuple[int, ...] = (0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4, 5, 5, 6, 6, 6, 6,
-                                      6, 6)
-_NUM_CATEGORIES = 7
-# Seed-stream tags: pre-training scenes must never coincide with the data set's
-# default_rng((seed, split, index)) streams (split is 0 or 1).
-_PRETRAIN_STREAM = 0x50524554  # 'PRET'
-_HELDOUT_STREAM = 0x48454c44  # 'HELD'
-# Scene sizes for pre-training: a different size mix than the 128x256 data set, so
-# objects appear at other scales.
-_PRETRAIN_SIZES = ((96, 192), (160, 320))
-
+#: The paper's Table I, ViT-B on Cityscapes val: aAcc / mIoU / mAcc (%).
+PAPER_TABLE1: Dict[str, Dict[str, Tuple[float, float, float]]] = {
+    'mla': {'baseline': (94.74, 71.79, 81.50), 'conventional2': (89.09, 39.87, 46.61),
+            'proposed': (94.54, 70.99, 80.85)},
+    'pup': {'baseline': (93.90, 64.35, 74.68), 'conventional2': (89.40, 44.65, 54.44),
+            'proposed': (94.06, 67.08, 75.08)},
+    'naive': {'baseline': (93.79, 68.14, 78.39), 'conventional2': (88.78, 40.59, 49.94),
+              'proposed': (94.52, 70.64, 80.80)},
+}
+# The tiny configs' backbone sees 64x64 crops: pre-training uses the same size, so the
+# position embedding needs no resizing.
+_PRETRAIN_CROP = (64, 64)
 _RUN_COUNTER = [0]  # makes Runner experiment names unique within one process
 
 
@@ -111,77 +115,88 @@ class ExperimentConfig:
 
     Args:
         out_dir (str): Output directory. Defaults to ``'work_dirs/table1'``.
-        seed (int): Seed of data, pre-training and every fine-tune. Defaults to 0.
-        iters (int): Fine-tuning iterations per run (batch size from the configs, 8).
-            Defaults to 400.
-        pretrain_iters (int): Pre-training iterations. Defaults to 2000.
-        decoders (Sequence[str]): Subset of :data:`DECODERS`. Defaults to all three.
-        settings (Sequence[str]): Subset of :data:`SETTINGS`. Defaults to all three.
-        num_train (int): Training images of the synthetic set. Defaults to 160.
-        num_val (int): Validation images. Defaults to 40.
-        height (int): Image height (multiple of 16). Defaults to 128.
-        width (int): Image width (multiple of 16). Defaults to 256.
-        key_file (str, optional): Key file. Defaults to None: ``<out_dir>/table1.key`` is
-            created (mode 600) or, if present, reused.
-        pretrain_batch_size (int): Crops per pre-training step. Defaults to 64.
+        seeds (Sequence[int]): One full grid per seed; a seed sets the fine-tuning seed
+            and selects the key. Defaults to ``(0, 1, 2)``.
+        iters (int): Fine-tuning iterations per run (batch size 8, from the configs).
+            Defaults to 200.
+        lr (float): Fine-tuning SGD learning rate (poly decay). Defaults to 0.01.
+        pretrain_iters (int): Pre-training iterations. Defaults to 1500.
+        pretrain_batch_size (int): Mosaics per pre-training step. Defaults to 32.
         pretrain_lr (float): AdamW peak learning rate of pre-training. Defaults to 1e-3.
-        pretrain_pool (int): Scenes rendered for pre-training. Defaults to 512.
-        pretrain_task (str): ``'pixel'`` or ``'patch'`` (see :func:`pretrain_backbone`).
-            Defaults to ``'pixel'``.
-        scratch_reference (bool): Also fine-tune the baseline of every decoder without
-            pre-training, to show how much pre-training is worth here. Defaults to True.
+        decoders (Sequence[str]): Subset of :data:`DECODERS`. Defaults to all three.
+        cells (Sequence[str]): Subset of :data:`CELLS`. Defaults to all four.
+        frozen (bool): Also run the frozen-backbone grid. Defaults to True.
+        num_train (int): Fine-tuning images. Defaults to 24.
+        num_val (int): Validation images. Defaults to 32.
+        height (int): Image height (multiple of 16, at least 64). Defaults to 64.
+        width (int): Image width (multiple of 16, at least 64). Defaults to 128.
+        data_seed (int): Seed of the data set and of pre-training. Defaults to 0.
+        key_dir (str, optional): Directory of the per-seed key files
+            ``table1_seed<N>.key``; missing ones are created (mode 600), present ones
+            reused. Defaults to None (``<out_dir>/keys``).
         threads (int, optional): ``torch.set_num_threads`` during the experiment (restored
-            afterwards). One thread is the default because these models are so small that
-            a second thread mostly adds synchronisation, which becomes very costly when
-            other processes share the cores; a fixed count also keeps float reductions,
-            and so the results, identical between runs. None leaves torch's setting.
+            afterwards). One thread is the default: these models are so small that a
+            second thread mostly adds synchronisation, which becomes costly when other
+            processes share the cores; a fixed count also keeps float reductions, and so
+            the results, identical between runs. None leaves torch's setting.
             Defaults to 1.
-        log_interval (int): Iterations between logged training losses. Defaults to 10.
+        log_interval (int): Iterations between logged training losses. Defaults to 50.
         config_dir (str, optional): Directory of the tiny configs. Defaults to None
             (``configs/ppenc/tiny`` of this checkout).
         verbose (bool): Show mmengine's INFO logs on the console. Defaults to False.
     """
 
     out_dir: str = 'work_dirs/table1'
-    seed: int = 0
-    iters: int = 400
-    pretrain_iters: int = 2000
-    decoders: Sequence[str] = DECODERS
-    settings: Sequence[str] = SETTINGS
-    num_train: int = 160
-    num_val: int = 40
-    height: int = 128
-    width: int = 256
-    key_file: Optional[str] = None
-    pretrain_batch_size: int = 64
+    seeds: Sequence[int] = (0, 1, 2)
+    iters: int = 200
+    lr: float = 0.01
+    pretrain_iters: int = 1500
+    pretrain_batch_size: int = 32
     pretrain_lr: float = 1e-3
-    pretrain_pool: int = 512
-    pretrain_task: str = 'pixel'
-    scratch_reference: bool = True
+    decoders: Sequence[str] = DECODERS
+    cells: Sequence[str] = CELLS
+    frozen: bool = True
+    num_train: int = 24
+    num_val: int = 32
+    height: int = 64
+    width: int = 128
+    data_seed: int = 0
+    key_dir: Optional[str] = None
     threads: Optional[int] = 1
-    log_interval: int = 10
+    log_interval: int = 50
     config_dir: Optional[str] = None
     verbose: bool = False
 
+    #: What ``--quick`` changes: every stage at toy sizes, for the tests.
+    QUICK = dict(seeds=(0, 1), iters=4, pretrain_iters=6, pretrain_batch_size=8,
+                 num_train=4, num_val=2, log_interval=2)
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the expected and the actual value of a bad field."""
-        for name, allowed in (('decoders', DECODERS), ('settings', SETTINGS)):
+        for name, allowed in (('decoders', DECODERS), ('cells', CELLS)):
             chosen = list(getattr(self, name))
             bad = [c for c in chosen if c not in allowed]
             if bad or not chosen or len(set(chosen)) != len(chosen):
                 raise ValueError(f'{name} must be distinct values among {list(allowed)}, '
                                  f'got {chosen}.')
-        for name in ('iters', 'pretrain_batch_size', 'pretrain_pool', 'num_train',
-                     'num_val', 'log_interval'):
+        seeds = list(self.seeds)
+        if (not seeds or len(set(seeds)) != len(seeds)
+                or any(isinstance(s, bool) or int(s) != s or s < 0 for s in seeds)):
+            raise ValueError(f'seeds must be distinct non-negative integers, got {seeds}.')
+        for name in ('iters', 'pretrain_batch_size', 'num_train', 'num_val',
+                     'log_interval'):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
         if self.pretrain_iters < 0:
             raise ValueError(f'pretrain_iters must be >= 0, got {self.pretrain_iters}.')
-        if self.pretrain_task not in _PretrainTask.TASKS:
-            raise ValueError(f'pretrain_task must be one of {_PretrainTask.TASKS}, got '
-                             f'{self.pretrain_task!r}.')
-        if self.seed < 0:
-            raise ValueError(f'seed must be a non-negative integer, got {self.seed}.')
+        for name in ('height', 'width'):
+            v = int(getattr(self, name))
+            if v < 64 or v % 16:
+                raise ValueError(f'{name} must be a multiple of 16 and at least 64 (the '
+                                 f'crop size), got {v}.')
+        if not self.lr > 0 or not self.pretrain_lr > 0:
+            raise ValueError(f'learning rates must be > 0, got lr={self.lr}, '
+                             f'pretrain_lr={self.pretrain_lr}.')
         if self.threads is not None and self.threads < 1:
             raise ValueError(f'threads must be >= 1 or None, got {self.threads}.')
 
@@ -236,14 +251,10 @@ def _torch_threads(threads: Optional[int]) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _load_cfg(path: str, data_root: Optional[str] = None):
-    """``Config.fromfile`` with the data root substituted (the tiny configs read
-    ``$PPENC_DATA_ROOT`` when they are parsed)."""
+def _load_cfg(path: str):
     import mmseg_ppenc  # noqa: F401  (compat fixes and registrations before mmseg)
     from mmengine.config import Config
-    root = None if data_root is None else data_root.rstrip('/\\') + os.sep
-    with _environ(**({'PPENC_DATA_ROOT': root} if root else {})):
-        return Config.fromfile(path)
+    return Config.fromfile(path)
 
 
 def load_backbone_config(config_dir: Optional[str] = None) -> Tuple[dict, dict]:
@@ -256,7 +267,7 @@ def load_backbone_config(config_dir: Optional[str] = None) -> Tuple[dict, dict]:
     decoder a trained class token and MLA the same mild mismatch as real SETR-MLA.
 
     Every decoder's tiny baseline backbone must have the same parameter names and
-    shapes, because one pre-trained checkpoint serves all nine runs.
+    shapes, because one pre-trained checkpoint serves every run.
 
     Returns:
         tuple[dict, dict]: ``(backbone_cfg, data_preprocessor_cfg)`` as plain dicts.
@@ -290,196 +301,91 @@ def load_backbone_config(config_dir: Optional[str] = None) -> Tuple[dict, dict]:
     return ref, pre
 
 
-# --------------------------------------------------------------------------- key
-def prepare_key(out_dir: str, key_file: Optional[str] = None,
-                log: Callable[[str], None] = print) -> Tuple[str, SecretKey]:
-    """Load ``key_file``, or create/reuse ``<out_dir>/table1.key`` (mode 600).
+# --------------------------------------------------------------------------- keys
+def prepare_keys(key_dir: str, seeds: Sequence[int],
+                 log: Callable[[str], None] = print) -> Dict[int, Tuple[str, SecretKey]]:
+    """One key per seed: ``<key_dir>/table1_seed<N>.key``, created (mode 600) or reused.
 
-    Reusing the out-dir's key keeps a rerun into the same out-dir comparable: the
-    conventional 2 and proposed numbers depend on the key as well as the seed.
+    Reusing keeps a rerun into the same out-dir comparable: conventional 2 and proposed
+    depend on the key as well as on the seed.
 
     Returns:
-        tuple[str, SecretKey]: The absolute key path and the key (log only its
-        fingerprint).
+        dict: ``{seed: (absolute key path, key)}``; log only fingerprints.
     """
-    if key_file is None:
-        key_file = osp.join(out_dir, 'table1.key')
-        if not osp.exists(key_file):
-            os.makedirs(out_dir, exist_ok=True)
-            SecretKey.generate().save(key_file)
+    keys = {}
+    for seed in seeds:
+        path = osp.abspath(osp.join(key_dir, f'table1_seed{int(seed)}.key'))
+        how = 'reusing key'
+        if not osp.exists(path):
+            os.makedirs(key_dir, exist_ok=True)
+            SecretKey.generate().save(path)
             how = 'new key'
-        else:
-            how = 'reusing key'
-    else:
-        how = 'key'
-    key_file = osp.abspath(key_file)
-    key = SecretKey.load(key_file)
-    log(f'{how} {key.fingerprint} ({key_file})')
-    return key_file, key
+        key = SecretKey.load(path)
+        log(f'seed {seed}: {how} {key.fingerprint}')
+        keys[int(seed)] = (path, key)
+    return keys
 
 
 # --------------------------------------------------------------------------- pre-training
-def _category_lut() -> np.ndarray:
-    lut = np.full(256, _NUM_CATEGORIES, dtype=np.int64)  # _NUM_CATEGORIES = ignore
-    lut[:len(CATEGORY_OF_CLASS)] = CATEGORY_OF_CLASS
-    return lut
-
-
-def _render_pool(n: int, seed: int, stream: int) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """``n`` scenes, each from its own ``default_rng((seed, stream, i))``."""
-    pool = []
-    for i in range(n):
-        h, w = _PRETRAIN_SIZES[i % len(_PRETRAIN_SIZES)]
-        pool.append(render_scene(h, w, np.random.default_rng((seed, stream, i))))
-    return pool
-
-
-def _patch_targets(cats: np.ndarray, patch: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Per-patch category distributions of category crops.
-
-    Args:
-        cats (np.ndarray): ``(B, H, W)`` categories, :data:`_NUM_CATEGORIES` = ignore.
-        patch (int): Patch size.
-
-    Returns:
-        tuple[np.ndarray, np.ndarray]: ``(targets (B, h*w, 7) float32, valid (B, h*w))``;
-        a patch with only ignore pixels is not valid.
-    """
-    b, h, w = cats.shape
-    onehot = np.eye(_NUM_CATEGORIES + 1, dtype=np.float32)[cats]
-    counts = onehot.reshape(b, h // patch, patch, w // patch, patch,
-                            _NUM_CATEGORIES + 1).sum(axis=(2, 4))
-    counts = counts[..., :_NUM_CATEGORIES].reshape(b, -1, _NUM_CATEGORIES)
-    total = counts.sum(-1)
-    valid = total > 0
-    return counts / np.maximum(total, 1)[..., None], valid
-
-
-def _sample_crops(pool, rng: np.random.Generator, batch: int, crop: Tuple[int, int],
-                  augment: bool) -> Tuple[np.ndarray, np.ndarray]:
-    """Random crops (any offset, like RandomCrop) with optional flips and
-    brightness/contrast jitter.
-
-    Returns:
-        tuple[np.ndarray, np.ndarray]: ``(images (B, H, W, 3) float32 RGB in [0, 255],
-        labels (B, H, W) uint8 train ids)``; without ``augment`` the images hold
-        integers.
-    """
-    ch, cw = crop
-    imgs = np.empty((batch, ch, cw, 3), np.float32)
-    labs = np.empty((batch, ch, cw), np.uint8)
-    for j in range(batch):
-        img, lab = pool[int(rng.integers(len(pool)))]
-        y = int(rng.integers(img.shape[0] - ch + 1))
-        x = int(rng.integers(img.shape[1] - cw + 1))
-        im, lb = img[y:y + ch, x:x + cw].astype(np.float32), lab[y:y + ch, x:x + cw]
-        if augment:
-            if rng.random() < 0.5:
-                im, lb = im[:, ::-1], lb[:, ::-1]
-            im = np.clip(im * rng.uniform(0.8, 1.2) + rng.uniform(-24, 24), 0, 255)
-        imgs[j], labs[j] = im, lb
-    return imgs, labs
-
-
 def _normalise(imgs: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) RGB -> (B, 3, H, W), as ``SegDataPreProcessor`` normalises."""
     return torch.from_numpy((imgs - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 
-class _PretrainTask:
-    """Head, loss and held-out accuracy of one pre-training task.
+class _PixelDecoder(torch.nn.Module):
+    """Linear map of every token to per-pixel logits of the ``patch x patch`` pixels it
+    covers (as a linear SETR-Naive-style decoder would): orientation bins, then period
+    bins."""
 
-    ``'pixel'``: a linear layer maps every token to the category logits of each of the
-    ``patch x patch`` pixels it covers (as a linear SETR-Naive-style decoder would),
-    trained with per-pixel cross-entropy; accuracy is per pixel.
-    ``'patch'``: a linear layer maps every token to the patch's category distribution
-    (soft cross-entropy); accuracy is the patch's majority category.
-    """
+    def __init__(self, dims: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.outputs = textures.NUM_ORIENT_BINS + textures.NUM_PERIOD_BINS
+        self.linear = torch.nn.Linear(dims, self.outputs * patch * patch)
 
-    TASKS = ('pixel', 'patch')
-
-    def __init__(self, task: str, dims: int, patch: int) -> None:
-        if task not in self.TASKS:
-            raise ValueError(f'pretrain task must be one of {self.TASKS}, got {task!r}.')
-        self.task, self.patch = task, patch
-        out = _NUM_CATEGORIES * patch * patch if task == 'pixel' else _NUM_CATEGORIES
-        self.head = torch.nn.Linear(dims, out)
-
-    def describe(self) -> str:
-        what = ('per-pixel Cityscapes category (7 categories) decoded linearly from each '
-                'ViT token, cross-entropy' if self.task == 'pixel' else
-                'per-patch Cityscapes-category distribution (7 categories) from a linear '
-                'head on each ViT token, soft cross-entropy')
-        return (f'{what}; plain 64x64 crops of separately seeded render_scene scenes '
-                f'({" and ".join(f"{h}x{w}" for h, w in _PRETRAIN_SIZES)})')
-
-    def _logits(self, feat: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = feat.shape
-        out = self.head(feat.flatten(2).transpose(1, 2))  # (B, h*w, out)
-        if self.task == 'patch':
-            return out
-        p, k = self.patch, _NUM_CATEGORIES
+    def forward(self, feat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = feat.shape
+        p, k = self.patch, self.outputs
+        out = self.linear(feat.flatten(2).transpose(1, 2))
         out = out.reshape(b, h, w, p, p, k).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(b, k, h * p, w * p)
-
-    def loss(self, feat: torch.Tensor, cats: np.ndarray) -> torch.Tensor:
-        logits = self._logits(feat)
-        if self.task == 'pixel':
-            return torch.nn.functional.cross_entropy(
-                logits, torch.from_numpy(cats), ignore_index=_NUM_CATEGORIES)
-        target, valid = _patch_targets(cats, self.patch)
-        per_patch = -(torch.from_numpy(target) * torch.log_softmax(logits, -1)).sum(-1)
-        mask = torch.from_numpy(valid).float()
-        return (per_patch * mask).sum() / mask.sum().clamp(min=1)
-
-    def correct(self, feat: torch.Tensor, cats: np.ndarray) -> Tuple[int, int]:
-        pred = self._logits(feat).argmax(1 if self.task == 'pixel' else -1).numpy()
-        if self.task == 'pixel':
-            valid = cats != _NUM_CATEGORIES
-            return int(((pred == cats) & valid).sum()), int(valid.sum())
-        target, valid = _patch_targets(cats, self.patch)
-        return int(((pred == target.argmax(-1)) & valid).sum()), int(valid.sum())
+        out = out.reshape(b, k, h * p, w * p)
+        return out[:, :textures.NUM_ORIENT_BINS], out[:, textures.NUM_ORIENT_BINS:]
 
 
 def pretrain_backbone(backbone_cfg: dict, preprocessor_cfg: dict, out_path: str,
-                      iters: int = 2000, seed: int = 0, batch_size: int = 64,
-                      lr: float = 1e-3, pool_size: int = 512, task: str = 'pixel',
-                      key: Optional[SecretKey] = None,
+                      iters: int = 1500, seed: int = 0, batch_size: int = 32,
+                      lr: float = 1e-3, keys: Sequence[SecretKey] = (),
                       log: Callable[[str], None] = print) -> dict:
-    """Pre-train the tiny ViT on plain images (the ImageNet stand-in) and save it.
+    """Pre-train the tiny ViT on plain mosaics (the ImageNet stand-in) and save it.
 
-    The images are 64x64 crops (any offset, flips, brightness/contrast jitter) of
-    :func:`render_scene` scenes drawn from their own seed stream at sizes 96x192 and
-    160x320, never the fine-tuning images. The labels are the 7 Cityscapes categories
-    (:data:`CATEGORY_OF_CLASS`), not the 19 classes fine-tuning learns; see
-    :class:`_PretrainTask` for the two task variants. AdamW (weight decay 0.05), 5 %
-    linear warm-up, cosine decay. Inputs are normalised like ``SegDataPreProcessor``
-    (RGB, per-channel mean/std).
+    Every step draws a fresh batch of 64x64 mosaics whose regions have continuous
+    orientations and periods (:func:`textures.sample_pretrain_batch`); a linear decoder
+    on the last layer's tokens predicts each pixel's orientation bin and period bin
+    (sum of two cross-entropies). AdamW (weight decay 0.05), 5 % linear warm-up, cosine
+    decay. Inputs are normalised like ``SegDataPreProcessor`` (RGB, per-channel
+    mean/std).
 
     Args:
         backbone_cfg (dict): mmseg backbone config (``init_cfg`` is ignored).
-        preprocessor_cfg (dict): The fine-tuning configs' ``SegDataPreProcessor`` config;
-            its RGB ``mean``/``std`` normalise the inputs.
+        preprocessor_cfg (dict): The fine-tuning configs' ``SegDataPreProcessor`` config.
         out_path (str): Checkpoint path; written as ``{'state_dict': backbone_state,
-            'meta': {...}}`` in mmseg's ``VisionTransformer`` layout (no head).
+            'meta': {...}}`` in mmseg's ``VisionTransformer`` layout (no decoder).
         iters (int): Optimisation steps; 0 saves the random initialisation. Defaults to
-            2000.
-        seed (int): Seed of the scenes, crops and the initialisation. Defaults to 0.
-        batch_size (int): Crops per step. Defaults to 64.
+            1500.
+        seed (int): Seed of the stream and the initialisation. Defaults to 0.
+        batch_size (int): Mosaics per step. Defaults to 32.
         lr (float): Peak learning rate. Defaults to 1e-3.
-        pool_size (int): Scenes rendered up front. Defaults to 512.
-        task (str): ``'pixel'`` or ``'patch'`` (see :class:`_PretrainTask`). Defaults to
-            ``'pixel'``.
-        key (SecretKey, optional): Also measure the held-out accuracy on encrypted
-            crops, with the plain and with the adapted weights. Defaults to None.
+        keys (Sequence[SecretKey]): Also measure the held-out accuracy on mosaics
+            encrypted with each key, with the plain and with the adapted weights
+            (averaged over keys). Defaults to none.
         log (Callable[[str], None]): Progress output. Defaults to ``print``.
 
     Returns:
-        dict: ``task``, ``description``, ``iters``, ``batch_size``, ``lr``,
-        ``pool_size``, ``final_loss`` (mean of the last 100 steps), ``heldout_acc``
-        (% correct on 512 crops of 64 held-out scenes), with a key also
-        ``heldout_acc_encrypted_plain_weights`` and
-        ``heldout_acc_encrypted_adapted_weights``, and ``time_s``.
+        dict: ``description``, ``iters``, ``batch_size``, ``lr``, ``final_loss`` (mean of
+        the last 100 steps), ``heldout_orientation_acc`` and ``heldout_period_acc`` (% of
+        pixels of 128 held-out mosaics), with keys also the same two on encrypted
+        mosaics for the plain (``*_encrypted_plain_weights``) and the adapted weights
+        (``*_encrypted_adapted_weights``), and ``time_s``.
     """
     import mmseg_ppenc  # noqa: F401
     import mmseg.models  # noqa: F401  (registers VisionTransformer)
@@ -487,20 +393,16 @@ def pretrain_backbone(backbone_cfg: dict, preprocessor_cfg: dict, out_path: str,
 
     t0 = time.time()
     cfg = dict(copy.deepcopy(backbone_cfg), init_cfg=None)
-    size = cfg.get('img_size', 224)
-    # Pre-train at the fine-tuning crop size, so pos_embed needs no resizing later.
-    crop = (int(size), int(size)) if isinstance(size, int) else tuple(int(v) for v in size)
     patch = int(cfg.get('patch_size', 16))
     mean = np.asarray(preprocessor_cfg['mean'], np.float32)
     std = np.asarray(preprocessor_cfg['std'], np.float32)
-    lut = _category_lut()
 
     torch.manual_seed(seed)
     backbone = MODELS.build(cfg)
     backbone.init_weights()
-    head = _PretrainTask(task, int(cfg['embed_dims']), patch)
-    params = list(backbone.parameters()) + list(head.head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    head = _PixelDecoder(int(cfg['embed_dims']), patch)
+    opt = torch.optim.AdamW(list(backbone.parameters()) + list(head.parameters()), lr=lr,
+                            weight_decay=0.05)
     warmup = max(1, iters // 20)
 
     def lr_at(i: int) -> float:
@@ -508,57 +410,69 @@ def pretrain_backbone(backbone_cfg: dict, preprocessor_cfg: dict, out_path: str,
             return lr * (i + 1) / warmup
         return lr * 0.5 * (1 + np.cos(np.pi * (i - warmup) / max(1, iters - warmup)))
 
-    pool = _render_pool(pool_size, seed, _PRETRAIN_STREAM)
-    rng = np.random.default_rng((seed, _PRETRAIN_STREAM, 1 << 20))
+    def loss_of(model, imgs, obins, pbins):
+        # [-1]: the last layer's tokens (out_indices covers every layer).
+        o, p = head(model(_normalise(imgs, mean, std))[-1])
+        ce = torch.nn.functional.cross_entropy
+        return ce(o, torch.from_numpy(obins)) + ce(p, torch.from_numpy(pbins)), o, p
+
+    rng = np.random.default_rng((seed, textures.STREAMS['pretrain']))
     backbone.train()
     losses: List[float] = []
     for i in range(iters):
         for g in opt.param_groups:
             g['lr'] = lr_at(i)
-        imgs, labs = _sample_crops(pool, rng, batch_size, crop, augment=True)
-        # [-1]: the last layer's tokens (out_indices covers every layer).
-        loss = head.loss(backbone(_normalise(imgs, mean, std))[-1], lut[labs])
+        loss = loss_of(backbone, *textures.sample_pretrain_batch(rng, batch_size,
+                                                                  _PRETRAIN_CROP))[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        if (i + 1) % max(1, iters // 10) == 0 or i + 1 == iters:
+        if (i + 1) % max(1, iters // 5) == 0 or i + 1 == iters:
             log(f'  pre-train iter {i + 1}/{iters}: loss {np.mean(losses[-100:]):.4f} '
                 f'({time.time() - t0:.0f} s)')
 
-    # Held-out accuracy shows that pre-training learned something; with a key, also what
+    # Held-out accuracy shows that pre-training learned something; with keys, also what
     # the pre-trained backbone is worth on encrypted images at the start of fine-tuning
     # (plain weights: conventional 2; adapted weights: proposed). Reported only.
     backbone.eval()
-    held = _render_pool(64, seed, _HELDOUT_STREAM)
-    hrng = np.random.default_rng((seed, _HELDOUT_STREAM, 1 << 20))
-    crops = [_sample_crops(held, hrng, 64, crop, augment=False) for _ in range(8)]
-    variants = {'heldout_acc': (backbone, False)}
-    if key is not None:
+    held = textures.sample_pretrain_batch(
+        np.random.default_rng((seed, textures.STREAMS['heldout'])), 128, _PRETRAIN_CROP)
+
+    def accuracy(model, imgs) -> Tuple[float, float]:
+        with torch.no_grad():
+            o, p = head(model(_normalise(imgs, mean, std))[-1])
+        return (100.0 * float((o.argmax(1).numpy() == held[1]).mean()),
+                100.0 * float((p.argmax(1).numpy() == held[2]).mean()))
+
+    accs = dict(zip(('heldout_orientation_acc', 'heldout_period_acc'),
+                    accuracy(backbone, held[0])))
+    if keys:
         from mmseg_ppenc.adaptation import encrypt_vit_state_dict
         from mmseg_ppenc.cipher import encrypt_image
-        adapted = copy.deepcopy(backbone)
-        adapted.load_state_dict(encrypt_vit_state_dict(backbone.state_dict(), key, mean,
-                                                       std, prefix=''))
-        variants.update(heldout_acc_encrypted_plain_weights=(backbone, True),
-                        heldout_acc_encrypted_adapted_weights=(adapted, True))
-    accs = {}
-    with torch.no_grad():
-        for name, (model, encrypted) in variants.items():
-            correct = total = 0
-            for imgs, labs in crops:
-                if encrypted:
-                    imgs = np.stack([encrypt_image(im.astype(np.uint8), key, patch)
-                                     for im in imgs]).astype(np.float32)
-                c, n = head.correct(model(_normalise(imgs, mean, std))[-1], lut[labs])
-                correct, total = correct + c, total + n
-            accs[name] = round(100.0 * correct / max(total, 1), 2)
+        per_key = []
+        for key in keys:
+            adapted = copy.deepcopy(backbone)
+            adapted.load_state_dict(encrypt_vit_state_dict(backbone.state_dict(), key,
+                                                           mean, std, prefix=''))
+            enc = np.stack([encrypt_image(im.astype(np.uint8), key, patch)
+                            for im in held[0]]).astype(np.float32)
+            per_key.append(accuracy(backbone, enc) + accuracy(adapted, enc))
+        m = np.mean(per_key, axis=0)
+        accs.update(heldout_orientation_acc_encrypted_plain_weights=float(m[0]),
+                    heldout_period_acc_encrypted_plain_weights=float(m[1]),
+                    heldout_orientation_acc_encrypted_adapted_weights=float(m[2]),
+                    heldout_period_acc_encrypted_adapted_weights=float(m[3]))
     stats = dict(
-        task=task, description=head.describe(),
+        description=('per-pixel orientation bin (%d) and period bin (%d) decoded linearly '
+                     'from each ViT token; plain 64x64 mosaics with continuous '
+                     'orientation in [0, 180) degrees and period in [%g, %g] px'
+                     % (textures.NUM_ORIENT_BINS, textures.NUM_PERIOD_BINS,
+                        *textures.PERIOD_RANGE)),
         iters=int(iters), batch_size=int(batch_size), lr=float(lr),
-        pool_size=int(pool_size),
+        images_seen=int(iters * batch_size),
         final_loss=round(float(np.mean(losses[-100:])), 4) if losses else None,
-        **accs, time_s=round(time.time() - t0, 1))
+        **{k: round(v, 2) for k, v in accs.items()}, time_s=round(time.time() - t0, 1))
     os.makedirs(osp.dirname(osp.abspath(out_path)), exist_ok=True)
     torch.save({'state_dict': backbone.state_dict(),
                 'meta': {'mmseg_ppenc_pretrain': {k: v for k, v in stats.items()
@@ -567,22 +481,50 @@ def pretrain_backbone(backbone_cfg: dict, preprocessor_cfg: dict, out_path: str,
 
 
 # --------------------------------------------------------------------------- fine-tuning
+def _mosaic_pipelines(encrypted: bool) -> Tuple[list, list]:
+    """Train and test pipelines for the mosaics.
+
+    The tiny configs' random resizing and flipping are left out on purpose: resizing
+    changes a grating's period and a horizontal flip turns 45 degrees into 135, i.e. both
+    change the class. ``PhotoMetricDistortion`` stays: colour is meant to be
+    uninformative, and with 24 images a model could otherwise memorise region colours.
+    """
+    train = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
+             dict(type='RandomCrop', crop_size=_PRETRAIN_CROP),
+             dict(type='PhotoMetricDistortion'),
+             # As in the tiny configs: the data preprocessor pads to the crop size, and
+             # only a uint8 pad before encryption keeps the encrypted runs exact.
+             dict(type='PadToGrid', size=_PRETRAIN_CROP)]
+    test = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
+    if encrypted:
+        train.append(dict(type='BlockScramble'))
+        test.append(dict(type='BlockScramble'))
+    pack = dict(type='PackSegInputs')
+    return train + [pack], test + [copy.deepcopy(pack)]
+
+
 def make_finetune_config(decoder: str, setting: str, *, data_root: str,
                          pretrained: Optional[str], work_dir: str, iters: int,
-                         seed: int, log_interval: int = 10, verbose: bool = False,
-                         config_dir: Optional[str] = None):
+                         seed: int, lr: float = 0.01, log_interval: int = 50,
+                         verbose: bool = False, config_dir: Optional[str] = None):
     """A tiny config prepared for one run of the experiment.
+
+    Everything but the data comes from the tiny config: model, optimizer (SGD,
+    momentum 0.9), poly schedule, slide inference. The data set becomes the mosaic
+    folder (mmseg's ``BaseSegDataset``), with :data:`textures.NUM_CLASSES` classes in
+    every head.
 
     Args:
         decoder (str): ``'mla'``, ``'pup'`` or ``'naive'``.
         setting (str): ``'baseline'``, ``'conventional2'`` or ``'proposed'``.
-        data_root (str): Root of the Cityscapes-format data.
+        data_root (str): Root of the mosaic data set (:func:`textures.make_texture_dataset`).
         pretrained (str, optional): Plain pre-trained backbone checkpoint; None trains
             the backbone from scratch.
         work_dir (str): The run's work_dir.
         iters (int): Training iterations (the poly schedule ends there).
         seed (int): ``randomness.seed``.
-        log_interval (int): Logger interval. Defaults to 10.
+        lr (float): SGD learning rate. Defaults to 0.01 (the tiny configs' value).
+        log_interval (int): Logger interval. Defaults to 50.
         verbose (bool): mmengine INFO logs on the console. Defaults to False.
         config_dir (str, optional): Tiny config directory. Defaults to None.
 
@@ -590,7 +532,7 @@ def make_finetune_config(decoder: str, setting: str, *, data_root: str,
         mmengine.config.Config: The config. The key is not in it: proposed and
         conventional 2 components read ``$PPENC_KEY_FILE`` (see :func:`finetune`).
     """
-    cfg = _load_cfg(tiny_config_path(decoder, setting, config_dir), data_root)
+    cfg = _load_cfg(tiny_config_path(decoder, setting, config_dir))
     _RUN_COUNTER[0] += 1
     cfg.work_dir = work_dir
     # mmengine names loggers, visualizers and message hubs after the experiment (plus a
@@ -605,6 +547,9 @@ def make_finetune_config(decoder: str, setting: str, *, data_root: str,
     cfg.log_level = 'INFO' if verbose else 'WARNING'
     cfg.model.backbone.init_cfg = (dict(type='Pretrained', checkpoint=pretrained)
                                    if pretrained else None)
+    for head in [cfg.model.decode_head] + list(cfg.model.get('auxiliary_head') or []):
+        head.num_classes = textures.NUM_CLASSES
+    cfg.optim_wrapper.optimizer.lr = float(lr)
     old_iters = int(cfg.train_cfg.max_iters)
     cfg.train_cfg.max_iters = int(iters)
     # Validate once, explicitly, after training (runner.val()), not inside the loop.
@@ -616,19 +561,23 @@ def make_finetune_config(decoder: str, setting: str, *, data_root: str,
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False,
                                         interval=int(iters), max_keep_ckpts=1)
     cfg.default_hooks.logger.interval = int(log_interval)
+    train_pipe, test_pipe = _mosaic_pipelines(setting != 'baseline')
+    # The inference API reads the top-level pipelines: keep them equal to the loaders'.
+    cfg.train_pipeline, cfg.test_pipeline = train_pipe, test_pipe
     root = data_root.rstrip('/\\') + os.sep
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+    for name, split, pipe in (('train_dataloader', 'train', train_pipe),
+                              ('val_dataloader', 'val', test_pipe),
+                              ('test_dataloader', 'val', test_pipe)):
         loader = cfg.get(name)
-        if not loader:
-            continue
         # Worker processes would compete with the main process for the two cores;
         # in-process loading is also the simplest way to keep runs reproducible.
         loader.num_workers = 0
         loader.persistent_workers = False
-        ds = loader.dataset
-        while 'dataset' in ds and 'data_root' not in ds:
-            ds = ds.dataset
-        ds.data_root = root
+        loader.dataset = dict(
+            type='BaseSegDataset', data_root=root, metainfo=textures.dataset_metainfo(),
+            img_suffix='.png', seg_map_suffix='.png',
+            data_prefix=dict(img_path=f'img_dir/{split}', seg_map_path=f'ann_dir/{split}'),
+            pipeline=copy.deepcopy(pipe))
     return cfg
 
 
@@ -668,8 +617,8 @@ def _check_backbone_init(runner, expected: Dict[str, torch.Tensor], what: str) -
                            'backbone matches the pre-trained checkpoint.')
 
 
-def finetune(cfg, key_file: str, expected_backbone: Optional[Dict[str, torch.Tensor]] = None
-             ) -> dict:
+def finetune(cfg, key_file: str, expected_backbone: Optional[Dict[str, torch.Tensor]] = None,
+             freeze_backbone: bool = False) -> dict:
     """Train ``cfg`` with the mmengine Runner, then evaluate it on the val split.
 
     Args:
@@ -677,6 +626,10 @@ def finetune(cfg, key_file: str, expected_backbone: Optional[Dict[str, torch.Ten
         key_file (str): Key file, exported as ``$PPENC_KEY_FILE`` for the run only.
         expected_backbone (dict, optional): Backbone state the model must hold after
             ``init_weights()`` (checked before the first iteration). Defaults to None.
+        freeze_backbone (bool): Train only the neck and the heads: after initialisation
+            the backbone's parameters stop requiring gradients (the optimizer skips
+            parameters without one). Checked after training: the backbone must be
+            unchanged. Defaults to False.
 
     Returns:
         dict: ``aAcc``, ``mIoU``, ``mAcc`` (%, 2 decimals, from ``IoUMetric``),
@@ -686,22 +639,32 @@ def finetune(cfg, key_file: str, expected_backbone: Optional[Dict[str, torch.Ten
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
-    class _CheckInit(Hook):
+    start: Dict[str, torch.Tensor] = {}
+
+    class _InitHook(Hook):
         priority = 'VERY_LOW'
 
         def before_train(self, runner) -> None:
             # Runner.train() calls init_weights() right before this hook point.
+            backbone = _unwrap(runner.model).backbone
             if expected_backbone is not None:
                 _check_backbone_init(runner, expected_backbone, cfg.experiment_name)
+            if freeze_backbone:
+                for p in backbone.parameters():
+                    p.requires_grad_(False)
+                start.update({k: v.detach().clone()
+                              for k, v in backbone.state_dict().items()})
 
     with _environ(**{KEY_ENV_VAR: key_file}):
         runner = Runner.from_cfg(cfg)
-        runner.register_hook(_CheckInit())
+        runner.register_hook(_InitHook())
         t0 = time.time()
         runner.train()
         t1 = time.time()
         metrics = runner.val()
         t2 = time.time()
+    if freeze_backbone:
+        _check_backbone_init(runner, start, cfg.experiment_name + ' (frozen backbone)')
     curve = _loss_curve(runner.log_dir)
     out = {m: round(float(metrics[m]), 2) for m in _METRICS}
     out.update(final_loss=curve[-1][1] if curve else None, loss_curve=curve,
@@ -724,7 +687,7 @@ def evaluate_at_init(cfg, key_file: str, keep_logits: bool = False) -> dict:
 
     Returns:
         dict: ``metrics`` (aAcc/mIoU/mAcc), ``preds`` (list of ``(H, W)`` int64 label
-        maps, val order), and ``logits`` (list of ``(19, H, W)`` float32) if asked.
+        maps, val order), and ``logits`` (list of ``(C, H, W)`` float32) if asked.
     """
     from mmengine.runner import Runner
 
@@ -752,75 +715,140 @@ def evaluate_at_init(cfg, key_file: str, keep_logits: bool = False) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- statistics
+def summarise(runs: Sequence[dict]) -> dict:
+    """Per-seed values, mean and sample standard deviation of one cell.
+
+    Args:
+        runs (Sequence[dict]): One :func:`finetune` result per seed (in seed order), each
+            with a ``seed`` field.
+
+    Returns:
+        dict: ``miou`` (per-seed list), ``mean``, ``std`` (sample std, ddof=1; 0.0 for a
+        single seed), the same for aAcc and mAcc as ``aacc``/``aacc_mean``/
+        ``aacc_std`` and ``macc``/..., and ``runs`` (the full per-seed results).
+    """
+    out: dict = {}
+    for metric, name in (('mIoU', 'miou'), ('aAcc', 'aacc'), ('mAcc', 'macc')):
+        vals = [float(r[metric]) for r in runs]
+        mean = float(np.mean(vals))
+        std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        prefix = '' if name == 'miou' else name + '_'
+        out[name] = vals
+        out[prefix + 'mean'] = round(mean, 2)
+        out[prefix + 'std'] = round(std, 2)
+    out['runs'] = list(runs)
+    return out
+
+
+def compare(a: dict, b: dict) -> dict:
+    """Difference of two cells' mean mIoU and whether it exceeds the seed spread.
+
+    The spread is the sum of the two standard deviations: the difference counts as
+    exceeding it when the mean ± std intervals do not overlap.
+
+    Returns:
+        dict: ``delta`` (a mean - b mean), ``spread`` (std a + std b), ``exceeds``.
+    """
+    delta = round(a['mean'] - b['mean'], 2)
+    spread = round(a['std'] + b['std'], 2)
+    return dict(delta=delta, spread=spread, exceeds=bool(abs(delta) > spread))
+
+
 # --------------------------------------------------------------------------- outputs
-def _cell(res: Optional[dict]) -> str:
-    if not res:
+def _pm(cell: Optional[dict], prefix: str = '') -> str:
+    if not cell:
         return '–'
-    return ' / '.join(f'{res[m]:.2f}' for m in _METRICS)
+    return f'{cell[prefix + "mean"]:.2f} ± {cell[prefix + "std"]:.2f}'
+
+
+_COMPARISONS = (('baseline', 'scratch', 'pre-training is worth (baseline − scratch)'),
+                ('conventional2', 'baseline', 'conventional 2 − baseline'),
+                ('proposed', 'baseline', 'proposed − baseline'),
+                ('proposed', 'conventional2', 'proposed − conventional 2'))
+
+
+def _grid_markdown(grid: Dict[str, Dict[str, dict]], decoders: Sequence[str],
+                   cells: Sequence[str]) -> List[str]:
+    lines = ['| decoder | ' + ' | '.join(TITLES[c] for c in cells) + ' |',
+             '|---|' + '---|' * len(cells)]
+    for d in decoders:
+        lines.append(f'| {TITLES[d]} | ' + ' | '.join(_pm(grid.get(d, {}).get(c))
+                                                      for c in cells) + ' |')
+    lines += ['', '| decoder | difference of mean mIoU | value | seed spread (std + std) '
+              '| exceeds the spread? |', '|---|---|---|---|---|']
+    for d in decoders:
+        row = grid.get(d, {})
+        for a, b, what in _COMPARISONS:
+            if row.get(a) and row.get(b):
+                c = compare(row[a], row[b])
+                lines.append(f'| {TITLES[d]} | {what} | {c["delta"]:+.2f} | '
+                             f'{c["spread"]:.2f} | {"yes" if c["exceeds"] else "no"} |')
+    return lines
 
 
 def format_markdown(result: dict) -> str:
-    """The miniature Table I as markdown (rows: decoders; columns: the three settings).
+    """The miniature Table I as markdown: the full fine-tuning grid, the frozen-backbone
+    grid, the differences against the seed spread, and the paper's layout.
 
     Args:
         result (dict): What :func:`run_experiment` returns (or ``table1.json``).
     """
     s = result['settings']
     pre = result['pretrain']
+    seeds = result['seeds']
+    decoders, cells = s['decoders'], s['cells']
     enc = ''
-    if 'heldout_acc_encrypted_plain_weights' in pre:
-        enc = (f'; on encrypted crops {pre["heldout_acc_encrypted_plain_weights"]:.1f} % '
-               f'with these plain weights, {pre["heldout_acc_encrypted_adapted_weights"]:.1f}'
-               ' % with the adapted ones')
+    if 'heldout_orientation_acc_encrypted_plain_weights' in pre:
+        enc = (f'; on encrypted mosaics '
+               f'{pre["heldout_orientation_acc_encrypted_plain_weights"]:.1f}'
+               f' / {pre["heldout_period_acc_encrypted_plain_weights"]:.1f} % with these plain '
+               f'weights and {pre["heldout_orientation_acc_encrypted_adapted_weights"]:.1f} / '
+               f'{pre["heldout_period_acc_encrypted_adapted_weights"]:.1f} % with the adapted '
+               'ones')
     lines = [
         '# Table I in miniature',
         '',
-        f'aAcc / mIoU / mAcc (%) on the synthetic Cityscapes-format val split '
-        f'({s["num_val"]} images of {s["height"]}x{s["width"]}; {s["num_train"]} train '
-        f'images). SETR with the tiny ViT of `configs/ppenc/tiny` '
-        f'({result["backbone"]["summary"]}), pre-trained for {pre["iters"]} iterations on '
-        f'plain images of a different task ({pre["task"]}-level Cityscapes categories; '
-        f'held-out accuracy {pre["heldout_acc"]:.1f} %{enc}), fine-tuned {s["iters"]} '
-        f'iterations at batch {s["batch_size"]}; seed {s["seed"]}, key '
-        f'{result["key_fingerprint"]}.',
+        f'mIoU (%) on the texture-mosaic val split ({s["num_val"]} images of '
+        f'{s["height"]}x{s["width"]}, {textures.NUM_CLASSES} classes; {s["num_train"]} '
+        f'train images), mean ± sample std over {len(seeds)} seeds {seeds} (a seed sets the '
+        f'fine-tuning seed and the key). SETR with the tiny ViT of `configs/ppenc/tiny` '
+        f'({result["backbone"]["summary"]}), pre-trained for {pre["iters"]} iterations '
+        f'({pre["images_seen"]} plain mosaics) on {pre["description"]} (held-out '
+        f'orientation / period accuracy {pre["heldout_orientation_acc"]:.1f} / '
+        f'{pre["heldout_period_acc"]:.1f} %{enc}); fine-tuned {s["iters"]} iterations at '
+        f'batch {s["batch_size"]}, SGD lr {s["lr"]}. Total {result["seconds"] / 60:.1f} min.',
         '',
-        '| backbone | decoder | baseline | conventional 2 | proposed |',
-        '|---|---|---|---|---|',
+        '## Full fine-tuning',
+        '',
     ]
-    for d in s['decoders']:
-        row = result['results'].get(d, {})
-        cells = [_cell(row.get(st)) for st in SETTINGS]
-        lines.append(f'| tiny ViT | {_DECODER_TITLES[d]} | ' + ' | '.join(cells) + ' |')
-    deltas = []
-    for d in s['decoders']:
-        row = result['results'].get(d, {})
-        base = row.get('baseline')
-        if not base:
-            continue
-        parts = [f'{_SETTING_TITLES[st]} {row[st]["mIoU"] - base["mIoU"]:+.2f}'
-                 for st in ('conventional2', 'proposed') if row.get(st)]
-        if parts:
-            deltas.append(f'{_DECODER_TITLES[d]}: ' + ', '.join(parts))
-    if deltas:
-        lines += ['', 'mIoU minus baseline: ' + '; '.join(deltas) + '.']
-    scratch = (result.get('reference') or {}).get('baseline_without_pretraining') or {}
-    if scratch:
-        lines += ['', 'Reference (not in the paper): the baseline fine-tuned from a random '
-                  'initialisation, same schedule. A conventional 2 that lost the whole '
-                  'benefit of pre-training would land near this level.', '',
-                  '| backbone | decoder | baseline, no pre-training | baseline minus it '
-                  '(mIoU) |', '|---|---|---|---|']
-        for d in s['decoders']:
-            if d in scratch:
-                base = result['results'].get(d, {}).get('baseline')
-                gain = f'{base["mIoU"] - scratch[d]["mIoU"]:+.2f}' if base else '–'
-                lines.append(f'| tiny ViT | {_DECODER_TITLES[d]} | {_cell(scratch[d])} | '
-                             f'{gain} |')
+    lines += _grid_markdown(result['decoders'], decoders, cells)
+    if result.get('frozen'):
+        lines += ['', '## Frozen backbone (only the decoder is trained)', '']
+        lines += _grid_markdown(result['frozen'], decoders, cells)
+    lines += ['', '## In the paper\'s layout: aAcc / mIoU / mAcc (%), means', '',
+              '| backbone | decoder | baseline | conventional 2 | proposed |',
+              '|---|---|---|---|---|']
+    for d in decoders:
+        row = result['decoders'].get(d, {})
+        vals = []
+        for c in SETTINGS:
+            r = row.get(c)
+            vals.append(f'{r["aacc_mean"]:.2f} / {r["mean"]:.2f} / {r["macc_mean"]:.2f}'
+                        if r else '–')
+        lines.append(f'| tiny ViT | {TITLES[d]} | ' + ' | '.join(vals) + ' |')
+    lines += ['', 'The paper (ViT-B, Cityscapes val):', '',
+              '| backbone | decoder | baseline | conventional 2 | proposed |',
+              '|---|---|---|---|---|']
+    for d in decoders:
+        lines.append(f'| ViT-B | {TITLES[d]} | ' + ' | '.join(
+            ' / '.join(f'{v:.2f}' for v in PAPER_TABLE1[d][c]) for c in SETTINGS) + ' |')
     return '\n'.join(lines) + '\n'
 
 
 def plot_miou(result: dict, path: str) -> None:
-    """Grouped bar chart of mIoU per decoder and setting (Agg canvas, no GUI backend).
+    """Bars of mean mIoU with ±std error bars, per decoder and cell; full fine-tuning
+    left, frozen backbone right (Agg canvas, no GUI backend).
 
     Args:
         result (dict): What :func:`run_experiment` returns.
@@ -830,35 +858,31 @@ def plot_miou(result: dict, path: str) -> None:
     from matplotlib.figure import Figure
 
     s = result['settings']
-    decoders = list(s['decoders'])
-    settings = [st for st in SETTINGS if st in s['settings']]
-    colours = {'baseline': '#4c72b0', 'conventional2': '#c44e52', 'proposed': '#55a868'}
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    decoders, cells = list(s['decoders']), list(s['cells'])
+    colours = {'baseline': '#4c72b0', 'conventional2': '#c44e52', 'proposed': '#55a868',
+               'scratch': '#8c8c8c'}
+    panels = [('full fine-tuning', result['decoders'])]
+    if result.get('frozen'):
+        panels.append(('frozen backbone', result['frozen']))
+    fig = Figure(figsize=(5.2 * len(panels), 3.8), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / max(1, len(settings))
-    for j, st in enumerate(settings):
-        xs = [i + (j - (len(settings) - 1) / 2) * width for i in range(len(decoders))]
-        ys = [result['results'][d][st]['mIoU'] for d in decoders]
-        bars = ax.bar(xs, ys, width, label=_SETTING_TITLES[st], color=colours[st])
-        ax.bar_label(bars, fmt='%.1f', fontsize=7, padding=1)
-    scratch = (result.get('reference') or {}).get('baseline_without_pretraining') or {}
-    if scratch:
-        # A thin marker over the baseline bar: the level reached without pre-training.
-        j0 = settings.index('baseline') if 'baseline' in settings else (len(settings) - 1) / 2
-        xs = [i + (j0 - (len(settings) - 1) / 2) * width for i, d in enumerate(decoders)
-              if d in scratch]
-        ys = [scratch[d]['mIoU'] for d in decoders if d in scratch]
-        ax.scatter(xs, ys, marker='_', s=400, color='black', zorder=3,
-                   label='baseline, no pre-training')
-    ax.set_xticks(range(len(decoders)), [_DECODER_TITLES[d] for d in decoders])
-    ax.set_ylabel('mIoU (%)')
-    top = max(result['results'][d][st]['mIoU'] for d in decoders for st in settings)
-    ax.set_ylim(0, max(10.0, top * 1.18))
-    ax.set_title(f'Table I in miniature: tiny SETR, {s["iters"]} fine-tune iterations, '
-                 f'seed {s["seed"]}', fontsize=9)
-    ax.legend(fontsize=7, ncol=len(settings) + bool(scratch), loc='upper center')
-    ax.grid(axis='y', alpha=0.3)
+    width = 0.8 / max(1, len(cells))
+    for k, (title, grid) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        for j, c in enumerate(cells):
+            xs = [i + (j - (len(cells) - 1) / 2) * width for i in range(len(decoders))]
+            ys = [grid[d][c]['mean'] for d in decoders]
+            es = [grid[d][c]['std'] for d in decoders]
+            bars = ax.bar(xs, ys, width, yerr=es, capsize=2, label=TITLES[c],
+                          color=colours[c])
+            ax.bar_label(bars, fmt='%.1f', fontsize=6, padding=1)
+        ax.set_xticks(range(len(decoders)), [TITLES[d] for d in decoders])
+        ax.set_ylabel('mIoU (%)')
+        ax.set_ylim(0, 100)
+        ax.set_title(f'{title}: mean ± std over {len(result["seeds"])} seeds', fontsize=9)
+        ax.grid(axis='y', alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=7, ncol=2, loc='upper left')
     fig.tight_layout()
     fig.savefig(path)
 
@@ -884,113 +908,121 @@ def _loadavg() -> Optional[List[float]]:
         return None
 
 
+def _write_outputs(result: dict, out_dir: str) -> None:
+    with open(osp.join(out_dir, 'table1.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    with open(osp.join(out_dir, 'table1.md'), 'w') as f:
+        f.write(format_markdown(result))
+    plot_miou(result, osp.join(out_dir, 'table1.png'))
+
+
 def run_experiment(exp: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole miniature Table I and write ``table1.{md,json,png}`` to ``out_dir``.
 
-    Steps: key, data, pre-training, then for every decoder and setting one fine-tune and
-    evaluation with the mmengine Runner (same seed, data and pre-trained weights).
+    Steps: keys, data, pre-training, then for every seed, decoder and cell one fine-tune
+    and evaluation with the mmengine Runner (and the same with a frozen backbone).
 
     Args:
         exp (ExperimentConfig): The settings.
         log (Callable[[str], None]): Progress output. Defaults to ``print``.
 
     Returns:
-        dict: Everything written to ``table1.json``.
+        dict: Everything written to ``table1.json``: ``decoders`` and ``frozen``
+        (``{decoder: {cell: summarise(...)}}``), ``seeds``, ``seconds``, ``settings``,
+        ``key_fingerprints``, ``pretrain``, ``backbone``, ``timings``, ``machine``,
+        ``versions``.
     """
     exp.validate()
     t_start = time.time()
     load_start = _loadavg()
     out_dir = exp.out_dir
     os.makedirs(out_dir, exist_ok=True)
+    seeds = [int(s) for s in exp.seeds]
     with _torch_threads(exp.threads):
-        key_file, key = prepare_key(out_dir, exp.key_file, log)
+        keys = prepare_keys(exp.key_dir or osp.join(out_dir, 'keys'), seeds, log)
 
         t0 = time.time()
-        data_root = osp.join(out_dir, 'data', f'synthetic_s{exp.seed}_{exp.num_train}x'
+        data_root = osp.join(out_dir, 'data', f'mosaics_s{exp.data_seed}_{exp.num_train}x'
                              f'{exp.num_val}_{exp.height}x{exp.width}')
-        # The directory name fixes the file set, so overwriting cannot leave stale files.
-        make_synthetic_cityscapes(data_root, exp.num_train, exp.num_val, exp.height,
-                                  exp.width, seed=exp.seed, overwrite=True)
+        # The directory name fixes the file set; the writer refuses foreign files.
+        textures.make_texture_dataset(data_root, exp.num_train, exp.num_val,
+                                      (exp.height, exp.width), seed=exp.data_seed)
         t_data = time.time() - t0
-        log(f'data: {exp.num_train} train / {exp.num_val} val images of '
+        log(f'data: {exp.num_train} train / {exp.num_val} val mosaics of '
             f'{exp.height}x{exp.width} in {data_root} ({t_data:.1f} s)')
 
         backbone_cfg, pre_cfg = load_backbone_config(exp.config_dir)
         ckpt = osp.join(out_dir, 'pretrained_tiny_vit.pth')
         log(f'pre-training {_backbone_summary(backbone_cfg)} for {exp.pretrain_iters} '
-            'iterations on plain images of the stand-in task')
+            'iterations on plain mosaics')
         pre_stats = pretrain_backbone(backbone_cfg, pre_cfg, ckpt, exp.pretrain_iters,
-                                      exp.seed, exp.pretrain_batch_size, exp.pretrain_lr,
-                                      exp.pretrain_pool, exp.pretrain_task, key, log)
-        log(f'pre-training done in {pre_stats["time_s"]:.0f} s: held-out accuracy '
-            f'{pre_stats["heldout_acc"]:.1f} % on plain crops; on encrypted crops '
-            f'{pre_stats["heldout_acc_encrypted_plain_weights"]:.1f} % with the plain '
-            f'weights, {pre_stats["heldout_acc_encrypted_adapted_weights"]:.1f} % with the '
-            'adapted ones')
+                                      exp.data_seed, exp.pretrain_batch_size,
+                                      exp.pretrain_lr, [k for _, k in keys.values()], log)
+        log(f'pre-training done in {pre_stats["time_s"]:.0f} s: held-out orientation / '
+            f'period accuracy {pre_stats["heldout_orientation_acc"]:.1f} / '
+            f'{pre_stats["heldout_period_acc"]:.1f} %')
         plain_state = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
         from mmseg_ppenc.adaptation import encrypt_vit_state_dict
-        encrypted_state = encrypt_vit_state_dict(plain_state, key, pre_cfg['mean'],
-                                                 pre_cfg['std'], prefix='')
 
-        # (decoder, setting, pretrained?) in table order; the scratch reference last.
-        runs = [(d, st, True) for d in exp.decoders for st in SETTINGS
-                if st in exp.settings]
-        if exp.scratch_reference:
-            runs += [(d, 'baseline', False) for d in exp.decoders]
-        results: Dict[str, Dict[str, dict]] = {}
-        scratch: Dict[str, dict] = {}
+        grids = [('decoders', False)] + ([('frozen', True)] if exp.frozen else [])
+        runs = [(g, seed, d, c) for g, _ in grids for seed in seeds
+                for d in exp.decoders for c in exp.cells]
+        per_cell: Dict[str, Dict[str, Dict[str, List[dict]]]] = {g: {} for g, _ in grids}
         batch_size = None
         t_ft = time.time()
-        for k, (decoder, setting, pretrained) in enumerate(runs, 1):
-            name = _SETTING_TITLES[setting] + ('' if pretrained else ', no pre-training')
+        for k, (grid, seed, decoder, cell) in enumerate(runs, 1):
+            key_file, key = keys[seed]
+            pretrained = cell != 'scratch'
+            setting = 'baseline' if cell == 'scratch' else cell
             cfg = make_finetune_config(
                 decoder, setting, data_root=data_root,
                 pretrained=osp.abspath(ckpt) if pretrained else None,
-                work_dir=osp.join(out_dir, 'runs', f'{decoder}_{setting}' +
-                                  ('' if pretrained else '_scratch')),
-                iters=exp.iters, seed=exp.seed, log_interval=exp.log_interval,
+                work_dir=osp.join(out_dir, 'runs', grid, f'seed{seed}',
+                                  f'{decoder}_{cell}'),
+                iters=exp.iters, seed=seed, lr=exp.lr, log_interval=exp.log_interval,
                 verbose=exp.verbose, config_dir=exp.config_dir)
             batch_size = int(cfg.train_dataloader.batch_size)
-            tag = f'[{k}/{len(runs)}] {_DECODER_TITLES[decoder]} / {name}'
-            log(f'{tag}: {exp.iters} iterations ...')
             expected = None
             if pretrained:
-                expected = encrypted_state if setting == 'proposed' else plain_state
-            res = finetune(cfg, key_file, expected)
-            res['backbone_type'] = cfg.model.backbone.type
-            if pretrained:
-                results.setdefault(decoder, {})[setting] = res
-            else:
-                scratch[decoder] = res
+                expected = (encrypt_vit_state_dict(plain_state, key, pre_cfg['mean'],
+                                                   pre_cfg['std'], prefix='')
+                            if setting == 'proposed' else plain_state)
+            tag = (f'[{k}/{len(runs)}] {"frozen " if grid == "frozen" else ""}seed {seed} '
+                   f'{TITLES[decoder]} / {TITLES[cell]}')
+            res = finetune(cfg, key_file, expected, freeze_backbone=grid == 'frozen')
+            res.update(seed=seed, key_fingerprint=key.fingerprint,
+                       backbone_type=cfg.model.backbone.type)
+            per_cell[grid].setdefault(decoder, {}).setdefault(cell, []).append(res)
             log(f'{tag}: aAcc {res["aAcc"]:.2f}  mIoU {res["mIoU"]:.2f}  mAcc '
                 f'{res["mAcc"]:.2f}  (final loss {res["final_loss"]}, '
-                f'{res["train_time_s"]:.0f} s train, {res["val_time_s"]:.0f} s val)')
+                f'{res["train_time_s"] + res["val_time_s"]:.0f} s)')
         t_ft = time.time() - t_ft
 
     settings = asdict(exp)
-    settings.update(decoders=list(exp.decoders), settings=list(exp.settings),
-                    batch_size=batch_size, key_file=None)
+    settings.update(decoders=list(exp.decoders), cells=list(exp.cells), seeds=seeds,
+                    batch_size=batch_size, key_dir=None)
     settings.pop('verbose')
     result = dict(
         experiment='Table I in miniature (Sueyoshi, Nishikawa, Kiya, arXiv 2507.12730)',
+        seeds=seeds,
+        decoders={d: {c: summarise(v) for c, v in row.items()}
+                  for d, row in per_cell['decoders'].items()},
+        frozen={d: {c: summarise(v) for c, v in row.items()}
+                for d, row in per_cell.get('frozen', {}).items()},
+        seconds=None,
         settings=settings,
-        key_fingerprint=key.fingerprint,
+        key_fingerprints={str(s): keys[s][1].fingerprint for s in seeds},
         backbone=dict(config=backbone_cfg, summary=_backbone_summary(backbone_cfg)),
         pretrain=dict(pre_stats, checkpoint=osp.basename(ckpt)),
-        results=results,
-        reference=dict(baseline_without_pretraining=scratch),
         timings=dict(data_s=round(t_data, 1), pretrain_s=pre_stats['time_s'],
-                     finetune_s=round(t_ft, 1), total_s=round(time.time() - t_start, 1)),
+                     finetune_s=round(t_ft, 1)),
         machine=dict(cpu_count=os.cpu_count(), torch_threads=exp.threads or
                      torch.get_num_threads(), loadavg_start=load_start,
                      loadavg_end=_loadavg()),
         versions=_versions(),
     )
-    with open(osp.join(out_dir, 'table1.json'), 'w') as f:
-        json.dump(result, f, indent=1)
-    with open(osp.join(out_dir, 'table1.md'), 'w') as f:
-        f.write(format_markdown(result))
-    plot_miou(result, osp.join(out_dir, 'table1.png'))
+    result['seconds'] = round(time.time() - t_start, 1)
+    _write_outputs(result, out_dir)
     return result
 
 
@@ -1003,28 +1035,33 @@ def build_parser() -> argparse.ArgumentParser:
     """
     d = ExperimentConfig()
     p = argparse.ArgumentParser(description='Table I of Sueyoshi et al. in miniature: '
-                                'baseline / conventional 2 / proposed x MLA / PUP / Naive.')
+                                'baseline / conventional 2 / proposed / scratch x MLA / '
+                                'PUP / Naive x seeds, full fine-tuning and frozen backbone.')
     p.add_argument('--out-dir', default=d.out_dir,
                    help=f'output directory (default: {d.out_dir})')
-    p.add_argument('--seed', type=int, default=d.seed,
-                   help=f'seed of data, pre-training and fine-tuning (default: {d.seed})')
-    p.add_argument('--iters', type=int, default=d.iters,
+    p.add_argument('--seeds', type=int, nargs='+', default=None,
+                   help=f'seeds; each sets the fine-tuning seed and the key '
+                   f'(default: {" ".join(map(str, d.seeds))})')
+    p.add_argument('--iters', type=int, default=None,
                    help=f'fine-tuning iterations per run (default: {d.iters})')
-    p.add_argument('--pretrain-iters', type=int, default=d.pretrain_iters,
+    p.add_argument('--pretrain-iters', type=int, default=None,
                    help=f'pre-training iterations (default: {d.pretrain_iters})')
     p.add_argument('--decoders', nargs='+', choices=DECODERS, default=list(DECODERS),
                    help='decoders (default: all)')
-    p.add_argument('--settings', nargs='+', choices=SETTINGS, default=list(SETTINGS),
-                   help='settings (default: all)')
-    p.add_argument('--train', type=int, default=d.num_train,
-                   help=f'synthetic training images (default: {d.num_train})')
-    p.add_argument('--val', type=int, default=d.num_val,
-                   help=f'synthetic validation images (default: {d.num_val})')
-    p.add_argument('--key-file', default=None,
-                   help='key file (default: OUT_DIR/table1.key, created with mode 600 '
-                   'if missing, reused otherwise)')
-    p.add_argument('--no-scratch', dest='scratch', action='store_false',
-                   help='skip the reference runs of the baseline without pre-training')
+    p.add_argument('--cells', nargs='+', choices=CELLS, default=list(CELLS),
+                   help='cells: the settings and scratch (default: all)')
+    p.add_argument('--train', type=int, default=None,
+                   help=f'fine-tuning images (default: {d.num_train})')
+    p.add_argument('--val', type=int, default=None,
+                   help=f'validation images (default: {d.num_val})')
+    p.add_argument('--no-frozen', dest='frozen', action='store_false',
+                   help='skip the frozen-backbone grid')
+    p.add_argument('--key-dir', default=None,
+                   help='directory of the per-seed keys table1_seed<N>.key (default: '
+                   'OUT_DIR/keys; missing keys are created with mode 600)')
+    p.add_argument('--quick', action='store_true',
+                   help='every stage at toy sizes, in a few minutes (for tests): '
+                   + ', '.join(f'{k}={v}' for k, v in ExperimentConfig.QUICK.items()))
     p.add_argument('--threads', type=int, default=d.threads,
                    help=f'torch threads (default: {d.threads}; see ExperimentConfig)')
     p.add_argument('--verbose', action='store_true',
@@ -1045,6 +1082,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of parsed flags: defaults, then ``--quick``, then
+    every flag given explicitly."""
+    values = dict(ExperimentConfig.QUICK) if args.quick else {}
+    explicit = dict(seeds=args.seeds, iters=args.iters, pretrain_iters=args.pretrain_iters,
+                    num_train=args.train, num_val=args.val)
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return ExperimentConfig(out_dir=args.out_dir, decoders=args.decoders, cells=args.cells,
+                            frozen=args.frozen, key_dir=args.key_dir, threads=args.threads,
+                            verbose=args.verbose, **values)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the experiment and print the table and the total runtime.
 
@@ -1062,29 +1111,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         warnings.filterwarnings('ignore', module=r'(mmseg|mmengine|mmcv)(\.|$)')
         warnings.filterwarnings('ignore', category=DeprecationWarning)
         warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
-    exp = ExperimentConfig(out_dir=args.out_dir, seed=args.seed, iters=args.iters,
-                           pretrain_iters=args.pretrain_iters, decoders=args.decoders,
-                           settings=args.settings, num_train=args.train,
-                           num_val=args.val, key_file=args.key_file,
-                           scratch_reference=args.scratch, threads=args.threads,
-                           verbose=args.verbose)
+    exp = config_from_args(args)
     try:
         exp.validate()
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    t0 = time.time()
     try:
         result = run_experiment(exp)
-    except (FileNotFoundError, InvalidKeyError) as e:  # missing config or bad key file
+    except (FileNotFoundError, FileExistsError, InvalidKeyError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    total = time.time() - t0
     print()
     print(format_markdown(result))
     print(f'Wrote {osp.join(args.out_dir, "table1.md")}, table1.json and table1.png; '
-          f'total runtime {total / 60:.1f} min ({total:.0f} s; load average at start '
-          f'{result["machine"]["loadavg_start"]}, end {result["machine"]["loadavg_end"]}).')
+          f'total runtime {result["seconds"] / 60:.1f} min ({result["seconds"]:.0f} s; '
+          f'load average at start {result["machine"]["loadavg_start"]}, end '
+          f'{result["machine"]["loadavg_end"]}).')
     return 0
 
 
