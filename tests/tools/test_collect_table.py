@@ -378,3 +378,43 @@ def test_shim_runs_the_tool(tmp_path):
                          text=True, timeout=300)
     assert res.returncode == 2
     assert res.stderr.startswith(f"error: --work-dirs '{tmp_path / 'nope'}' does not exist")
+
+
+def _one_run(tmp_path, name='setr_vit-b_mla_cityscapes_baseline'):
+    wd = str(tmp_path / 'root' / name)
+    os.makedirs(wd)
+    cfg = Config.fromfile(tiny_config('mla', 'baseline'))
+    write_train_run(wd, '20260101_000000', cfg, [(2, _metrics(1)), (4, _metrics(2))])
+    return wd
+
+
+def test_unreadable_parts_are_reported_not_guessed(tmp_path, capsys):
+    """A line in another encoding is skipped and counted; a config that does not execute
+    leaves the run unchecked, with a warning, rather than stopping the table."""
+    wd = _one_run(tmp_path)
+    vis = osp.join(wd, '20260101_000000', 'vis_data')
+    with open(osp.join(vis, 'scalars.json'), 'ab') as f:
+        f.write('{"aAcc": 1.0, "mIoU": 2.0, "mAcc": 3.0, "step": 9, "x": "é"}\n'
+                .encode('latin-1'))
+    with open(osp.join(vis, 'config.py'), 'w') as f:
+        f.write('model = dict(\n')
+    rc, out, err = _collect(['--work-dirs', str(tmp_path / 'root'), '--out-dir',
+                             str(tmp_path / 'out')], capsys)
+    assert rc == 0, err
+    with open(tmp_path / 'out' / 'table1_fullsize.json') as f:
+        cell = json.load(f)['backbones']['vit-b']['mla']['baseline']
+    assert {m: cell[m] for m in C.METRICS} == _metrics(2)
+    assert (cell['iteration'], cell['skipped_lines'], cell['max_iters']) == (4, 1, None)
+    assert f'warning: setr_vit-b_mla_cityscapes_baseline: cannot read {vis}' in err
+    assert "decoder, setting and schedule are unchecked" in out
+
+
+def test_unwritable_out_dir(tmp_path, capsys):
+    _one_run(tmp_path)
+    (tmp_path / 'taken').write_text('')
+    rc, out, err = _collect(['--work-dirs', str(tmp_path / 'root'), '--out-dir',
+                             str(tmp_path / 'taken')], capsys)
+    assert rc == 1 and out == ''
+    assert err.splitlines()[-1].startswith(
+        f"error: cannot write the table to --out-dir '{tmp_path / 'taken'}'")
+    assert (tmp_path / 'taken').read_text() == ''

@@ -134,6 +134,7 @@ class RunResult:
         reason (str, optional): Why the run is missing or incomplete. Defaults to None.
         skipped_lines (int): Lines of ``scalars.json`` that were not JSON (a line being
             written while training runs). Defaults to 0.
+        warnings (list[str]): What could not be checked. Defaults to an empty list.
     """
 
     work_dir: str
@@ -162,13 +163,15 @@ def _timestamp_dirs(work_dir: str) -> List[str]:
 def _json_lines(path: str) -> Tuple[List[dict], int]:
     """Every JSON object of a JSON-lines file and the count of lines that are not one."""
     records, bad = [], 0
-    with open(path, encoding='utf-8') as f:
+    # Line by line in bytes: mmengine writes ASCII JSON, so a line that is not UTF-8 is
+    # damaged and is counted, not decoded leniently into a plausible record.
+    with open(path, 'rb') as f:
         for line in f:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                rec = json.loads(line.decode('utf-8'))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 bad += 1
                 continue
             if isinstance(rec, dict):
@@ -323,13 +326,21 @@ def read_run(name: str, work_dir: Optional[str]) -> RunResult:
                     skipped_lines=skipped,
                     **{m: round(float(rec[m]), 2) for m in METRICS})
     config_path = osp.join(chosen['ts_dir'], 'vis_data', 'config.py')
+    cfg = None
     if osp.isfile(config_path):
-        found = identify_config(_load_config(config_path))
-        _check_identity(name, found, work_dir, config_path, res.warnings)
-        res.embed_dims, res.max_iters = found['embed_dims'], found['max_iters']
+        try:
+            cfg = _load_config(config_path)
+        except Exception as e:  # whatever a broken dump raises while it is executed
+            res.warnings.append(f'{name}: cannot read {config_path} ({type(e).__name__}: '
+                                f'{e}); the run\'s decoder, setting and schedule are '
+                                'unchecked.')
     else:
         res.warnings.append(f'{name}: no {config_path}; the run\'s decoder, setting and '
                             'schedule are unchecked.')
+    if cfg is not None:
+        found = identify_config(cfg)
+        _check_identity(name, found, work_dir, config_path, res.warnings)
+        res.embed_dims, res.max_iters = found['embed_dims'], found['max_iters']
     if res.iteration is not None and res.max_iters is not None and \
             res.iteration < res.max_iters:
         res.status = 'incomplete'
@@ -515,8 +526,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     Returns:
         int: 0 when written (missing runs are listed, not an error); 2 for bad arguments,
-        a missing ROOT, a run under another run's name, or no metrics at all (one
-        ``error: ...`` line on stderr).
+        a missing ROOT, a run under another run's name, or no metrics at all; 1 when
+        ``--out-dir`` cannot be written (one ``error: ...`` line on stderr).
     """
     args = build_parser().parse_args(argv)
     try:
@@ -535,9 +546,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for w in result['warnings']:
         print(f'warning: {w}', file=sys.stderr)
     text = format_markdown(result, args.work_dirs or '')
-    os.makedirs(args.out_dir, exist_ok=True)
-    _write(osp.join(args.out_dir, 'table1_fullsize.json'), json.dumps(result, indent=1))
-    _write(osp.join(args.out_dir, 'table1_fullsize.md'), text)
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+        _write(osp.join(args.out_dir, 'table1_fullsize.json'), json.dumps(result, indent=1))
+        _write(osp.join(args.out_dir, 'table1_fullsize.md'), text)
+    except OSError as e:
+        print(f'error: cannot write the table to --out-dir {args.out_dir!r}: '
+              f'{e.strerror or e}; choose a writable directory.', file=sys.stderr)
+        return 1
     print(text)
     print(f'Wrote {osp.join(args.out_dir, "table1_fullsize.md")} and table1_fullsize.json; '
           f'{total - len(result["missing"])} of {total} runs found, '
