@@ -35,7 +35,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ['bilinear_matrix', 'bilinear_resize', 'argmax_accuracy', 'fast_loss_by_feat',
-           'enable_fast_loss', 'disable_fast_loss', 'is_fast_loss_enabled', 'loss_heads']
+           'enable_fast_loss', 'disable_fast_loss', 'is_fast_loss_enabled', 'loss_heads',
+           'has_stock_loss']
 
 # (in_size, out_size, align_corners, dtype, device) -> matrix. Training uses a handful of
 # shapes; the bound only guards runs with varying label sizes.
@@ -250,7 +251,8 @@ def loss_heads(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
         yield 'auxiliary_head', aux
 
 
-def _uses_stock_loss(head: nn.Module) -> bool:
+def has_stock_loss(head: nn.Module) -> bool:
+    """Whether ``head`` is a ``BaseDecodeHead`` whose class keeps mmseg's ``loss_by_feat``."""
     from mmseg.models.decode_heads.decode_head import BaseDecodeHead
     return (isinstance(head, BaseDecodeHead) and
             type(head).loss_by_feat is BaseDecodeHead.loss_by_feat)
@@ -291,7 +293,7 @@ def enable_fast_loss(model: nn.Module) -> Tuple[List[str], List[str]]:
     from ..core.errors import ConfigError
     enabled, kept = [], []
     for name, head in loss_heads(model):
-        if not _uses_stock_loss(head):
+        if not has_stock_loss(head):
             kept.append(name)
             continue
         if 'loss_by_feat' in head.__dict__ and not is_fast_loss_enabled(head):

@@ -109,7 +109,8 @@ def test_resize_rejects_bad_input(call, message):
 
 
 # --------------------------------------------------------------------------- accuracy
-@pytest.mark.parametrize('ignore_index', [None, 255])
+# 3: an ignored label that is also a class the model can predict.
+@pytest.mark.parametrize('ignore_index', [None, 255, 3])
 @pytest.mark.parametrize('ignored', [0.0, 0.3, 1.0])
 def test_argmax_accuracy_equals_mmseg(ignore_index, ignored):
     g = torch.Generator().manual_seed(1)
@@ -118,7 +119,7 @@ def test_argmax_accuracy_equals_mmseg(ignore_index, ignored):
     # Make the prediction right about half the time, so the value is not near 1/19.
     right = torch.rand(target.shape, generator=g) < 0.5
     pred.scatter_add_(1, target[:, None], 10.0 * right[:, None].float())
-    target[torch.rand(target.shape, generator=g) < ignored] = 255
+    target[torch.rand(target.shape, generator=g) < ignored] = ignore_index or 255
     ref = accuracy(pred, target, ignore_index=ignore_index)
     got = fl.argmax_accuracy(pred, target, ignore_index)
     assert got.shape == ref.shape == (1,)
