@@ -53,6 +53,19 @@ def test_resize_equals_interpolate_values_and_gradients(shape_in, shape_out, ali
     _assert_rel(got_grad, ref_grad)
 
 
+@pytest.mark.parametrize('dynamic', [False, True])
+def test_resize_under_torch_compile(dynamic):
+    """Traced by dynamo (matrices built in the graph), also with symbolic shapes."""
+    torch._dynamo.reset()
+    fn = torch.compile(fl.bilinear_resize, backend='eager', dynamic=dynamic, fullgraph=True)
+    try:
+        for shape_in, shape_out in SHAPES[:3]:
+            x = torch.randn(2, 3, *shape_in)
+            _assert_rel(fn(x, shape_out), F.interpolate(x, shape_out, mode='bilinear'))
+    finally:
+        torch._dynamo.reset()
+
+
 def test_resize_in_float64_is_exact_to_double_rounding():
     x = torch.randn(1, 2, 11, 6, dtype=torch.float64)
     ref = F.interpolate(x, (30, 31), mode='bilinear', align_corners=False)
