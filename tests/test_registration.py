@@ -10,7 +10,7 @@ COMPONENTS = {
     'TRANSFORMS': ['BlockScramble', 'PadToGrid', 'GridRandomCrop', 'EncryptedPhotoMetric',
                    'EncryptedRandomFlip'],
     'HOOKS': ['KeyManagementHook', 'KeylessServerHook', 'ChannelsLastHook',
-              'CompileModelHook', 'DeferredLogRuntimeInfoHook'],
+              'CompileModelHook', 'DeferredLogRuntimeInfoHook', 'FastLossHook'],
     'DATASETS': ['KeylessEncryptedDataset'],
     'OPTIM_WRAPPERS': ['BF16AmpOptimWrapper'],
 }

@@ -3,23 +3,27 @@
 # mmsegmentation, mmengine and mmcv and has no network (wheels from .whl/, made by
 # tools/fetch_gpu_wheels.sh). ViT-L + MLA, 768x768, batch 8:
 #   1. eager variants: stock mmseg fp32, the plugin defaults (fused attention + bf16),
-#      proposed, + fused optimizer, + channels-last heads, + deferred log sync; then a
-#      piece-by-piece profile of one step;
+#      proposed, + fused optimizer, + channels-last heads and deferred log sync, + the
+#      fast loss path; then a piece-by-piece profile of one step (with the loss path,
+#      mmseg's against the fast one);
 #   2. end to end: tools/train.py on the shipped baseline and proposed configs with
 #      synthetic 1024x2048 Cityscapes data (made in the background during part 1),
-#      8 workers, then slide validation; baseline/proposed agreement at step 0;
-#   3. compiled variants (backbone, whole train_step), as far as the time budget allows.
+#      8 workers, 20 iterations, then slide validation; baseline/proposed agreement at
+#      step 0;
+#   3. compiled segmentor forward (CompileModelHook) with the fast loss path, baseline
+#      and proposed, and baseline without it, in the time kept for it.
 # Each part logs and continues on failure; JSON is written as results arrive.
 #
 #   bash tools/benchmark_gpu.sh [--no-e2e] [--no-compile]
 #
-# PPENC_GPU_BUDGET (seconds, default 400) bounds the whole run. PPENC_GPU_DRYRUN=1 runs
-# the same steps on the CPU at toy sizes (tiny configs), to check the script itself. Output goes to $OUT when
-# set, else work_dirs/benchmark/: benchmarks.json + benchmarks.txt (merged), the parts
-# (env.json, bench_eager.*, bench_compile.*, e2e.*), nvidia-smi.txt.
+# PPENC_GPU_BUDGET (seconds, default 420) bounds the whole run; parts 1 and 2 stop early
+# enough to leave part 3 its share. PPENC_GPU_DRYRUN=1 runs the same steps on the CPU at
+# toy sizes (tiny configs), to check the script itself. Output goes to $OUT when set, else
+# work_dirs/benchmark/: benchmarks.json + benchmarks.txt (merged), the parts (env.json,
+# bench_eager.*, bench_compile.*, e2e.*), nvidia-smi.txt.
 set -uo pipefail
 START=$(date +%s)
-BUDGET="${PPENC_GPU_BUDGET:-400}"
+BUDGET="${PPENC_GPU_BUDGET:-420}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
@@ -34,7 +38,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-e2e) E2E=0 ;;
     --no-compile) COMPILE=0 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "benchmark_gpu: unknown option $arg (expected --no-e2e, --no-compile)" >&2
        exit 2 ;;
   esac
@@ -117,7 +121,7 @@ else
   BENCH=(tools/benchmark.py --device cuda --arch vit-l --decoder mla --size 768 --batch 8
          --stock-batches "$STOCK_B" --steps 8 --warmup 2)
   CFGS=()  # the shipped ViT-L + MLA baseline and proposed configs
-  E2E_SIZE=(--iters 30 --batch 8 --workers 8 --log-interval 5)
+  E2E_SIZE=(--iters 20 --batch 8 --workers 8 --log-interval 5)
 fi
 
 DATA="$SCRATCH/cityscapes"
@@ -130,21 +134,27 @@ if [ "$E2E" = 1 ]; then
   DATA_PID=$!
 fi
 
-T1=$(( $(left) < 150 ? $(left) : 150 ))
+# Seconds kept for the later parts: three torch.compile runs of ViT-L (each compiles
+# for up to a minute), and two short training runs + the step-0 check.
+KEEP3=$(( COMPILE ? 165 : 0 ))
+KEEP2=$(( E2E ? 100 : 0 ))
+cap() { local t=$(( $(left) - $2 )); echo $(( t < $1 ? t : $1 )); }
+
+T1=$(cap 140 $(( KEEP2 + KEEP3 + 10 )))
 say "part 1: eager variants + profile (up to $T1 s)"
 timeout -k 10 "$T1" "$PY" "${BENCH[@]}" --sections train profile \
-  --variants stock baseline proposed baseline+F baseline+FC baseline+FCD \
-  --profile-variant baseline+FCD --time-budget $(( T1 - 25 )) \
+  --variants stock baseline proposed baseline+F baseline+FCD baseline+FCDL \
+  --profile-variant baseline+FDL --time-budget $(( T1 - 30 )) \
   --out "$DEST/bench_eager.json" > "$DEST/bench_eager.txt" 2>&1
 say "part 1 exit $? (bench_eager.txt)"; tail -n 40 "$DEST/bench_eager.txt"
 
 if [ "$E2E" = 1 ]; then
   wait "$DATA_PID"; DATA_RC=$?
   say "synthetic data exit $DATA_RC: $(tail -n 1 "$DEST/e2e_data.log")"
-  T2=$(( $(left) < 160 ? $(left) : 160 ))
+  T2=$(cap 110 $(( KEEP3 + 5 )))
   if [ "$DATA_RC" = 0 ] && [ "$T2" -gt 60 ]; then
     say "part 2: end to end (up to $T2 s)"
-    RUN_T=$(( (T2 - 40) / 2 ))
+    RUN_T=$(( (T2 - 25) / 2 ))
     PPENC_DATA_ROOT="$DATA/" timeout -k 10 "$T2" "$PY" tools/benchmark_e2e.py \
       ${CFGS[@]+"${CFGS[@]}"} --data-root "$DATA" --work-dir "$SCRATCH/e2e" \
       --key-file "$KEY" "${E2E_SIZE[@]}" --run-timeout "$RUN_T" --agreement-images 2 \
@@ -160,8 +170,8 @@ if [ "$COMPILE" = 1 ]; then
   if [ "$T3" -gt 60 ]; then
     say "part 3: compiled variants (up to $T3 s)"
     timeout -k 10 "$T3" "$PY" "${BENCH[@]}" --sections train \
-      --variants baseline+FCD+B proposed+FCD+B baseline+FCD+S \
-      --variant-budget 120 --time-budget $(( T3 - 10 )) \
+      --variants baseline+FDL+M proposed+FDL+M baseline+FD+M \
+      --variant-budget 75 --time-budget $(( T3 - 10 )) \
       --out "$DEST/bench_compile.json" > "$DEST/bench_compile.txt" 2>&1
     say "part 3 exit $? (bench_compile.txt)"; grep -E "^  " "$DEST/bench_compile.txt" | tail -n 20
   else

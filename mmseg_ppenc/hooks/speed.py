@@ -1,12 +1,18 @@
-"""Opt-in speed switches for training: channels-last heads and deferred loss logging.
+"""Opt-in speed switches for training: channels-last heads, a faster loss path, compiling
+the segmentor, deferred loss logging.
 
-Both are Runner hooks, so each is one config entry and removing the entry restores
+All are Runner hooks, so each is one config entry and removing the entry restores
 mmseg's stock behaviour:
 
 - :class:`ChannelsLastHook` puts the convolutions of the neck and the heads into
   channels-last memory format. Under bf16 autocast, cuDNN runs NHWC convolutions without
   the layout transposes it inserts around NCHW ones. The numbers are unchanged up to
   floating-point summation order (float32 outputs agree to about 1e-6).
+- :class:`FastLossHook` switches the decode and auxiliary heads to
+  :func:`~mmseg_ppenc.models.fast_loss.fast_loss_by_feat`: the bilinear resize of the
+  logits to the label size as two matrix products, and ``acc_seg`` from ``argmax``.
+  Losses and gradients are unchanged up to float rounding.
+- :class:`CompileModelHook` compiles the segmentor's forward with ``torch.compile``.
 - :class:`DeferredLogRuntimeInfoHook` replaces mmengine's ``RuntimeInfoHook``. The stock
   hook calls ``.item()`` on every logged loss after every iteration, one host-device
   synchronisation each, so the CPU can never queue the next iteration while the GPU is
@@ -29,7 +35,7 @@ from mmseg.registry import HOOKS
 from torch import nn
 
 __all__ = ['HEAD_PARTS', 'to_channels_last', 'ChannelsLastHook', 'CompileModelHook',
-           'DeferredLogRuntimeInfoHook']
+           'DeferredLogRuntimeInfoHook', 'FastLossHook']
 
 #: The parts of an mmseg ``EncoderDecoder`` after the backbone.
 HEAD_PARTS = ('neck', 'decode_head', 'auxiliary_head')
@@ -124,6 +130,33 @@ class CompileModelHook(Hook):
 
     def before_train(self, runner) -> None:
         _unwrap(runner.model).compile(**self.options)
+
+
+@HOOKS.register_module()
+class FastLossHook(Hook):
+    """The heads' losses through :mod:`mmseg_ppenc.models.fast_loss`, set before training.
+
+    Resizes each head's logits to the label size with two matrix products instead of
+    ``F.interpolate`` (whose CUDA backward uses atomics) and logs ``acc_seg`` from
+    ``argmax`` instead of mmseg's ``topk`` accuracy (equal except at exact ties). Heads
+    whose class overrides ``loss_by_feat`` keep their own and are named in the log.
+
+    Enable it without touching a config's own ``custom_hooks`` (the proposed configs
+    hold ``KeyManagementHook`` there) with
+    ``--cfg-options default_hooks.fast_loss.type=FastLossHook``, or in a config with
+    ``custom_hooks = [..., dict(type='FastLossHook')]``; drop it for mmseg's loss path.
+    It runs before :class:`CompileModelHook`, so a compiled forward includes it.
+    """
+
+    priority = 'NORMAL'
+
+    def before_train(self, runner) -> None:
+        from ..models.fast_loss import enable_fast_loss
+        enabled, kept = enable_fast_loss(runner.model)
+        msg = f'FastLossHook: matmul resize + argmax accuracy in {", ".join(enabled)}.'
+        if kept:
+            msg += f' Kept their own loss_by_feat: {", ".join(kept)}.'
+        runner.logger.info(msg)
 
 
 @HOOKS.register_module()

@@ -1,19 +1,24 @@
-"""Speed switches keep float32 results: channels-last heads, fused optimizer, deferred log
-copies (with the real mmengine Runner on generated data)."""
+"""Speed switches keep float32 results: channels-last heads, fused optimizer, the fast loss
+path, compiled forward, deferred log copies (with the real mmengine Runner on generated
+data)."""
+import argparse
 import copy
 import os
 import sys
 
 import pytest
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 from mmseg_ppenc.hooks.speed import (ChannelsLastHook, CompileModelHook,
-                                     DeferredLogRuntimeInfoHook, to_channels_last)
+                                     DeferredLogRuntimeInfoHook, FastLossHook,
+                                     to_channels_last)
+from mmseg_ppenc.models.fast_loss import (enable_fast_loss, is_fast_loss_enabled,
+                                          loss_heads)
 
 from conftest import REPO, tiny_config
 
@@ -38,7 +43,8 @@ def _train(model, optim_cfg, steps=2):
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize('switch', ['channels_last', 'fused', 'compile_model'])
+@pytest.mark.parametrize('switch', ['channels_last', 'fused', 'compile_model', 'fast_loss',
+                                    'fast_loss+compile_model'])
 def test_switch_keeps_fp32_training(switch):
     """Two steps with the switch on give the stock losses and weights (float32)."""
     ref_model, cfg = _model()
@@ -51,14 +57,16 @@ def test_switch_keeps_fp32_training(switch):
         convs = [p for p in model.decode_head.parameters() if p.dim() == 4 and p.shape[-1] > 1]
         assert convs and all(w.is_contiguous(memory_format=torch.channels_last)
                              and not w.is_contiguous() for w in convs)
-    elif switch == 'compile_model':
+    elif switch.startswith('fast_loss'):
+        assert len(enable_fast_loss(model)[0]) == 5
+    if switch.endswith('compile_model'):
         # The eager backend traces the whole forward with dynamo (graph breaks included)
         # without inductor's compile time; parameter names must not change.
         names = list(model.state_dict())
         CompileModelHook(dict(backend='eager')).before_train(
             type('RunnerView', (), {'model': model})())
         assert list(model.state_dict()) == names
-    else:
+    elif switch == 'fused':
         sw_optim['optimizer']['fused'] = True
     got = _train(model, sw_optim)
     assert got[0] == pytest.approx(ref[0], rel=1e-5)
@@ -77,8 +85,10 @@ def test_channels_last_guards():
             DeferredLogRuntimeInfoHook(interval=bad)
 
 
-def _run(work_dir, synthetic_root, hooks, iters=5):
+def _run(work_dir, synthetic_root, hooks, iters=5, cfg_options=None):
     cfg = Config.fromfile(tiny_config('mla', 'baseline'))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     cfg.work_dir = str(work_dir)
     cfg.train_dataloader.dataset.data_root = synthetic_root
     cfg.val_dataloader.dataset.data_root = synthetic_root
@@ -121,3 +131,25 @@ def test_switches_in_a_real_run_log_the_same(tmp_path, synthetic_root):
         ref_ckpt['message_hub']['log_scalars']['train/loss']._log_history, rel=1e-4)
     convs = [p for p in got.model.neck.parameters() if p.dim() == 4 and p.shape[-1] > 1]
     assert convs and all(not w.is_contiguous() for w in convs)
+
+
+@pytest.mark.slow
+def test_fast_loss_hook_from_the_command_line_option(tmp_path, synthetic_root):
+    """The documented ``--cfg-options default_hooks.fast_loss.type=FastLossHook`` in a real
+    run: every head switched, the same losses and accuracies logged as without it."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    options = parser.parse_args(
+        ['--cfg-options', 'default_hooks.fast_loss.type=FastLossHook']).cfg_options
+    ref, _ = _run(tmp_path / 'ref', synthetic_root, {})
+    got, _ = _run(tmp_path / 'got', synthetic_root, {}, cfg_options=options)
+    hooks = [h for h in got.hooks if isinstance(h, FastLossHook)]
+    assert len(hooks) == 1 and not any(isinstance(h, FastLossHook) for h in ref.hooks)
+    assert all(is_fast_loss_enabled(h) for _, h in loss_heads(got.model))
+    assert not any(is_fast_loss_enabled(h) for _, h in loss_heads(ref.model))
+    for key in ('train/loss', 'train/decode.loss_ce', 'train/aux_3.loss_ce',
+                'train/decode.acc_seg', 'train/aux_0.acc_seg'):
+        a = ref.message_hub.get_scalar(key).data[0]
+        b = got.message_hub.get_scalar(key).data[0]
+        assert len(a) == len(b) == 5
+        assert b == pytest.approx(a, rel=1e-4), key

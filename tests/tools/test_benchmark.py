@@ -30,6 +30,7 @@ register_all_modules(init_default_scope=True)
     ('proposed+DCF', ('proposed', 'FCD')),
     ('baseline+F+C+B', ('baseline', 'FCB')),
     ('conventional2+S', ('conventional2', 'S')),
+    ('baseline+LFD+M', ('baseline', 'FDLM')),
 ])
 def test_parse_variant(spec, expected):
     assert bm.parse_variant(spec) == expected
@@ -121,7 +122,25 @@ def test_compare_ratios():
         pytest.approx((8 / 0.2) / (2 / 0.375))
     assert _value(comparisons, 'plugin/stock fp32 peak memory') == pytest.approx(1 / 3)
     # No proposed variant with the same switches: no ratio is made up for them.
-    assert not [c for c in comparisons if 'fused-opt' in c['name']]
+    assert not [c for c in comparisons if 'fused-opt' in c['name'] and 'proposed' in
+                c['name']]
+    # One switch on/off, everything else equal: +fused-opt b8 (160 ms) against b8 (200 ms).
+    assert _value(comparisons, '+fused-opt on/off images/s (baseline b8)') == \
+        pytest.approx(200 / 160)
+
+
+def test_compare_switch_on_off_pairs_only_differ_by_one_switch():
+    report = _fake_report()
+    for name, switches, ms in (('a', 'FDM', 100.0), ('b', 'FDLM', 80.0), ('c', 'FCDL', 150.0),
+                               ('d', 'FDLM', 90.0)):
+        report['train']['variants'].append(
+            _variant(name, 'proposed' if name == 'd' else 'baseline', 8, ms, 1.0))
+        report['train']['variants'][-1]['switches'] = switches
+    names = {c['name']: c['value'] for c in bm.compare(report)
+             if ' on/off ' in c['name']}
+    assert names == {
+        '+fast-loss on/off images/s (baseline +fused-opt +deferred-log +compile-model b8)':
+            pytest.approx(100 / 80)}
 
 
 def test_interleaved_ratio_is_median_of_rounds():
@@ -231,20 +250,41 @@ def test_tool_variants_and_profile(tmp_path, capsys, load_tool):
     tool = load_tool('benchmark')
     out = tmp_path / 'bench.json'
     tool.main(['--sections', 'train', 'profile', '--size', '32', '--batch', '1',
-               '--steps', '1', '--warmup', '1', '--variants', 'baseline', 'proposed+FCD',
+               '--steps', '1', '--warmup', '1', '--variants', 'baseline', 'proposed+FCDL',
                '--profile-variant', 'baseline+FC', '--out', str(out)])
     report = json.load(open(out))
     names = [v['name'] for v in report['train']['variants']]
     assert names == ['plugin baseline b1',
-                     'plugin proposed +fused-opt +channels-last +deferred-log b1']
-    assert report['train']['variants'][1]['switches'] == 'FCD'
+                     'plugin proposed +fused-opt +channels-last +deferred-log +fast-loss b1']
+    assert report['train']['variants'][1]['switches'] == 'FCDL'
+    # The loss path, mmseg's and the fast one, on the same logits of all five heads.
+    lp = report['profile']['loss_path']
+    assert lp['heads'] == ['decode_head'] + [f'auxiliary_head.{i}' for i in range(4)]
+    for path in ('mmseg', 'fast'):
+        assert all(lp[path][k] > 0 for k in lp['pieces'])
+        assert lp[path]['total'] == pytest.approx(sum(lp[path][k] for k in lp['pieces']))
     pieces = [s['name'] for s in report['profile']['segments']]
     assert pieces[:2] == ['data preprocessor', 'backbone fwd']
     assert {'neck fwd', 'aux heads fwd', 'backbone bwd', 'optimizer'} <= set(pieces)
     assert sum(s['share'] for s in report['profile']['segments']) == pytest.approx(1.0)
     # mmseg's accuracy() indexes with a mask: the profile counts such host waits.
     assert report['profile']['sync_ops']['aten::nonzero'] >= 5
-    assert 'Profile: plugin baseline +fused-opt +channels-last b1' in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert 'Profile: plugin baseline +fused-opt +channels-last b1' in text
+    assert 'Loss path of 5 heads' in text
+
+
+def test_fast_loss_variant_switches_every_head(tmp_path):
+    from mmseg_ppenc.models.fast_loss import is_fast_loss_enabled, loss_heads
+    cfgs = bm.model_configs('tiny', 'naive', 32)
+    key_file = bm._temp_key_file(str(tmp_path))
+    built = {}
+    for switches in ('', 'L'):
+        v = bm._Variant('v', 'baseline', 1, switches, cfgs, 32, 'cpu', key_file, 0)
+        built[switches] = [is_fast_loss_enabled(h) for _, h in loss_heads(v.model)]
+        assert torch.isfinite(v.step()['loss'])
+        v.free()
+    assert built == {'': [False] * 4, 'L': [True] * 4}
 
 
 # --------------------------------------------------------------------------- AMP

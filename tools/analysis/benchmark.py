@@ -72,6 +72,8 @@ SWITCHES = {
           "custom_hooks=[dict(type='ChannelsLastHook')]"),
     'D': ('deferred-log', 'logged losses copied to the host once per log interval',
           "default_hooks.runtime_info.type=DeferredLogRuntimeInfoHook"),
+    'L': ('fast-loss', "heads' logits resized by matrix products, acc_seg from argmax",
+          'default_hooks.fast_loss.type=FastLossHook'),
     'B': ('compile-backbone', 'torch.compile of the backbone',
           'model.backbone.torch_compile=True'),
     'M': ('compile-model', 'torch.compile of the whole segmentor forward + losses',
@@ -524,6 +526,7 @@ class _Variant:
         from mmseg.registry import MODELS
 
         from mmseg_ppenc.hooks.speed import to_channels_last
+        from mmseg_ppenc.models.fast_loss import enable_fast_loss
         # mmseg's own config file (ViT-L stock) carries no `_scope_`; without a default
         # scope its data preprocessor would be looked up in mmengine's root registry.
         init_default_scope('mmseg')
@@ -550,6 +553,8 @@ class _Variant:
         self.model.train()
         if 'C' in switches:
             to_channels_last(self.model)
+        if 'L' in switches:
+            enable_fast_loss(self.model)  # what FastLossHook does at runner start
         self.optim_wrapper = build_optim_wrapper(self.model, optim_cfg)
         if 'M' in switches:
             self.model.compile()
@@ -863,6 +868,17 @@ def compare(report: dict) -> List[dict]:
             if base and other:
                 add(f'{label}/baseline images/s (batch {b}{extra})',
                     throughput_ratio(train, other, base), f'encryption included; {how}')
+    # One switch on against off, everything else equal (e.g. FDLM against FDM).
+    for v in vs:
+        if 'step' not in v or v['setting'] == 'stock':
+            continue
+        for k in v.get('switches', ''):
+            rest = v['switches'].replace(k, '')
+            off = _find(vs, setting=v['setting'], batch=v['batch'], switches=rest)
+            if off is not None:
+                extra = ''.join(f' +{SWITCHES[x][0]}' for x in rest)
+                add(f"+{SWITCHES[k][0]} on/off images/s ({v['setting']}{extra} "
+                    f"b{v['batch']})", throughput_ratio(train, v, off), how)
     stocks = [v for v in vs if v['setting'] == 'stock' and 'step' in v]
     plugins = [v for v in vs if v['setting'] != 'stock' and 'step' in v]
     if stocks and plugins:

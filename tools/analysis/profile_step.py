@@ -15,19 +15,23 @@ On a GPU, pieces are timed with CUDA events and no host synchronisation in betwe
 piece's time includes any wait for the CPU to queue its kernels. Then ``torch.profiler``
 records one ordinary ``train_step`` for the heaviest kernels and the count of operations
 that make the host wait for the device.
+
+:func:`loss_path` breaks the heads' loss path down further (resize, loss, accuracy,
+backward), mmseg's against the fast loss path (switch ``L``), on the same logits,
+whatever the profiled variant's switches.
 """
 from __future__ import annotations
 
 import statistics
 import tempfile
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from . import benchmark as bm
 
-__all__ = ['profile_step', 'segmented_step', 'format_profile']
+__all__ = ['profile_step', 'segmented_step', 'loss_path', 'format_profile']
 
 #: Operations after which the host waits for the device.
 SYNC_OPS = ('aten::_local_scalar_dense', 'aten::nonzero', 'cudaStreamSynchronize',
@@ -128,6 +132,89 @@ def segmented_step(model, optim_wrapper, data: dict) -> Dict[str, float]:
     return marks.durations()
 
 
+#: The pieces of :func:`loss_path`, in order.
+LOSS_PIECES = ('resize fwd', 'loss fwd', 'accuracy', 'loss + resize bwd')
+
+
+def _loss_paths() -> Dict[str, tuple]:
+    from mmseg.models.losses import accuracy
+    from mmseg.models.utils import resize
+
+    from mmseg_ppenc.models.fast_loss import argmax_accuracy, bilinear_resize
+    return {
+        'mmseg': (lambda x, size, ac: resize(x, size=size, mode='bilinear',
+                                             align_corners=ac),
+                  lambda p, t, ig: accuracy(p, t, ignore_index=ig)),
+        'fast': (bilinear_resize, argmax_accuracy),
+    }
+
+
+def loss_path(model, optim_wrapper, data: dict, repeats: int = 3, warmup: int = 1) -> dict:
+    """The heads' loss path piece by piece: mmseg's against the fast one (switch ``L``).
+
+    Both run on the same logits (the heads' output for ``data``, under the wrapper's
+    autocast), with each head's own ``loss_decode``, ``align_corners`` and
+    ``ignore_index``, as ``BaseDecodeHead.loss_by_feat`` does (without a pixel sampler,
+    which SETR does not use). Per piece, the time of all heads together; the two paths
+    alternate, the first one rotating.
+
+    Args:
+        model: The segmentor.
+        optim_wrapper: Its optimizer wrapper (for autocast).
+        data (dict): A batch as the dataloader yields it.
+        repeats (int): Measured rounds; medians are reported. Defaults to 3.
+        warmup (int): Unmeasured rounds first. Defaults to 1.
+
+    Returns:
+        dict: ``heads`` (names), ``pieces`` (:data:`LOSS_PIECES`) and, per path
+        (``'mmseg'``, ``'fast'``), milliseconds per piece and their ``total``.
+    """
+    from mmseg_ppenc.models.fast_loss import has_stock_loss, loss_heads
+    heads = [(n, h) for n, h in loss_heads(model) if has_stock_loss(h)]
+    if not heads:
+        raise ValueError(f'{type(model).__name__} has no head with mmseg\'s loss_by_feat')
+    cuda = next(model.parameters()).device.type == 'cuda'
+    batch = model.data_preprocessor(data, True)
+    samples = batch['data_samples']
+    with torch.no_grad(), optim_wrapper.optim_context(model):
+        feats = model.extract_feat(batch['inputs'])
+        logits = [h.forward(feats) for _, h in heads]
+    label = heads[0][1]._stack_batch_gt(samples)
+    target = label.squeeze(1)
+    paths = _loss_paths()
+    runs: Dict[str, List[Dict[str, float]]] = {name: [] for name in paths}
+    order = list(paths)
+    for r in range(warmup + repeats):
+        for name in order[r % 2:] + order[:r % 2]:
+            resize_fn, acc_fn = paths[name]
+            xs = [lg.detach().requires_grad_() for lg in logits]
+            marks = _Marks(cuda)
+            with optim_wrapper.optim_context(model):
+                ups = [resize_fn(x, label.shape[2:], h.align_corners)
+                       for x, (_, h) in zip(xs, heads)]
+                marks.mark('resize fwd')
+                losses = []
+                for up, (_, h) in zip(ups, heads):
+                    decode = (h.loss_decode if isinstance(h.loss_decode, torch.nn.ModuleList)
+                              else [h.loss_decode])
+                    losses += [ld(up, target, weight=None, ignore_index=h.ignore_index)
+                               for ld in decode]
+                marks.mark('loss fwd')
+                for up, (_, h) in zip(ups, heads):
+                    acc_fn(up, target, h.ignore_index)
+                marks.mark('accuracy')
+            sum(losses).backward()
+            marks.mark('loss + resize bwd')
+            if r >= warmup:
+                runs[name].append(marks.durations())
+    out: Dict[str, Any] = dict(heads=[n for n, _ in heads], pieces=list(LOSS_PIECES))
+    for name, rs in runs.items():
+        ms = {k: statistics.median(d[k] for d in rs) for k in LOSS_PIECES}
+        ms['total'] = sum(ms[k] for k in LOSS_PIECES)
+        out[name] = ms
+    return out
+
+
 def _kernel_table(prof, top_k: int) -> List[dict]:
     rows = []
     for e in prof.key_averages():
@@ -165,7 +252,8 @@ def profile_step(spec: str = 'baseline', arch: str = 'vit-l', decoder: str = 'ml
     Returns:
         dict: ``segments`` (name, ms, share of their sum), ``segments_total_ms``,
         ``step_ms`` (one ordinary step, same clock), ``top_kernels``, ``sync_ops``
-        (op -> calls in one step) and the variant's description.
+        (op -> calls in one step), ``loss_path`` (:func:`loss_path`) and the variant's
+        description.
     """
     setting, switches = bm.parse_variant(spec)
     if steps < 1:
@@ -183,6 +271,7 @@ def profile_step(spec: str = 'baseline', arch: str = 'vit-l', decoder: str = 'ml
                 v.step()
             runs = [segmented_step(v.model, v.optim_wrapper, v.data) for _ in range(steps)]
             seg = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            losses = loss_path(v.model, v.optim_wrapper, v.data)
             clock = (bm.time_sequential(v.step, 3)['wall'] if cuda else
                      [bm.time_interleaved({'s': v.step}, 1, 0)['s']['wall'][0]])
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -207,7 +296,7 @@ def profile_step(spec: str = 'baseline', arch: str = 'vit-l', decoder: str = 'ml
                 segments=[dict(name=k, ms=ms, share=ms / total if total else 0.0)
                           for k, ms in seg.items()],
                 segments_total_ms=total, step_ms=statistics.median(clock),
-                top_kernels=kernels, sync_ops=syncs)
+                top_kernels=kernels, sync_ops=syncs, loss_path=losses)
 
 
 def format_profile(prof: dict) -> str:
@@ -225,6 +314,12 @@ def format_profile(prof: dict) -> str:
             ['kernel', 'self ms', 'calls'],
             [[k['name'], f"{k['self_ms']:.1f}", str(k['calls'])]
              for k in prof['top_kernels']]))
+    lp = prof.get('loss_path')
+    if lp:
+        rows = [[k, f"{lp['mmseg'][k]:.1f}", f"{lp['fast'][k]:.1f}"]
+                for k in lp['pieces'] + ['total']]
+        parts.append(f"Loss path of {len(lp['heads'])} heads, same logits (median ms)\n\n" +
+                     bm._table(['piece', 'mmseg', 'fast loss path (L)'], rows))
     syncs = ', '.join(f'{k} x{n}' for k, n in prof['sync_ops'].items() if n)
     parts.append(f"Host-device synchronisations in one step: {syncs or 'none recorded'}")
     return '\n\n'.join(parts)
