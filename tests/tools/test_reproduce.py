@@ -1,8 +1,9 @@
 """The miniature Table I experiment (tools/analysis/reproduce_table.py, run as
 tools/reproduce_table.py).
 
-Runs the real pipeline (pre-training, mmengine Runner fine-tunes, IoUMetric) at toy size:
-8 train / 3 val images of 64x128, a few iterations, the MLA decoder, all three settings.
+Runs the real pipeline (pre-training, mmengine Runner fine-tunes with full and frozen
+backbones, IoUMetric) in the driver's ``--quick`` sizes, for the Naive decoder: every
+stage, every cell, two seeds.
 """
 import json
 import os
@@ -22,97 +23,158 @@ from conftest import REPO, load_tool
 
 R = load_tool('analysis/reproduce_table')
 
-SMALL = dict(num_train=8, num_val=3, height=64, width=128, pretrain_iters=10,
-             pretrain_pool=16, pretrain_batch_size=16, iters=6, log_interval=2,
-             decoders=['mla'], scratch_reference=False)
 
-
-def _run(out_dir, key_file, seed=0):
+def _quick(out_dir, key_dir, **kw):
+    cfg = dict(R.ExperimentConfig.QUICK, decoders=['naive'])
+    cfg.update(kw)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return R.run_experiment(R.ExperimentConfig(out_dir=str(out_dir), seed=seed,
-                                                   key_file=key_file, **SMALL),
+        return R.run_experiment(R.ExperimentConfig(out_dir=str(out_dir),
+                                                   key_dir=str(key_dir), **cfg),
                                 log=lambda msg: None)
 
 
 @pytest.fixture(scope='module')
-def small_run(tmp_path_factory, session_key_file):
+def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('table1_a')
-    return out, _run(out, session_key_file)
+    keys = tmp_path_factory.mktemp('table1_keys')
+    return out, keys, _quick(out, keys)
 
 
-def _metric_values(result):
-    return {d: {s: {m: r[m] for m in ('aAcc', 'mIoU', 'mAcc', 'final_loss', 'loss_curve')}
-                for s, r in row.items()} for d, row in result['results'].items()}
-
-
-def test_outputs(small_run):
-    out, result = small_run
+def test_json_fields(quick_run):
+    """table1.json: decoders -> decoder -> cell -> {miou per seed, mean, std}; frozen
+    the same; seconds, seeds."""
+    out, _, result = quick_run
     for name in ('table1.md', 'table1.json', 'table1.png', 'pretrained_tiny_vit.pth'):
         assert osp.isfile(osp.join(out, name)), name
     with open(osp.join(out, 'table1.json')) as f:
         saved = json.load(f)
-    for setting in R.SETTINGS:
-        res = saved['results']['mla'][setting]
-        for m in ('aAcc', 'mIoU', 'mAcc'):
-            assert isinstance(res[m], float) and 0.0 <= res[m] <= 100.0, (setting, m, res)
-        logged = [it for it, _ in res['loss_curve']]
-        step = SMALL['log_interval']
-        assert set(range(step, SMALL['iters'] + 1, step)) <= set(logged), logged
-    assert saved['settings']['seed'] == 0 and saved['settings']['iters'] == SMALL['iters']
-    assert saved['settings']['key_file'] is None  # paths of keys are not recorded
-    assert len(saved['key_fingerprint']) == 16
-    assert saved['timings']['total_s'] > 0
+    seeds = list(R.ExperimentConfig.QUICK['seeds'])
+    assert saved['seeds'] == seeds
+    assert saved['seconds'] > 0
+    for grid in ('decoders', 'frozen'):
+        assert set(saved[grid]) == {'naive'}, grid
+        assert set(saved[grid]['naive']) == set(R.CELLS), grid
+        for cell, res in saved[grid]['naive'].items():
+            assert len(res['miou']) == len(seeds)
+            assert [r['seed'] for r in res['runs']] == seeds
+            assert res['miou'] == [r['mIoU'] for r in res['runs']]
+            assert all(0.0 <= v <= 100.0 for v in res['miou'])
+            assert res['mean'] == pytest.approx(np.mean(res['miou']), abs=0.006)
+            assert res['std'] == pytest.approx(np.std(res['miou'], ddof=1), abs=0.006)
+            # Each seed ran with its own key.
+            assert [r['key_fingerprint'] for r in res['runs']] == [
+                saved['key_fingerprints'][str(s)] for s in seeds]
+    assert len(set(saved['key_fingerprints'].values())) == len(seeds)
+    assert saved['settings']['key_dir'] is None  # paths of keys are not recorded
     # An mmseg-layout backbone checkpoint: what init_cfg=Pretrained loads.
     ckpt = torch.load(osp.join(out, 'pretrained_tiny_vit.pth'), weights_only=True)
     assert {'patch_embed.projection.weight', 'pos_embed', 'cls_token'} <= set(
         ckpt['state_dict'])
-    # The adaptation is exact, so the adapted weights solve the pre-training task on
-    # encrypted crops exactly as the plain ones do on plain crops.
-    pre = saved['pretrain']
-    assert abs(pre['heldout_acc_encrypted_adapted_weights'] - pre['heldout_acc']) <= 0.01
-    # The PNG is a real image (8-byte signature).
     with open(osp.join(out, 'table1.png'), 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-def test_markdown_shape(small_run):
-    out, result = small_run
+def test_pretraining_adaptation_is_exact(quick_run):
+    """The adapted weights solve the pre-training task on encrypted mosaics exactly as
+    the plain ones do on plain mosaics."""
+    _, _, result = quick_run
+    pre = result['pretrain']
+    for what in ('orientation', 'period'):
+        assert abs(pre[f'heldout_{what}_acc_encrypted_adapted_weights']
+                   - pre[f'heldout_{what}_acc']) <= 0.01, pre
+
+
+def test_frozen_proposed_equals_frozen_baseline(quick_run):
+    """With the backbone frozen, proposed on encrypted images computes what baseline
+    computes on plain images at every step: same losses, same metrics."""
+    _, _, result = quick_run
+    base, prop = (result['frozen']['naive'][c] for c in ('baseline', 'proposed'))
+    for rb, rp in zip(base['runs'], prop['runs']):
+        for (ib, lb), (ip, lp) in zip(rb['loss_curve'], rp['loss_curve']):
+            assert ib == ip and lp == pytest.approx(lb, rel=1e-3), (rb['seed'], ib)
+        assert rb['mIoU'] == pytest.approx(rp['mIoU'], abs=0.05)
+
+
+def test_frozen_runs_keep_the_backbone(quick_run):
+    """The frozen grid's checkpoints hold the initial backbone; the full grid's do not."""
+    out, _, _ = quick_run
+    plain = torch.load(osp.join(out, 'pretrained_tiny_vit.pth'),
+                       weights_only=True)['state_dict']
+
+    def backbone_of(grid):
+        path, = [osp.join(d, f) for d, _, fs in os.walk(
+            osp.join(out, 'runs', grid, 'seed0', 'naive_baseline')) for f in fs
+            if f.endswith('.pth')]
+        state = torch.load(path, map_location='cpu', weights_only=False)['state_dict']
+        return {k[len('backbone.'):]: v for k, v in state.items()
+                if k.startswith('backbone.')}
+
+    frozen, full = backbone_of('frozen'), backbone_of('decoders')
+    key = 'patch_embed.projection.weight'
+    assert torch.equal(frozen[key], plain[key])
+    assert not torch.equal(full[key], plain[key])
+
+
+def test_markdown(quick_run):
+    out, _, result = quick_run
     text = open(osp.join(out, 'table1.md')).read()
+    assert text == R.format_markdown(result)
     lines = text.splitlines()
-    start = lines.index('| backbone | decoder | baseline | conventional 2 | proposed |')
-    rows = []
-    for ln in lines[start:]:  # the first table ends at the first non-table line
-        if not ln.startswith('|'):
-            break
-        rows.append(ln)
-    assert rows[0] == '| backbone | decoder | baseline | conventional 2 | proposed |'
-    assert set(rows[1].replace('|', '')) == {'-'}
-    assert len(rows) == 2 + len(SMALL['decoders'])
-    cells = [c.strip() for c in rows[2].strip('|').split('|')]
-    assert cells[:2] == ['tiny ViT', 'MLA']
-    for setting, cell in zip(R.SETTINGS, cells[2:]):
-        r = result['results']['mla'][setting]
-        assert cell == f'{r["aAcc"]:.2f} / {r["mIoU"]:.2f} / {r["mAcc"]:.2f}'
+    header = '| decoder | baseline | conventional 2 | proposed | scratch (no pre-training) |'
+    assert lines.count(header) == 2  # full fine-tuning and frozen backbone
+    row = lines[lines.index(header) + 2]
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    grid = result['decoders']['naive']
+    assert cells == ['Naive'] + [f'{grid[c]["mean"]:.2f} ± {grid[c]["std"]:.2f}'
+                                 for c in R.CELLS]
+    paper = '| ViT-B | MLA | 94.74 / 71.79 / 81.50 | 89.09 / 39.87 / 46.61 | ' \
+            '94.54 / 70.99 / 80.85 |'
+    assert paper not in text  # only the decoders that ran are listed
+    assert '| ViT-B | Naive | 93.79 / 68.14 / 78.39 |' in text
 
 
-def test_key_is_never_written(small_run, session_key_file):
-    """Only the fingerprint reaches the outputs (JSON, markdown, run dirs)."""
+@pytest.mark.parametrize('a,b,exceeds', [
+    ((50.0, 1.0), (40.0, 2.0), True),    # 10 apart, spread 3
+    ((50.0, 4.0), (45.0, 2.0), False),   # 5 apart, spread 6
+    ((40.0, 0.0), (40.5, 0.0), True),    # no spread at all: any difference exceeds it
+])
+def test_compare_against_seed_spread(a, b, exceeds):
+    c = R.compare(dict(mean=a[0], std=a[1]), dict(mean=b[0], std=b[1]))
+    assert c['delta'] == pytest.approx(a[0] - b[0])
+    assert c['spread'] == pytest.approx(a[1] + b[1])
+    assert c['exceeds'] is exceeds
+
+
+def test_summarise_statistics():
+    runs = [dict(seed=s, mIoU=m, aAcc=m + 10, mAcc=m + 5) for s, m in
+            enumerate([40.0, 44.0, 48.0])]
+    s = R.summarise(runs)
+    assert s['miou'] == [40.0, 44.0, 48.0] and s['mean'] == 44.0 and s['std'] == 4.0
+    assert s['aacc_mean'] == 54.0 and s['macc_std'] == 4.0
+    assert R.summarise(runs[:1])['std'] == 0.0
+
+
+def test_key_is_never_written(quick_run):
+    """Only fingerprints reach the outputs (JSON, markdown, run dirs, checkpoints)."""
     from mmseg_ppenc.leak_scan import find_key_material
-    out, result = small_run
-    key = SecretKey.load(session_key_file)
-    assert result['key_fingerprint'] == key.fingerprint
-    assert find_key_material([str(out)], key) == []
+    out, keys, result = quick_run
+    for seed in result['seeds']:
+        key = SecretKey.load(osp.join(keys, f'table1_seed{seed}.key'))
+        assert result['key_fingerprints'][str(seed)] == key.fingerprint
+        assert find_key_material([str(out)], key) == []
 
 
-def test_default_key_file_is_private_and_reused(tmp_path):
-    path1, key1 = R.prepare_key(str(tmp_path), None, lambda m: None)
-    assert stat.S_IMODE(os.stat(path1).st_mode) == 0o600
-    path2, key2 = R.prepare_key(str(tmp_path), None, lambda m: None)
-    assert path1 == path2 and key1 == key2
+def test_keys_are_private_and_reused(tmp_path):
+    first = R.prepare_keys(str(tmp_path), [0, 3], lambda m: None)
+    for path, _ in first.values():
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = R.prepare_keys(str(tmp_path), [3, 0], lambda m: None)
+    assert again == first
+    assert first[0][1] != first[3][1]
 
 
-def test_pretrained_weights_reach_every_setting(small_run, session_key_file):
+def test_pretrained_weights_reach_every_setting(quick_run):
     """Proposed starts from the same function as baseline; conventional 2 does not.
 
     Right after init_weights() (no fine-tuning), the proposed model on encrypted images
@@ -120,18 +182,20 @@ def test_pretrained_weights_reach_every_setting(small_run, session_key_file):
     hence the same predictions, because the adaptation of the pre-trained weights is
     exact; conventional 2 feeds encrypted images to the plain weights.
     """
-    out, _ = small_run
-    data_root = osp.join(out, 'data', 'synthetic_s0_8x3_64x128')
+    out, keys, _ = quick_run
+    q = R.ExperimentConfig.QUICK
+    data_root = osp.join(out, 'data', f'mosaics_s0_{q["num_train"]}x{q["num_val"]}_64x128')
     ckpt = osp.join(out, 'pretrained_tiny_vit.pth')
+    key_file = osp.join(keys, 'table1_seed0.key')
     at_init = {}
     for setting in R.SETTINGS:
         cfg = R.make_finetune_config('mla', setting, data_root=data_root, pretrained=ckpt,
                                      work_dir=str(out / 'init' / setting), iters=1, seed=0)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            at_init[setting] = R.evaluate_at_init(cfg, session_key_file, keep_logits=True)
+            at_init[setting] = R.evaluate_at_init(cfg, key_file, keep_logits=True)
     base, conv, prop = (at_init[s] for s in R.SETTINGS)
-    assert len(base['preds']) == SMALL['num_val']
+    assert len(base['preds']) == q['num_val']
     for lb, lp in zip(base['logits'], prop['logits']):
         scale = np.abs(lb).max()
         assert np.abs(lb - lp).max() <= 1e-4 * scale, np.abs(lb - lp).max() / scale
@@ -143,11 +207,18 @@ def test_pretrained_weights_reach_every_setting(small_run, session_key_file):
     assert changed > 0.05, changed
 
 
-def test_bad_settings_are_rejected():
-    with pytest.raises(ValueError, match=r"decoders must be distinct values among"):
-        R.ExperimentConfig(decoders=['mla', 'fcn']).validate()
-    with pytest.raises(ValueError, match='iters must be >= 1, got 0'):
-        R.ExperimentConfig(iters=0).validate()
+@pytest.mark.parametrize('field,value,message', [
+    ('decoders', ['mla', 'fcn'], 'decoders must be distinct values among'),
+    ('cells', ['baseline', 'baseline'], 'cells must be distinct values among'),
+    ('seeds', [0, 0], r'seeds must be distinct non-negative integers, got \[0, 0\]'),
+    ('seeds', [-1], 'seeds must be distinct non-negative integers'),
+    ('iters', 0, 'iters must be >= 1, got 0'),
+    ('height', 72, 'height must be a multiple of 16 and at least 64'),
+    ('width', 48, 'width must be a multiple of 16 and at least 64'),
+])
+def test_bad_settings_are_rejected(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        R.ExperimentConfig(**{field: value}).validate()
 
 
 def test_configs_come_from_the_repository():
@@ -170,50 +241,40 @@ def test_entry_point_forwards_to_the_driver(tmp_path):
 
 
 def test_tool_arguments():
-    """The tool's flags map onto ExperimentConfig (parsed in-process: no mmseg start-up)."""
-    tool = R
-    args = tool.parse_args([])
+    """Flags map onto ExperimentConfig: defaults, --quick, explicit flags over --quick."""
     default = R.ExperimentConfig()
-    assert (args.out_dir, args.iters, args.pretrain_iters, args.train, args.val) == (
+    exp = R.config_from_args(R.parse_args([]))
+    assert (exp.out_dir, exp.iters, exp.pretrain_iters, exp.num_train, exp.num_val,
+            tuple(exp.seeds), exp.frozen) == (
         'work_dirs/table1', default.iters, default.pretrain_iters, default.num_train,
-        default.num_val)
-    assert args.decoders == list(R.DECODERS) and args.settings == list(R.SETTINGS)
-    assert args.key_file is None and args.scratch
-    args = tool.parse_args(['--out-dir', 'x', '--seed', '3', '--iters', '5',
-                            '--pretrain-iters', '7', '--decoders', 'pup', '--settings',
-                            'proposed', 'baseline', '--train', '4', '--val', '2',
-                            '--key-file', 'k.key', '--no-scratch'])
-    assert (args.out_dir, args.seed, args.iters, args.pretrain_iters, args.decoders,
-            args.settings, args.train, args.val, args.key_file, args.scratch) == (
-        'x', 3, 5, 7, ['pup'], ['proposed', 'baseline'], 4, 2, 'k.key', False)
+        default.num_val, tuple(default.seeds), True)
+    assert list(exp.decoders) == list(R.DECODERS) and list(exp.cells) == list(R.CELLS)
+    quick = R.config_from_args(R.parse_args(['--quick']))
+    for name, value in R.ExperimentConfig.QUICK.items():
+        assert getattr(quick, name) == value, name
+    mixed = R.config_from_args(R.parse_args(
+        ['--quick', '--iters', '5', '--seeds', '3', '4', '--decoders', 'pup', '--cells',
+         'proposed', 'baseline', '--no-frozen', '--key-dir', 'k']))
+    assert (mixed.iters, list(mixed.seeds), mixed.decoders, mixed.cells, mixed.frozen,
+            mixed.key_dir, mixed.num_train) == (
+        5, [3, 4], ['pup'], ['proposed', 'baseline'], False, 'k',
+        R.ExperimentConfig.QUICK['num_train'])
     with pytest.raises(SystemExit):
-        tool.parse_args(['--decoders', 'fcn'])
+        R.parse_args(['--decoders', 'fcn'])
 
 
 @pytest.mark.slow
-def test_same_seed_same_metrics(small_run, session_key_file, tmp_path):
-    """A second run with the same seed (and key) reproduces every metric and loss."""
-    out, first = small_run
-    second = _run(tmp_path / 'b', session_key_file)
-    assert _metric_values(second) == _metric_values(first)
-    for name in ('final_loss', 'heldout_acc', 'heldout_acc_encrypted_plain_weights'):
-        assert second['pretrain'][name] == first['pretrain'][name]
-    a = torch.load(osp.join(out, 'pretrained_tiny_vit.pth'), weights_only=True)
-    b = torch.load(tmp_path / 'b' / 'pretrained_tiny_vit.pth', weights_only=True)
-    assert all(torch.equal(a['state_dict'][k], b['state_dict'][k]) for k in a['state_dict'])
-
-
-def test_markdown_reference_table(small_run):
-    """The no-pre-training reference is listed below the Table I-shaped table."""
-    _, result = small_run
-    result = json.loads(json.dumps(result))
-    base = result['results']['mla']['baseline']
-    result['reference'] = {'baseline_without_pretraining': {
-        'mla': dict(aAcc=50.0, mIoU=base['mIoU'] - 1.5, mAcc=20.0)}}
-    text = R.format_markdown(result)
-    assert '| backbone | decoder | baseline, no pre-training | baseline minus it (mIoU) |' \
-        in text
-    assert f'| tiny ViT | MLA | 50.00 / {base["mIoU"] - 1.5:.2f} / 20.00 | +1.50 |' in text
+def test_same_seed_same_metrics(quick_run, tmp_path):
+    """A second run with the same seeds (and keys) reproduces every metric and loss."""
+    out, keys, first = quick_run
+    second = _quick(tmp_path / 'b', keys)
+    for grid in ('decoders', 'frozen'):
+        for cell in R.CELLS:
+            a, b = first[grid]['naive'][cell], second[grid]['naive'][cell]
+            assert a['miou'] == b['miou'], (grid, cell)
+            assert [r['loss_curve'] for r in a['runs']] == [r['loss_curve']
+                                                            for r in b['runs']]
+    assert second['pretrain']['final_loss'] == first['pretrain']['final_loss']
 
 
 def test_silently_skipped_pretrained_weights_are_caught():
@@ -227,3 +288,34 @@ def test_silently_skipped_pretrained_weights_are_caught():
         R._check_backbone_init(runner, dict(state, pos_embed=torch.zeros(1)), 'run')
     with pytest.raises(RuntimeError, match=r"different \['weight'\]"):
         R._check_backbone_init(runner, dict(state, weight=state['weight'] + 1), 'run')
+
+
+def test_committed_table_is_one_consistent_default_run():
+    """docs/table1.json is a default run with the promised fields; docs/table1.md and the
+    README quote it, and pre-training is worth at least 5 mIoU for every decoder."""
+    with open(osp.join(REPO, 'docs', 'table1.json')) as f:
+        saved = json.load(f)
+    default = R.ExperimentConfig()
+    assert saved['seeds'] == list(default.seeds)
+    assert saved['settings']['iters'] == default.iters
+    assert saved['settings']['pretrain_iters'] == default.pretrain_iters
+    assert (saved['settings']['num_train'], saved['settings']['num_val']) == (
+        default.num_train, default.num_val)
+    assert 0 < saved['seconds'] <= 40 * 60
+    doc = open(osp.join(REPO, 'docs', 'table1.md')).read()
+    readme = open(osp.join(REPO, 'README.md')).read()
+    for grid in ('decoders', 'frozen'):
+        assert set(saved[grid]) == set(R.DECODERS)
+        for d, row in saved[grid].items():
+            assert set(row) == set(R.CELLS)
+            for cell in row.values():
+                assert len(cell['miou']) == len(saved['seeds'])
+                assert cell['mean'] == pytest.approx(np.mean(cell['miou']), abs=0.006)
+                assert cell['std'] == pytest.approx(np.std(cell['miou'], ddof=1), abs=0.006)
+            line = f'| {R.TITLES[d]} | ' + ' | '.join(
+                f'{row[c]["mean"]:.2f} ± {row[c]["std"]:.2f}' for c in R.CELLS) + ' |'
+            assert line in doc, (grid, line)
+    for d, row in saved['decoders'].items():
+        assert row['baseline']['mean'] - row['scratch']['mean'] >= 5.0, d
+        for c in R.SETTINGS:
+            assert f'{row[c]["mean"]:.2f} ± {row[c]["std"]:.2f}' in readme, (d, c)

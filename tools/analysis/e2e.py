@@ -13,8 +13,9 @@ mmengine's ``vis_data/scalars.json``:
 - **validation time per image**: mmengine's mean ``time`` per validation iteration
   (batch 1, slide inference over the whole 1024x2048 image).
 
-:func:`step0_agreement` builds both models from their configs with the same seed (the
-proposed backbone is the exact key adaptation of the baseline's random weights), runs
+:func:`step0_agreement` builds both models from their configs (the proposed model loads
+the baseline's random backbone as its pre-trained checkpoint and adapts it to the key,
+and gets the baseline's random heads), runs
 slide inference under bf16 autocast (where supported) on the first validation images,
 plain images for the baseline and ``BlockScramble``-encrypted ones for the proposed
 model, and reports the fraction of predicted pixels that differ.
@@ -27,8 +28,10 @@ import logging
 import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -179,23 +182,39 @@ def step0_agreement(baseline_cfg: str, proposed_cfg: str, data_root: str,
     from mmseg.registry import MODELS
 
     from mmseg_ppenc.compat import replace_syncbn
+    from mmseg_ppenc.models.encrypted_vit import bind_normalization
     from mmengine.logging import MMLogger
     # init_weights logs one line per parameter.
     MMLogger.get_current_instance().setLevel(logging.WARNING)
     t0 = time.time()
     preds = {}
     root = data_root if data_root.endswith(os.sep) else data_root + os.sep
+    # The baseline's random backbone stands in for pre-trained weights: the proposed
+    # backbone loads it as its pre-trained checkpoint and adapts it to the key (a
+    # proposed model without pre-trained weights is never adapted, by design).
+    scratch = tempfile.mkdtemp(prefix='ppenc-step0-')
+    ckpt = osp.join(scratch, 'backbone.pth')
     for name, path in (('baseline', baseline_cfg), ('proposed', proposed_cfg)):
         cfg = Config.fromfile(path)
         init_default_scope(cfg.get('default_scope', 'mmseg'))
+        init_cfg = None if name == 'baseline' else dict(type='Pretrained', checkpoint=ckpt)
         cfg.merge_from_dict({'val_dataloader.dataset.data_root': root,
-                             'model.backbone.init_cfg': None, 'model.pretrained': None,
-                             **(cfg_options or {})})
+                             'model.pretrained': None, **(cfg_options or {})})
+        cfg.model.backbone.init_cfg = init_cfg
         model_cfg = copy.deepcopy(cfg.model)  # a ConfigDict: heads read test_cfg.mode
         replace_syncbn(model_cfg)
         torch.manual_seed(seed)
         model = MODELS.build(model_cfg)
-        model.init_weights()  # the proposed backbone adapts the random weights here
+        bind_normalization(model)  # what KeyManagementHook does at the start of a run
+        model.init_weights()
+        if name == 'baseline':
+            torch.save({'state_dict': model.backbone.state_dict()}, ckpt)
+            rest = {k: v.clone() for k, v in model.state_dict().items()
+                    if not k.startswith('backbone.')}
+        else:
+            # Loading the checkpoint draws no random numbers where a random backbone
+            # initialisation did, so the heads' initialisation differs: copy them.
+            model.load_state_dict(rest, strict=False)
         model.to(device).eval()
         out = []
         dtype = torch.bfloat16 if bf16 else None
@@ -208,6 +227,7 @@ def step0_agreement(baseline_cfg: str, proposed_cfg: str, data_root: str,
         del model
         if device.startswith('cuda'):
             torch.cuda.empty_cache()
+    shutil.rmtree(scratch, ignore_errors=True)
     per_image = [float((a != b).float().mean()) for a, b in
                  zip(preds['baseline'], preds['proposed'])]
     pixels = sum(p.numel() for p in preds['baseline'])
