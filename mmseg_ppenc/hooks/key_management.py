@@ -62,6 +62,8 @@ class KeyManagementHook(Hook):
         self.key_file = key_file
         self.allow_unkeyed_checkpoint = allow_unkeyed_checkpoint
         self.fingerprint = self._key().fingerprint
+        # (config id, key fingerprint, block sizes) of the last config found clean.
+        self._clean_cfg: Optional[tuple] = None
 
     def _key(self) -> SecretKey:
         return resolve_key(self.key_file)
@@ -202,9 +204,14 @@ class KeyManagementHook(Hook):
         key = self._key()
         sizes = self._block_sizes(runner)
         hits = []
-        cfg_text = runner.cfg.pretty_text if runner.cfg is not None else ''
-        if text_contains_key(cfg_text, key, sizes):
-            hits.append('the run config')
+        cfg = getattr(runner, 'cfg', None)
+        # A Runner's config does not change during the run, and formatting it
+        # (pretty_text runs yapf) costs about a second: scan each config object once.
+        if cfg is not None and self._clean_cfg != (id(cfg), key.fingerprint, sizes):
+            if text_contains_key(cfg.pretty_text, key, sizes):
+                hits.append('the run config')
+            else:
+                self._clean_cfg = (id(cfg), key.fingerprint, sizes)
         paths = [p for p in (runner.log_dir,) if p and osp.isdir(p)]
         work_dir = runner.work_dir
         if work_dir and osp.isdir(work_dir):

@@ -199,3 +199,20 @@ def test_pipeline_without_encryption_is_refused(key_env, tmp_path, tta):
     with pytest.raises(ValueError, match='has no BlockScramble, so the encrypted backbone '
                                          'would get plain images'):
         runner.test()
+
+
+def test_config_scan_is_cached_per_config_not_per_hook(key_env):
+    """The hook formats a clean config once per run, but a second config (same hook)
+    holding the key is still caught."""
+    from types import SimpleNamespace
+
+    from mmseg_ppenc.hooks.key_management import KeyManagementHook
+    hook = KeyManagementHook()
+    clean = Config(dict(notes='nothing secret'))
+    runner = SimpleNamespace(cfg=clean, log_dir=None, work_dir=None, model=torch.nn.Module())
+    hook._scan(runner)
+    hook._scan(runner)  # cached: no second formatting, still no error
+    leaked = Config(dict(notes=key_env._key.hex()))
+    with pytest.raises(RuntimeError, match='KEY MATERIAL LEAKED: .*the run config'):
+        hook._scan(SimpleNamespace(cfg=leaked, log_dir=None, work_dir=None,
+                                   model=torch.nn.Module()))
