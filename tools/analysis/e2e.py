@@ -269,15 +269,22 @@ def main_e2e(argv: Optional[Sequence[str]] = None,
     env = dict(os.environ)
     if args.key_file:
         env['PPENC_KEY_FILE'] = os.path.abspath(args.key_file)
+    # The data lives in a scratch folder of the measuring machine: the report names it
+    # $DATA_ROOT (the folder tools/make_synthetic_cityscapes.py wrote) instead.
+    data_root = osp.abspath(args.data_root).rstrip(os.sep)
+
+    def portable(text: str) -> str:
+        return text.replace(data_root, '$DATA_ROOT')
+
     report: dict = dict(iters=args.iters, batch=args.batch, workers=args.workers,
-                        data_root=args.data_root, runs={})
+                        data_root='$DATA_ROOT', runs={})
 
     def save() -> None:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
             json.dump(report, f, indent=2)
 
-    overrides = train_overrides(args.data_root, args.iters, args.batch, args.workers,
+    overrides = train_overrides(data_root, args.iters, args.batch, args.workers,
                                 args.log_interval) + list(args.cfg_options)
     for config in args.configs:
         name = osp.splitext(osp.basename(config))[0]
@@ -288,6 +295,7 @@ def main_e2e(argv: Optional[Sequence[str]] = None,
             res.update(parse_scalars(wd, args.batch))
         except FileNotFoundError as e:
             res['error'] = str(e)
+        res.update(command=portable(res['command']), log_tail=portable(res['log_tail']))
         report['runs'][name] = res
         log(f'  exit {res["returncode"]} after {res["wall_s"]:.0f} s; '
             + ', '.join(f'{k}={res.get(k)}' for k in ('img_per_s', 'gpu_idle_share',
