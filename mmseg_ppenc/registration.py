@@ -47,7 +47,7 @@ def register_all_modules() -> None:
         return
     from .compat import apply
     apply()
-    from . import hooks, models, optim, transforms  # noqa: F401
+    from . import hooks, models, optim, runner, transforms  # noqa: F401
     from .datasets import keyless  # noqa: F401
     _done = True
 

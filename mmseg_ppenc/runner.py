@@ -1,5 +1,12 @@
 """Building mmengine Runners from configs, with the checks users need before a long run.
 
+:class:`PPEncRunner` is mmengine's ``Runner`` with every start check
+(:mod:`mmseg_ppenc.start_checks`) run in ``from_cfg``, before the Runner creates the
+work_dir, the log or the config dump. Configs select it with
+``runner_type = 'PPEncRunner'``, which every entry point honours (mmseg's and this
+project's ``tools/train.py`` and ``tools/test.py``, ``mim train``, ``dist_train.sh``,
+the slurm launchers); this project's tools use it for every config.
+
 ``tools/train.py`` and ``tools/test.py`` are thin shells over :func:`train` and
 :func:`test`; they accept the same flags as mmsegmentation's tools.
 """
@@ -9,14 +16,44 @@ import os.path as osp
 from typing import List, Optional, Sequence
 
 from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for tools)
+from mmengine.runner import Runner
+from mmseg.registry import RUNNERS
 
 from .compat import setup_cpu_distributed
 from .core.errors import ConfigError
 
-__all__ = ['ConfigError', 'load_config', 'check_config_paths', 'build_runner', 'train',
-           'test', 'DictAction', 'unsafe_checkpoint_error']
+__all__ = ['ConfigError', 'PPEncRunner', 'load_config', 'check_config_paths',
+           'build_runner', 'train', 'test', 'DictAction', 'unsafe_checkpoint_error']
+
+_RUNNER_TYPE = 'PPEncRunner'
 
 
+@RUNNERS.register_module()
+class PPEncRunner(Runner):
+    """mmengine's ``Runner``, refusing a run before it writes anything.
+
+    ``from_cfg`` runs :func:`mmseg_ppenc.start_checks.check_before_start` (no bytes or key
+    material in the config, its file name or the work_dir; the key files exist; the run is
+    exact and uses one key) and only then builds the Runner, whose ``__init__`` creates
+    the work_dir, the log, ``vis_data/config.py`` and the config dump. A refused run
+    leaves no file behind. Everything else is the parent's.
+
+    Select it in a config with ``runner_type = 'PPEncRunner'``.
+    """
+
+    @classmethod
+    def from_cfg(cls, cfg) -> 'PPEncRunner':
+        """Check ``cfg`` (:mod:`mmseg_ppenc.start_checks`), then build the Runner.
+
+        Args:
+            cfg (mmengine.Config | dict): The run config.
+
+        Raises:
+            PpencError: a start check refused the run; nothing was written.
+        """
+        from .start_checks import check_before_start
+        check_before_start(cfg if isinstance(cfg, Config) else Config(cfg))
+        return super().from_cfg(cfg)
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None,
@@ -153,24 +190,21 @@ def _run_checked(runner, cfg: Config, action: str):
 def build_runner(cfg: Config):
     """Build the Runner (after starting CPU multi-process groups when needed).
 
-    A config holding ``bytes`` anywhere is refused before the Runner writes its log and
-    config dump (the ``KeyManagementHook`` refuses it too, but only once they exist).
+    A config without ``runner_type`` gets :class:`PPEncRunner`, so every start check runs
+    before anything is written; a config naming another Runner class gets the same
+    checks first, then its own class.
 
     Raises:
-        ConfigError: the config holds bytes.
+        PpencError: a start check refused the run (nothing was written).
     """
-    from .leak_scan import find_bytes_values
-    paths = find_bytes_values(cfg)
-    if paths:
-        raise ConfigError(f'The config holds bytes at {", ".join(paths)}; configs must '
-                          'never hold key material or other raw bytes (they are copied '
-                          'into the work_dir, the log and every checkpoint). Name the key '
-                          'by file (key_file=PATH or PPENC_KEY_FILE).')
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
     setup_cpu_distributed(cfg, cfg.get('launcher', 'none'))
+    runner_type = cfg.get('runner_type') or _RUNNER_TYPE
+    cls = RUNNERS.get(runner_type) if isinstance(runner_type, str) else runner_type
+    if not (isinstance(cls, type) and issubclass(cls, PPEncRunner)):
+        from .start_checks import check_before_start
+        check_before_start(cfg)
     if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
+        return PPEncRunner.from_cfg(cfg)
     return RUNNERS.build(cfg)
 
 

@@ -5,6 +5,8 @@ _base_ = [
     './_base_/encrypted_cityscapes_768x768.py',
 ]
 custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
+# Start checks (key, leak scan, exactness) run before mmengine writes anything.
+runner_type = 'PPEncRunner'
 
 model = dict(
     pretrained=None,

@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ..core.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError
-from ..core.exactness import (channel_problems, pipeline_problems,
-                              preprocessor_pad_problems, segmentor_problems)
-from ..core.grid import slide_problems
-from ..core.keyed import is_keyed, keyed_components, run_dataloaders, unwrap_model
+from ..core.errors import ConfigError, InvalidKeyError, KeyLeakError
+from ..core.keyed import keyed_components, run_dataloaders, unwrap_model
 from ..core.meta import (build_meta, check_meta, check_normalization, meta_of,
                          normalization_of)
 from ..keys import SecretKey, resolve_key
 from ..leak_scan import find_bytes_values, find_key_material, text_contains_key
+from ..start_checks import check_run
 
 __all__ = ['KeyManagementHook']
 
@@ -91,50 +89,11 @@ class KeyManagementHook(Hook):
                       logger='current', level=30)
 
     def _check_exact(self, runner, modes: Tuple[str, ...]) -> None:
-        """Refuse a run whose encrypted inputs could reach the ViT changed or off-grid."""
-        model = unwrap_model(runner.model)
-        comps = keyed_components(runner, modes)
-        if not comps:
-            return
-        backbone = getattr(model, 'backbone', None)
-        block = int(getattr(backbone, 'patch_size', 0) or comps[0][2])
-        problems = list(segmentor_problems(model))
-        grid = slide_problems(getattr(model, 'test_cfg', None), block)
-        pre = getattr(model, 'data_preprocessor', None)
-        bgr_to_rgb = bool(getattr(pre, 'channel_conversion', False))
-        built = [mode for mode, _ in run_dataloaders(runner, modes)]
-        for mode, dataset in run_dataloaders(runner, modes):
-            for i, transforms in enumerate(_pipelines(dataset)):
-                where = f'{mode}_pipeline' + (f'[{i}]' if i else '')
-                scrambles = [(f'{where}.BlockScramble', t) for t in transforms
-                             if type(t).__name__ == 'BlockScramble']
-                if not scrambles and is_keyed(backbone) and not is_keyed(pre) and \
-                        getattr(dataset, 'manifest', None) is None:
-                    # e.g. tools/test.py --tta with a config's stock tta_pipeline.
-                    problems.append(
-                        f'{where} has no BlockScramble, so the encrypted backbone would '
-                        'get plain images: end the pipeline with BlockScramble before '
-                        'PackSegInputs (for --tta, in every branch of tta_pipeline)')
-                problems += channel_problems(scrambles, bgr_to_rgb)
-                problems += pipeline_problems(mode, transforms, block)
-                if scrambles:
-                    enc = [type(t).__name__ for t in transforms].index('BlockScramble')
-                    pads = [t for t in transforms[:enc] if type(t).__name__ == 'PadToGrid']
-                    problems += preprocessor_pad_problems(pre, pads, block,
-                                                          training=mode == 'train')
-        if hasattr(pre, 'encrypt_inputs'):
-            # EncryptedSegDataPreProcessor pads raw pixels to its size before encrypting
-            # when pad_to_grid=True; without it the parent would pad the encrypted batch.
-            pads = [_SizePad(getattr(pre, 'size', None))] if pre.pad_to_grid else []
-            for training in ([True] if 'train' in built else []) + [False]:
-                problems += preprocessor_pad_problems(pre, pads, block, training)
-        problems = list(dict.fromkeys(problems))
-        if grid and not problems:
-            raise GridError('Slide inference would leave the cipher block grid: '
-                            + '; '.join(grid) + '.')
-        if grid or problems:
-            raise ConfigError('This encrypted run would not be exact: '
-                              + '; '.join(grid + problems) + '.')
+        """Refuse a run whose encrypted inputs could reach the ViT changed or off-grid
+        (the rules of :func:`mmseg_ppenc.start_checks.check_run`, on the runner's own
+        model and built dataloaders)."""
+        check_run(unwrap_model(runner.model), list(run_dataloaders(runner, modes)),
+                  self.fingerprint)
 
     def before_run(self, runner) -> None:
         """Before any work and before weights load: refuse a config holding bytes or the
@@ -149,6 +108,13 @@ class KeyManagementHook(Hook):
                 'the key by file (key_file=PATH, or leave key_file=None and set '
                 'PPENC_KEY_FILE); if key bytes were pasted, delete this work_dir\'s '
                 'config and logs and rotate the key.')
+        from ..runner import PPEncRunner
+        if not isinstance(runner, PPEncRunner):
+            print_log('KeyManagementHook: this run does not use PPEncRunner, so the start '
+                      'checks ran only now, after mmengine wrote the work_dir, the log and '
+                      "the config dump. Set runner_type = 'PPEncRunner' in the config "
+                      '(the shipped configs do) so that a refused run writes nothing.',
+                      logger='current', level=30)
         self._scan(runner)
         from ..models.encrypted_vit import bind_normalization
         bind_normalization(unwrap_model(runner.model))
@@ -226,36 +192,3 @@ class KeyManagementHook(Hook):
 
     def after_run(self, runner) -> None:
         self._scan(runner)
-
-
-class _SizePad:
-    """Stands for the raw pad of ``EncryptedSegDataPreProcessor(pad_to_grid=True)``."""
-
-    def __init__(self, size) -> None:
-        self.size = size
-
-
-def _pipelines(dataset, depth: int = 0) -> List[List[object]]:
-    """The transform lists of every leaf dataset, one per ``TestTimeAug`` branch."""
-    if dataset is None or depth > 8:
-        return []
-    out: List[List[object]] = []
-    for attr in ('dataset', 'datasets'):
-        sub = getattr(dataset, attr, None)
-        if sub is not None:
-            for d in (sub if isinstance(sub, (list, tuple)) else [sub]):
-                out += _pipelines(d, depth + 1)
-    pipeline = getattr(dataset, 'pipeline', None)
-    transforms = getattr(pipeline, 'transforms', None)
-    if isinstance(transforms, (list, tuple)):
-        branches: List[List[object]] = [[]]
-        for t in transforms:
-            subs = getattr(t, 'subroutines', None)
-            if type(t).__name__ == 'TestTimeAug' and subs:
-                # Each subroutine is one full augmented branch.
-                branches = [b + list(getattr(sub, 'transforms', sub)) for b in branches
-                            for sub in subs]
-            else:
-                branches = [b + [t] for b in branches]
-        out += branches
-    return out

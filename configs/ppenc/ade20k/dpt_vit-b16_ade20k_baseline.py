@@ -6,6 +6,8 @@ _base_ = [
     './_base_/encrypted_ade20k_512x512.py',
 ]
 custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
+# Start checks (key, leak scan, exactness) run before mmengine writes anything.
+runner_type = 'PPEncRunner'
 
 # The top-level pipelines are set too: mmseg's init_model / inference_model and
 # MMSegInferencer read `test_pipeline`, not the dataloader's. test_dataloader =

@@ -6,6 +6,8 @@ _base_ = [
     './_base_/encrypted_ade20k_512x512.py',
 ]
 custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
+# Start checks (key, leak scan, exactness) run before mmengine writes anything.
+runner_type = 'PPEncRunner'
 
 # The data preprocessor normalises with mean = std = 127.5; the backbone follows it (no
 # mean/std of its own), so the proposed setting adapts the ViT for that normalisation.

@@ -6,6 +6,8 @@ _base_ = [
     './_base_/encrypted_ade20k_512x512.py',
 ]
 custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
+# Start checks (key, leak scan, exactness) run before mmengine writes anything.
+runner_type = 'PPEncRunner'
 
 # The stock slide stride 341 starts windows off the 16-pixel block grid, which no
 # encrypted input can follow; 336 is the nearest on-grid stride that keeps at least the

@@ -4,6 +4,8 @@ _base_ = [
     './_base_/synthetic_cityscapes_64x64.py',
 ]
 custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
+# Start checks (key, leak scan, exactness) run before mmengine writes anything.
+runner_type = 'PPEncRunner'
 
 crop_size = {{_base_.ppenc_crop_size}}
 data_root = {{_base_.ppenc_data_root}}
