@@ -24,7 +24,8 @@ Views searched for the key bytes (8-byte pieces, every byte offset):
 
 - the raw bytes, the text read as UTF-8 and written one byte per character (a latin-1
   string holding the key), and the text with its escape sequences (``\\x8f``,
-  ``\\u008f``, ``\\217``) resolved, once and twice;
+  ``\\u008f``, ``\\217``, ``\\n``) resolved, level by level up to four levels (a
+  string repr'd inside a string inside a config dump);
 - hex: every hex digit of the content in order, everything else dropped, at both nibble
   alignments, also read backwards (the hex string reversed);
 - base64 (standard and URL-safe), base32 (either case), base85 and Ascii85: every
@@ -34,6 +35,10 @@ Views searched for the key bytes (8-byte pieces, every byte offset):
 - every integer of at least 17 decimal digits (``1_234`` grouping allowed) or any
   ``0x``/``0o``/``0b`` integer, as big-endian bytes (little-endian ones are the reversed
   key, which is a needle too).
+
+The decoders above and the integer views below read both the content as written and the
+content with every escape resolved (a repr'd line break would otherwise put an ``n`` into
+a digit stream).
 
 Views searched for integer sequences (key byte values, permutation entries):
 
@@ -241,18 +246,31 @@ class KeyScanner:
                     return True
         return False
 
-    def _byte_views(self, data: bytes) -> Iterator[np.ndarray]:
-        raw = np.frombuffer(data, dtype=np.uint8)
-        yield raw
+    @staticmethod
+    def _texts(data: bytes) -> List[bytes]:
+        """The content as bytes, as latin-1 text, and with its escape sequences resolved
+        (level by level, as often as strings were repr'd inside strings, up to 4)."""
+        out = [data]
         text = data.decode('utf-8', errors='replace')
         if not text.isascii():
-            yield np.frombuffer(text.encode('latin-1', errors='replace'), dtype=np.uint8)
-        if '\\' in text:
-            once = _unescape(text)
-            yield np.frombuffer(once.encode('latin-1', errors='replace'), dtype=np.uint8)
-            if '\\' in once:
-                yield np.frombuffer(_unescape(once).encode('latin-1', errors='replace'),
-                                    dtype=np.uint8)
+            out.append(text.encode('latin-1', errors='replace'))
+        for _ in range(4):
+            if '\\' not in text:
+                break
+            text = _unescape(text)
+            out.append(text.encode('latin-1', errors='replace'))
+        return out
+
+    def _byte_views(self, texts: List[bytes]) -> Iterator[np.ndarray]:
+        for text in texts:
+            yield np.frombuffer(text, dtype=np.uint8)
+        # The decoders read the content as written and with every escape resolved (a
+        # repr'd newline would otherwise put an ``n`` into a base64 or digit stream).
+        for data in dict.fromkeys((texts[0], texts[-1])):
+            yield from self._decoded_views(data)
+
+    def _decoded_views(self, data: bytes) -> Iterator[np.ndarray]:
+        raw = np.frombuffer(data, dtype=np.uint8)
         hex_digits = data.translate(None, _NOT_HEX).lower()
         for digits in (hex_digits, hex_digits[::-1]):
             for start in (0, 1):
@@ -277,14 +295,16 @@ class KeyScanner:
             yield np.frombuffer(b'\0'.join(big), dtype=np.uint8)
 
     # ---------------------------------------------------------------- integer views
-    def _integers(self, data: bytes) -> Iterator[np.ndarray]:
-        """Runs of integers (and of short bare hex tokens) separated by non-alphanumerics."""
-        for m in self._int_run.finditer(data):
-            yield np.array([_parse_int(t) for t in _INT_TOKEN.findall(m.group(0))],
-                           dtype=np.int64)
-        for m in self._hex_run.finditer(data):
-            yield np.array([int(t, 16) for t in re.findall(_HEX_TOKEN, m.group(0))],
-                           dtype=np.int64)
+    def _integers(self, texts: List[bytes]) -> Iterator[np.ndarray]:
+        """Runs of integers (and of short bare hex tokens) separated by non-alphanumerics,
+        in the content as written and with every escape resolved."""
+        for data in dict.fromkeys((texts[0], texts[-1])):
+            for m in self._int_run.finditer(data):
+                yield np.array([_parse_int(t) for t in _INT_TOKEN.findall(m.group(0))],
+                               dtype=np.int64)
+            for m in self._hex_run.finditer(data):
+                yield np.array([int(t, 16) for t in re.findall(_HEX_TOKEN, m.group(0))],
+                               dtype=np.int64)
 
     def _ints_hit(self, values: np.ndarray) -> bool:
         v = values.astype(np.uint64)
@@ -302,9 +322,10 @@ class KeyScanner:
     # ---------------------------------------------------------------- public
     def contains(self, data: bytes) -> bool:
         """Whether ``data`` holds a 64-bit piece of the key material in any view."""
-        if any(self._bytes_hit(v) for v in self._byte_views(data)):
+        texts = self._texts(data)
+        if any(self._bytes_hit(v) for v in self._byte_views(texts)):
             return True
-        return any(self._ints_hit(v) for v in self._integers(data))
+        return any(self._ints_hit(v) for v in self._integers(texts))
 
 
 def _strided(seq: List[int]) -> Iterator[List[int]]:

@@ -170,6 +170,7 @@ def test_config_parses(arch: str, decoder: str, setting: str) -> None:
     encrypt = setting != 'baseline'
 
     assert plain(cfg.custom_imports) == CUSTOM_IMPORTS
+    assert cfg.runner_type == 'PPEncRunner'  # start checks before anything is written
 
     # Model: the stock one, changed only where the grid says.
     model = cfg.model
@@ -261,7 +262,7 @@ def test_config_parses(arch: str, decoder: str, setting: str) -> None:
 
     # Everything else is the stock config.
     allowed = {'model', 'train_dataloader', 'val_dataloader', 'test_dataloader',
-               'train_pipeline', 'test_pipeline', 'custom_imports', 'custom_hooks',
+               'train_pipeline', 'test_pipeline', 'custom_imports', 'custom_hooks', 'runner_type',
                'optim_wrapper'}
     ours = {k: v for k, v in plain(cfg.to_dict()).items()
             if k not in allowed and not k.startswith('ppenc_')}

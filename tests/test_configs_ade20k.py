@@ -88,6 +88,7 @@ def test_config_is_stock_plus_method(family: str, setting: str) -> None:
     stock = plain(load_stock(family).to_dict())
     encrypt = setting != 'baseline'
     assert cfg['custom_imports'] == CUSTOM_IMPORTS
+    assert cfg['runner_type'] == 'PPEncRunner'
 
     # Model: the stock one; the proposed backbone type, an on-grid stride (SETR).
     model = copy.deepcopy(stock['model'])
@@ -136,7 +137,8 @@ def test_config_is_stock_plus_method(family: str, setting: str) -> None:
 
     # Everything else is the stock config.
     changed = {'model', 'train_dataloader', 'val_dataloader', 'test_dataloader',
-               'train_pipeline', 'test_pipeline', 'custom_imports', 'custom_hooks'}
+               'train_pipeline', 'test_pipeline', 'custom_imports', 'custom_hooks',
+               'runner_type'}
     assert ({k: v for k, v in cfg.items() if k not in changed and
              not k.startswith('ppenc_')} ==
             {k: v for k, v in stock.items() if k not in changed})

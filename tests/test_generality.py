@@ -172,6 +172,7 @@ def apply_recipe(cfg: Config) -> Config:
     """The README recipe, and nothing else."""
     cfg = copy.deepcopy(cfg)
     cfg.custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
+    cfg.runner_type = 'PPEncRunner'
     cfg.model.backbone.type = 'EncryptedVisionTransformer'
     for pipe in (cfg.train_dataloader.dataset.pipeline, cfg.train_pipeline,
                  cfg.test_dataloader.dataset.pipeline, cfg.test_pipeline):

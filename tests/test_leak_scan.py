@@ -93,11 +93,13 @@ def test_detection_on_generated_encodings(seed):
     forms = key_encodings(key, seed)
     missed = []
     for name, form in forms.items():
-        text = f"model = dict(type='EncoderDecoder')\nnotes = {form}\nlr = 0.01\n"
-        if not scanner.contains(text.encode('utf-8', errors='surrogatepass')):
-            missed.append(name)
-        assert not other_scanner.contains(text.encode('utf-8', errors='surrogatepass')), \
-            name
+        # As a log holds it, and as a config dump holds a string value (repr'd).
+        for text in (f"model = dict(type='EncoderDecoder')\nnotes = {form}\nlr = 0.01\n",
+                     f"model = dict(type='EncoderDecoder', notes={form!r})\n"):
+            data = text.encode('utf-8', errors='surrogatepass')
+            if not scanner.contains(data):
+                missed.append(name)
+            assert not other_scanner.contains(data), name
     assert missed == [], f'missed {len(missed)}/{len(forms)}: {missed}'
 
 

@@ -194,3 +194,18 @@ def test_mmseg_train_tool_refuses_before_writing(key_env, tmp_path, form):
     assert proc.returncode != 0
     assert 'KeyLeakError' in proc.stderr and key_env.fingerprint in proc.stderr
     _nothing_written(tmp_path, key_env, work_dir)
+
+
+@pytest.mark.slow
+def test_dist_train_refuses_before_writing(key_env, tmp_path):
+    """tools/dist_train.sh (torchrun, two CPU processes): every rank refuses."""
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg_path = _key_config(tmp_path, key_env, 'hex, reversed string')
+    work_dir = str(tmp_path / 'work_dirs' / 'run')
+    env = dict(os.environ, PORT='29631', PYTHON=sys.executable)
+    proc = subprocess.run(['bash', osp.join(root, 'tools', 'dist_train.sh'), cfg_path, '2',
+                           '--work-dir', work_dir], cwd=str(tmp_path), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert 'error: Key material' in proc.stderr
+    _nothing_written(tmp_path, key_env, work_dir)
