@@ -182,15 +182,21 @@ def test_shipped_tiny_config_passes(key_env, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('form', ['base85', 'one big integer'])
-def test_mmseg_train_tool_refuses_before_writing(key_env, tmp_path, form):
-    """mmseg's own tools/train.py: the script `mim train` and `dist_train.sh` run."""
+@pytest.mark.parametrize('entry, form', [('mim train', 'base85'),
+                                         ('mmseg tools/train.py', 'one big integer')])
+def test_mmseg_train_tool_refuses_before_writing(key_env, tmp_path, entry, form):
+    """``mim train`` and mmseg's own tools/train.py (what mim runs) use the config's
+    runner_type, so they refuse before writing too."""
     import mmseg
-    tool = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'train.py')
     cfg_path = _key_config(tmp_path, key_env, form)
     work_dir = str(tmp_path / 'work_dirs' / 'run')
-    proc = subprocess.run([sys.executable, tool, cfg_path, '--work-dir', work_dir],
-                          cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    if entry == 'mim train':
+        cmd = [osp.join(osp.dirname(sys.executable), 'mim'), 'train', 'mmsegmentation']
+    else:
+        cmd = [sys.executable, osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools',
+                                        'train.py')]
+    proc = subprocess.run(cmd + [cfg_path, '--work-dir', work_dir], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert 'KeyLeakError' in proc.stderr and key_env.fingerprint in proc.stderr
     _nothing_written(tmp_path, key_env, work_dir)
