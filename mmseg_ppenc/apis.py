@@ -23,7 +23,7 @@ import torch
 
 from .cipher import get_cipher
 from .core.grid import pad_to_grid
-from .core.meta import check_meta, meta_of
+from .core.meta import check_checkpoint, check_meta, normalization_of, read_checkpoint
 from .keys import SecretKey
 
 __all__ = ['encrypt_for_upload', 'predict_encrypted', 'inference_encrypted', 'colorize',
@@ -177,8 +177,11 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
     """Build a segmentor from a (server) config and an encrypted checkpoint.
 
     mmseg's ``init_model`` with the checkpoint's ``meta['ppenc']`` attached as
-    ``model.ppenc_meta`` (None if the checkpoint records no key). A checkpoint adapted
-    for another normalisation than the config's data preprocessor is refused.
+    ``model.ppenc_meta`` (None if the checkpoint records no key). The checkpoint is read
+    safely first and checked against the model as on every load path
+    (:func:`mmseg_ppenc.core.meta.check_checkpoint`): a record copied onto other weights,
+    another cipher or block size, and another normalisation than the config's data
+    preprocessor are refused. The key is not needed (see :func:`check_model_key`).
 
     Args:
         config (str | Config): Config file or object (e.g. configs/ppenc/server/...).
@@ -186,35 +189,29 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
         device (str): Torch device. Defaults to ``'cpu'``.
         cfg_options (dict, optional): Config overrides. Defaults to None.
 
+    Returns:
+        torch.nn.Module: The segmentor, in eval mode, with ``ppenc_meta``.
+
     Raises:
-        ConfigError: the checkpoint is unreadable, or refused by
+        CheckpointReadError: the checkpoint is missing, unreadable, or refused by
             ``torch.load(weights_only=True)`` (it could run code when unpickled).
+        CheckpointRecordError: its ``meta['ppenc']`` record does not belong to its weights.
+        InvalidKeyError: it was made for another cipher, block size or normalisation.
     """
     from mmengine.config import Config
     from mmseg.apis import init_model
+
+    from .models.encrypted_vit import bind_normalization
     if isinstance(config, str):
         config = Config.fromfile(config)
-    from .core.meta import check_normalization, normalization_of
-    from .models.encrypted_vit import bind_normalization
-    import pickle
-
-    from .runner import unsafe_checkpoint_error
-    try:
-        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        raise unsafe_checkpoint_error(checkpoint, e) from None
-    except (RuntimeError, OSError, EOFError) as e:
-        from .core.errors import ConfigError
-        raise ConfigError(f'Cannot read checkpoint {checkpoint}: {type(e).__name__}. '
-                          'Expected a PyTorch checkpoint written by training; check the '
-                          'path or copy the file again.') from None
     # Read (and refused if unsafe) before mmseg's init_model loads it again.
+    ckpt = read_checkpoint(checkpoint, mmap=True)
     model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
-    model.ppenc_meta = meta_of(ckpt)
     bind_normalization(model)
     mean, std = normalization_of(model)
-    if mean is not None:
-        check_normalization(model.ppenc_meta, mean, std, f'the checkpoint {checkpoint}')
+    model.ppenc_meta = check_checkpoint(ckpt, f'the checkpoint {checkpoint}',
+                                        block_size=model_block_size(model), mean=mean,
+                                        std=std)
     return model
 
 

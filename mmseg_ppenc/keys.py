@@ -29,7 +29,7 @@ from .core.errors import InvalidKeyError
 
 __all__ = [
     'KEY_ENV_VAR', 'KEY_BYTES', 'ALLOW_OPEN_KEY_ENV_VAR', 'InvalidKeyError', 'SecretKey',
-    'resolve_key', 'flip_compatible_permutation'
+    'resolve_key', 'flip_compatible_permutation', 'looks_like_key_bytes', 'is_key_file'
 ]
 
 #: Environment variable holding the path of the key file used when ``key_file=None``.
@@ -360,6 +360,48 @@ def _check_key_file_stat(path: str, st: os.stat_result,
         import warnings
         warnings.warn(f'{msg}; accepted because {ALLOW_OPEN_KEY_ENV_VAR}=1. Restrict it '
                       'with chmod 600.')
+
+
+def looks_like_key_bytes(data: bytes) -> bool:
+    """Whether ``data`` starts like a key file (the ``PPENCKEY`` header).
+
+    Any key file, of any key and format version, starts with the header; nothing is
+    parsed or validated beyond it, so a truncated or corrupt key file counts too.
+
+    Args:
+        data (bytes): The first bytes of a file (at least 8 to match).
+
+    Returns:
+        bool: True if ``data`` begins with the key file header.
+    """
+    return bytes(data[:len(_MAGIC)]) == _MAGIC
+
+
+def is_key_file(path: PathLike) -> bool:
+    """Whether ``path`` is a key file, judged by its header (see :func:`looks_like_key_bytes`).
+
+    Reads at most 8 bytes. A symbolic link is followed. Anything but a regular file (a
+    directory, FIFO, socket or device) is not a key file and is not read, so the call
+    never blocks.
+
+    Args:
+        path (str | PathLike): The file.
+
+    Returns:
+        bool: True if the file starts with the key file header.
+
+    Raises:
+        OSError: the file exists but cannot be opened or read (e.g. permission denied),
+            so the caller can tell "not a key file" from "could not look".
+    """
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_NOCTTY', 0))
+    except FileNotFoundError:
+        return False
+    with os.fdopen(fd, 'rb') as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return False
+        return looks_like_key_bytes(f.read(len(_MAGIC)))
 
 
 _LOADED: dict = {}

@@ -18,68 +18,24 @@ not get and cannot use.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from typing import List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from .adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
 from .convert import MMSEG_MARKER, convert_timm_vit, locate_vit, strip_prefix
 from .core.errors import ModelEncryptionError
 from .core.files import same_file
-from .core.meta import build_meta
+from .core.meta import (build_meta, check_checkpoint, check_patch_embed_digest,
+                        patch_embed_digest, permutation_smoothness, read_checkpoint,
+                        state_dict_of)
 from .keys import SecretKey
 
 __all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'detect_layout',
            'encrypt_model_checkpoint', 'ppenc_meta', 'normalization_from_config',
            'patch_embed_digest', 'encrypted_with', 'check_patch_embed_digest']
-
-
-def patch_embed_digest(weight: torch.Tensor) -> str:
-    """SHA-256 of a patch-embedding weight (dtype, shape and values)."""
-    w = weight.detach().to('cpu').contiguous()
-    h = hashlib.sha256(f'{w.dtype}/{tuple(w.shape)}/'.encode())
-    h.update(w.view(torch.uint8).numpy().tobytes() if w.numel() else b'')
-    return h.hexdigest()
-
-
-def check_patch_embed_digest(meta: Mapping, state_dict: Mapping[str, torch.Tensor],
-                             prefix: str, what: str) -> None:
-    """Refuse weights that are not the ones a ``meta['ppenc']`` record was made for.
-
-    Args:
-        meta (Mapping): The record (a missing digest is accepted: older files).
-        state_dict (Mapping[str, Tensor]): The weights.
-        prefix (str): The ViT's key prefix.
-        what (str): How to name the checkpoint.
-
-    Raises:
-        ModelEncryptionError: the digest differs (the record was copied onto other
-            weights, or the patch embedding was changed after encryption).
-    """
-    want = meta.get('patch_embed_sha256') if isinstance(meta, Mapping) else None
-    key = prefix + MMSEG_MARKER
-    if want is None or key not in state_dict:
-        return
-    if patch_embed_digest(state_dict[key]) != want:
-        raise ModelEncryptionError(
-            f'{what}: its meta["ppenc"] record does not belong to its weights (the '
-            'patch-embedding digest differs): the record was copied from another file or '
-            'the weights were changed after encryption. Encrypt the plain checkpoint '
-            'again with tools/encrypt_model.py.')
-
-
-def _neighbour_similarity(w: np.ndarray, block: int) -> float:
-    """Mean cosine similarity of the columns of horizontally adjacent pixels."""
-    d = w.shape[0]
-    cols = w.reshape(d, -1, block, block)
-    a, b = cols[..., :-1].reshape(d, -1), cols[..., 1:].reshape(d, -1)
-    num = (a * b).sum(0)
-    den = np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0)
-    return float(np.mean(num / np.maximum(den, 1e-30)))
 
 
 def encrypted_with(weight: torch.Tensor, key: SecretKey) -> bool:
@@ -95,12 +51,7 @@ def encrypted_with(weight: torch.Tensor, key: SecretKey) -> bool:
         weight (Tensor): ``(D, C, b, b)`` patch-embedding weight.
         key (SecretKey): The key.
     """
-    d, c, b, _ = weight.shape
-    w = weight.detach().to('cpu', torch.float64).reshape(d, -1).numpy()
-    perm = key.block_permutation(b, c)
-    undone = np.empty_like(w)
-    undone[:, perm] = w  # column k of the adapted weight is plain column perm[k]
-    as_is, restored = _neighbour_similarity(w, b), _neighbour_similarity(undone, b)
+    as_is, restored = permutation_smoothness(weight, key)
     return restored > 0.2 and restored > as_is + 0.2
 
 
@@ -117,52 +68,11 @@ def ppenc_meta(key: SecretKey, block_size: int, mean=None, std=None) -> dict:
     return build_meta(key.fingerprint, block_size, key.flip_compatible, mean, std)
 
 
-def _reason(e: BaseException, path: str) -> str:
-    """First line of an exception's message (an empty file gives an empty message)."""
-    lines = str(e).splitlines()
-    if lines:
-        return f'{type(e).__name__}: {lines[0][:300]}'
-    return 'the file is empty' if os.path.getsize(path) == 0 else type(e).__name__
-
-
-def _torch_load(path: str):
-    if path.endswith('.safetensors'):
-        try:
-            from safetensors.torch import load_file
-        except ImportError:  # pragma: no cover - safetensors ships with timm
-            raise ModelEncryptionError(f'{path} is a safetensors file; install '
-                                       '`safetensors` to read it.') from None
-        try:
-            return load_file(path, device='cpu')
-        except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
-            raise ModelEncryptionError(
-                f'Cannot read {path!r} as a safetensors file: {_reason(e, path)}. '
-                'Expected a timm or mmseg ViT checkpoint; download or export it again.'
-            ) from None
-    try:
-        # weights_only: a checkpoint from the internet must not run code on the
-        # creator's machine, which holds the key. The compat layer allow-lists the few
-        # types mmengine checkpoints contain.
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
-        raise ModelEncryptionError(
-            f'Cannot read {path!r} as a PyTorch checkpoint with torch.load(weights_only='
-            f'True): {_reason(e, path)}. Expected a timm or mmseg ViT checkpoint '
-            '(.pth/.pt/.bin or .safetensors); download or export it again. A checkpoint '
-            'that needs unsafe unpickling is refused on purpose: re-save its state dict '
-            'with torch.save(model.state_dict(), path).') from None
-
-
 def _unwrap(obj) -> Tuple['OrderedDict[str, torch.Tensor]', dict]:
     meta = {}
     if isinstance(obj, Mapping):
         meta = obj.get('meta') if isinstance(obj.get('meta'), dict) else {}
-        for wrapper in ('state_dict', 'model', 'module'):
-            inner = obj.get(wrapper)
-            if isinstance(inner, Mapping) and inner and all(
-                    isinstance(k, str) for k in inner):
-                obj = inner
-                break
+        obj = state_dict_of(obj)
     if not isinstance(obj, Mapping) or not obj:
         raise ModelEncryptionError('The checkpoint holds no state dict (expected a dict of '
                                    'tensors, possibly under "state_dict" or "model").')
@@ -193,14 +103,22 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
     return layout, prefix
 
 
-def load_vit_checkpoint(path: str, patch_bias: str = 'fold'
+def load_vit_checkpoint(path: str, patch_bias: str = 'fold',
+                        key: Optional[SecretKey] = None
                         ) -> Tuple['OrderedDict[str, torch.Tensor]', dict, str, str]:
     """Read a timm or mmseg ViT checkpoint and return it in mmseg's layout.
+
+    The file is read by :func:`mmseg_ppenc.core.meta.read_checkpoint` (weights only) and
+    checked by :func:`mmseg_ppenc.core.meta.check_checkpoint`: a ``meta['ppenc']`` record
+    copied onto other weights is refused as on every other load path.
 
     Args:
         path (str): Local checkpoint file.
         patch_bias (str): For timm inputs, see :func:`mmseg_ppenc.convert.convert_timm_vit`.
             Defaults to ``'fold'``.
+        key (SecretKey, optional): The key the caller encrypts for: a record of this key
+            without a digest is also checked against the weights themselves. Defaults to
+            None.
 
     Returns:
         tuple: ``(state_dict, meta, source_layout, prefix)`` where ``source_layout`` is
@@ -208,16 +126,19 @@ def load_vit_checkpoint(path: str, patch_bias: str = 'fold'
         key prefix in ``state_dict``.
 
     Raises:
-        ModelEncryptionError: unreadable file, unknown layout, unsupported timm variant.
+        ModelEncryptionError: unreadable file (:class:`~mmseg_ppenc.core.errors.
+            CheckpointReadError`), a record that does not belong to the weights
+            (:class:`~mmseg_ppenc.core.errors.CheckpointRecordError`), unknown layout,
+            unsupported timm variant.
     """
-    if not os.path.isfile(path):
-        raise ModelEncryptionError(f'Checkpoint {path!r} does not exist.')
-    obj = _torch_load(path)
+    obj = read_checkpoint(path)
     try:
         sd, meta = _unwrap(obj)
         layout, prefix = detect_layout(sd)
     except ModelEncryptionError as e:
         raise ModelEncryptionError(f'{path}: {e}') from None
+    check_checkpoint({'state_dict': sd, 'meta': meta}, f'the checkpoint {path}',
+                     adapted_key=key)
     if layout == 'timm':
         try:
             sd = convert_timm_vit(sd, patch_bias=patch_bias)
@@ -299,7 +220,8 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
 
     Raises:
         ModelEncryptionError: unreadable or unsupported input, an input that is already
-            encrypted, ``dst`` exists (without ``force``) or equals ``src``.
+            encrypted or whose record does not belong to its weights, ``dst`` exists
+            (without ``force``) or equals ``src``.
     """
     if mean is None or std is None:
         raise ModelEncryptionError(
@@ -313,7 +235,7 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
                                    'encrypted model to a new path and keep the plain one.')
     if os.path.exists(dst) and not force:
         raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
-    sd, meta, layout, prefix = load_vit_checkpoint(src, patch_bias)
+    sd, meta, layout, prefix = load_vit_checkpoint(src, patch_bias, key)
     if isinstance(meta.get('ppenc'), dict):
         raise ModelEncryptionError(
             f'{src} is already encrypted (meta["ppenc"] records key '

@@ -224,7 +224,8 @@ def test_meta_matches_key_management_hook_and_plugin_backbone(setup, monkeypatch
     # EncryptedVisionTransformer recognises the output as already encrypted.
     vit = EncryptedVisionTransformer(img_size=(64, 64), embed_dims=64, num_layers=4,
                                      num_heads=4, mlp_ratio=2, with_cls_token=False,
-                                     norm_cfg=dict(type='LN', eps=1e-6), mean=IMAGENET_MEAN, std=IMAGENET_STD, 
+                                     norm_cfg=dict(type='LN', eps=1e-6), mean=IMAGENET_MEAN,
+                                     std=IMAGENET_STD,
                                      init_cfg=dict(type='Pretrained', checkpoint=dst))
     vit.init_weights()
     enc_sd = torch.load(dst, weights_only=True)['state_dict']
@@ -351,10 +352,10 @@ def test_stripped_meta_is_detected_and_digest_recorded(tmp_path):
     ckpt = torch.load(out, weights_only=True)
     w = ckpt['state_dict']['patch_embed.projection.weight']
     assert ckpt['meta']['ppenc']['patch_embed_sha256'] == patch_embed_digest(w)
-    check_patch_embed_digest(ckpt['meta']['ppenc'], ckpt['state_dict'], '', out)
+    assert check_patch_embed_digest(ckpt['meta']['ppenc'], ckpt['state_dict'], out)
     tampered = dict(ckpt['state_dict'], **{'patch_embed.projection.weight': w * 1.001})
     with pytest.raises(ModelEncryptionError, match='does not belong to its weights'):
-        check_patch_embed_digest(ckpt['meta']['ppenc'], tampered, '', out)
+        check_patch_embed_digest(ckpt['meta']['ppenc'], tampered, out)
     # The record stripped: the weights themselves show they are encrypted with this key.
     stripped = str(tmp_path / 'stripped.pth')
     torch.save({'state_dict': ckpt['state_dict']}, stripped)
@@ -464,3 +465,33 @@ def test_normalisation_comes_from_the_target_config(setup, tmp_path, capsys):
                                      init_cfg=dict(type='Pretrained', checkpoint=out))
     with pytest.raises(ValueError, match=r'adapted for normalisation mean=\[127.5'):
         vit.init_weights()
+
+
+@pytest.mark.parametrize('record', ['copied with digest', 'without digest'])
+def test_record_copied_onto_plain_weights_is_refused(tmp_path, record):
+    """A plain (smooth, pre-trained-like) backbone carrying an encrypted checkpoint's
+    record is not taken for an encrypted one: neither "already encrypted" nor encrypted
+    again, but refused as a copied record, with the fix."""
+    from mmseg_ppenc.core.errors import CheckpointRecordError
+    key = SecretKey.generate()
+    src = _smooth_backbone(tmp_path)
+    enc = str(tmp_path / 'enc.pth')
+    encrypt_model_checkpoint(src, enc, key, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    rec = torch.load(enc, weights_only=True)['meta']['ppenc']
+    if record == 'without digest':  # as training checkpoints record it
+        del rec['patch_embed_sha256']
+    forged = str(tmp_path / 'forged.pth')
+    torch.save({'state_dict': torch.load(src, weights_only=True)['state_dict'],
+                'meta': {'ppenc': rec}}, forged)
+    found = ('the record expects a patch embedding with SHA-256' if record ==
+             'copied with digest' else 'but the patch embedding is plain')
+    with pytest.raises(CheckpointRecordError, match=f'The checkpoint {forged}: its '
+                       r'meta\["ppenc"\] record does not belong to its weights: '
+                       f'.*{found}.*tools/encrypt_model.py'):
+        encrypt_model_checkpoint(forged, str(tmp_path / 'out.pth'), key,
+                                 mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert not osp.exists(tmp_path / 'out.pth')
+    # The genuine output is still recognised as already encrypted.
+    with pytest.raises(ModelEncryptionError, match='is already encrypted'):
+        encrypt_model_checkpoint(enc, str(tmp_path / 'out.pth'), key,
+                                 mean=IMAGENET_MEAN, std=IMAGENET_STD)

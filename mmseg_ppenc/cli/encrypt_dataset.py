@@ -5,11 +5,18 @@ Example::
     python tools/encrypt_dataset.py data/cityscapes data/cityscapes_encrypted \
         --key-file ~/.ppenc/site-a.key --layout cityscapes --workers 4
 
-The output tree has the same layout: images become lossless PNGs encrypted block-wise,
-label maps and other files are copied unchanged, and DST/ppenc_manifest.json records the
-key fingerprint, block size, counts and one record per output (no key material). Rerun
-the same command to resume an interrupted run or to bring DST up to date after the
-source changed.
+DST is the tree you upload, so it holds only what the server needs: the images as
+lossless PNGs encrypted block-wise, the label maps (unchanged), DST/ppenc_manifest.json
+(key fingerprint, block size, counts and one record per output; no key material), and
+other files only when ``--include PATTERN`` names them (default: none). Never copied,
+whatever the patterns say: key files (found by their header, under any name), files in
+which the leak scan finds the key, and symbolic links leaving SRC or pointing to a
+directory unless ``--follow-symlink LINK`` names them. The summary lists every file of
+SRC left out, with the reason, and the extra files copied.
+
+Rerun the same command to resume an interrupted run or to bring DST up to date after the
+source changed: every source is hashed again, so an edit that keeps size and mtime is
+caught (``--trust-mtime`` trades that for speed).
 
 Exit status: 0 done; 2 bad input (the ``error:`` line names the file and the fix);
 1 DST could not be written (read-only, full): fix it and rerun to resume;
@@ -18,6 +25,7 @@ Exit status: 0 done; 2 bad input (the ``error:`` line names the file and the fix
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 from mmseg_ppenc.cli import RUN_FAILED, fail
@@ -34,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         argparse.ArgumentParser: Parser for ``SRC DST [options]``.
     """
-    from mmseg_ppenc.datasets.encrypt import LAYOUTS
+    from mmseg_ppenc.datasets.encrypt import DEFAULT_MAX_PIXELS, LAYOUTS
     parser = argparse.ArgumentParser(
         description='Encrypt a dataset tree block-wise for keyless training on a server.',
         epilog='Exit status: 0 done, 2 bad input, 1 DST not writable (rerun to resume), '
@@ -63,6 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help='output image format; only lossless png is accepted')
     parser.add_argument('--fsync', action='store_true',
                         help='fsync every file before renaming it into place')
+    parser.add_argument('--include', action='append', default=[], metavar='PATTERN',
+                        help='also copy the other files this glob names, relative to SRC '
+                        '(repeatable): a pattern without "/" matches a file or directory '
+                        'name at any depth ("*.txt"), one with "/" the path from SRC '
+                        '("splits/*.txt", "docs/**"). Each is scanned for key material '
+                        'first. Default: none; DST gets images, label maps and the '
+                        'manifest only')
+    parser.add_argument('--follow-symlink', action='append', default=[], metavar='LINK',
+                        dest='follow_symlinks',
+                        help='follow this symbolic link in SRC (path relative to SRC, '
+                        'repeatable) although it points to a directory or leaves SRC; '
+                        'such links are otherwise skipped and listed')
+    parser.add_argument('--trust-mtime', action='store_true',
+                        help='on a rerun, count a source as unchanged when its size and '
+                        'mtime are, without reading it (faster on slow disks). Risk: a '
+                        'source rewritten in place that keeps size and mtime (cp -p, '
+                        'rsync -t, tar, touch -r, a coarse file system clock) is not '
+                        'encrypted again and DST keeps its stale output. Default: hash '
+                        'every source')
+    parser.add_argument('--max-pixels', type=int, default=DEFAULT_MAX_PIXELS,
+                        help='refuse images whose header declares more pixels, before '
+                        'decoding them (decompression bombs) (default: '
+                        f'{DEFAULT_MAX_PIXELS} = 8192x8192; Cityscapes frames have '
+                        '2097152)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     return parser
 
@@ -87,12 +119,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return fail(f'--workers must be at least 1, got {args.workers}.')
         if args.block_size < 1:
             return fail(f'--block-size must be positive, got {args.block_size}.')
+        if args.max_pixels < 1:
+            return fail(f'--max-pixels must be positive, got {args.max_pixels}.')
         key = resolve_key(args.key_file)
         summary = encrypt_dataset(args.src, args.dst, key, layout=args.layout,
                                   workers=args.workers, pad=args.pad,
                                   block_size=args.block_size, out_format=args.out_format,
                                   progress=not args.no_progress, fsync=args.fsync,
-                                  allow_unlabeled=args.allow_unlabeled)
+                                  allow_unlabeled=args.allow_unlabeled,
+                                  include=args.include,
+                                  follow_symlinks=args.follow_symlinks,
+                                  trust_mtime=args.trust_mtime, max_pixels=args.max_pixels)
     except DatasetWriteError as e:
         return fail(e, RUN_FAILED)
     except PpencError as e:
@@ -100,5 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         return fail('interrupted: finished files are kept; rerun the same command to '
                     'resume.', INTERRUPTED)
-    print(summary.format())
+    print(summary.format(warnings=False))
+    for warning in summary.warnings:
+        print(f'warning: {warning}', file=sys.stderr)
     return 0

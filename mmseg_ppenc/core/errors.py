@@ -7,7 +7,7 @@ problem, the expected and the actual value, and the fix; they never contain key 
 
 __all__ = ['PpencError', 'ConfigError', 'InvalidKeyError', 'KeylessPipelineError',
            'GridError', 'ModelEncryptionError', 'DatasetEncryptionError', 'DatasetWriteError',
-           'KeyLeakError']
+           'KeyLeakError', 'CheckpointReadError', 'CheckpointRecordError']
 
 
 class PpencError(ValueError):
@@ -33,6 +33,20 @@ class GridError(ConfigError):
 
 class ModelEncryptionError(PpencError):
     """A checkpoint cannot be encrypted or is not what it claims to be."""
+
+
+class CheckpointReadError(ConfigError, ModelEncryptionError):
+    """A checkpoint file is missing, corrupt, or refused by ``torch.load(weights_only=True)``.
+
+    Raised by the one checkpoint reader (:func:`mmseg_ppenc.core.meta.read_checkpoint`) for
+    every path that reads one: a config error for training and testing, a model-encryption
+    error for ``tools/encrypt_model.py``.
+    """
+
+
+class CheckpointRecordError(InvalidKeyError, ModelEncryptionError):
+    """A checkpoint's ``meta['ppenc']`` record does not belong to its weights (it was copied
+    from another file, or the weights were changed after encryption)."""
 
 
 class DatasetEncryptionError(PpencError):

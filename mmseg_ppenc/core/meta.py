@@ -1,19 +1,28 @@
-"""The ``meta['ppenc']`` record that ties a checkpoint to a key.
+"""The ``meta['ppenc']`` record that ties a checkpoint to a key, and the one checkpoint reader.
 
 Every checkpoint an encrypted run or tool writes carries, under ``meta['ppenc']``, the key
 *fingerprint* (never the key), the cipher, the block size, whether the key is
-flip-compatible and, when known, the normalisation the weights were adapted for. Whoever
-loads a checkpoint checks the record here, so the rules (and their messages) exist once.
+flip-compatible and, when known, the normalisation the weights were adapted for and
+(``tools/encrypt_model.py``) the SHA-256 of the encrypted patch embedding. Whoever loads a
+checkpoint reads it with :func:`read_checkpoint` and checks it with
+:func:`check_checkpoint`, so the rules (and their messages) exist once: the pre-trained
+``init_cfg``, ``load_from``, ``resume``, ``tools/test.py``, the inference APIs and
+``ppenc-infer``, ``tools/encrypt_model.py`` and the keyless server hook.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Mapping, Optional, Sequence, Tuple, Type
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Type
 
-from .errors import InvalidKeyError, PpencError
+from .errors import (CheckpointReadError, CheckpointRecordError, InvalidKeyError,
+                     PpencError)
 
-__all__ = ['CIPHER_NAME', 'META_KEY', 'build_meta', 'meta_of', 'read_checkpoint_meta',
-           'check_meta', 'check_normalization', 'normalization_of']
+__all__ = ['CIPHER_NAME', 'META_KEY', 'build_meta', 'meta_of', 'state_dict_of',
+           'read_checkpoint', 'unsafe_checkpoint_error', 'read_checkpoint_meta',
+           'patch_embed_digest', 'patch_embed_keys', 'permutation_smoothness',
+           'check_checkpoint', 'check_patch_embed_digest', 'check_meta',
+           'check_normalization', 'normalization_of']
 
 #: Name and version of the block cipher (recorded in checkpoints and dataset manifests).
 CIPHER_NAME = 'block-shuffle-v1'
@@ -21,6 +30,13 @@ CIPHER_NAME = 'block-shuffle-v1'
 META_KEY = 'ppenc'
 # Relative tolerance for comparing normalisation constants read back from JSON/pickles.
 _NORM_RTOL = 1e-6
+# Names of the patch-embedding weight: mmseg's VisionTransformer, timm's (convert.py).
+_PATCH_KEYS = ('patch_embed.projection.weight', 'patch_embed.proj.weight')
+# What every refusal of a record that does not belong to its weights ends with.
+_RECORD_FIX = ('The record was copied from another checkpoint, or the weights were changed '
+               'after encryption, so they must not be used as encrypted weights. Encrypt '
+               'the plain weights again with tools/encrypt_model.py (IN = the plain '
+               'checkpoint, without this record) and use its output.')
 
 
 def build_meta(fingerprint: str, block_size: int, flip_compatible: bool = False,
@@ -38,9 +54,9 @@ def build_meta(fingerprint: str, block_size: int, flip_compatible: bool = False,
             for. Defaults to None (not recorded).
         std (Sequence[float], optional): RGB normalisation std. Defaults to None.
         patch_embed_sha256 (str, optional): SHA-256 of the adapted patch-embedding
-            weight (see :func:`mmseg_ppenc.model_encryption.patch_embed_digest`), so the
-            record can be checked against the weights it was made for. Defaults to None
-            (not recorded).
+            weight (:func:`patch_embed_digest`), so that the record can be checked
+            against the weights it was made for (:func:`check_checkpoint`). Defaults to
+            None (not recorded).
 
     Returns:
         dict: The record (plain Python types only, so it pickles safely).
@@ -64,24 +80,318 @@ def meta_of(checkpoint: Any) -> Optional[dict]:
     return dict(rec) if isinstance(rec, Mapping) else None
 
 
+def state_dict_of(checkpoint: Any) -> Mapping:
+    """The state dict of a loaded checkpoint: its ``state_dict``/``model``/``module`` entry,
+    or the checkpoint itself (a bare state dict, as timm writes). Empty when there is none.
+    """
+    if not isinstance(checkpoint, Mapping):
+        return {}
+    for wrapper in ('state_dict', 'model', 'module'):
+        inner = checkpoint.get(wrapper)
+        if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
+            return inner
+    return checkpoint
+
+
+def _first_line(err: BaseException, path: str) -> str:
+    lines = str(err).strip().splitlines()
+    if lines:
+        return f'{type(err).__name__}: {lines[0][:300]}'
+    if os.path.getsize(path) == 0:
+        return 'the file is empty'
+    return type(err).__name__
+
+
+def unsafe_checkpoint_error(path: str, err: BaseException) -> CheckpointReadError:
+    """The error for a checkpoint that ``torch.load(weights_only=True)`` refuses.
+
+    A checkpoint that needs full unpickling can run arbitrary code when loaded, so it is
+    refused rather than loaded with ``weights_only=False``.
+
+    Args:
+        path (str): The checkpoint.
+        err (BaseException): What torch raised (only its type is named: its text may
+            quote the refused object at length).
+
+    Returns:
+        CheckpointReadError: The error to raise.
+    """
+    return CheckpointReadError(
+        f'Checkpoint {path} was refused by torch.load(weights_only=True) '
+        f'({type(err).__name__}): it holds objects other than tensors and plain '
+        'containers, and unpickling it could run code. If you trust its origin, re-save '
+        'only its weights (torch.save({"state_dict": ckpt["state_dict"], "meta": '
+        'ckpt.get("meta", {})}, NEW_PATH) in a separate Python session) and pass '
+        'NEW_PATH instead.')
+
+
+def _refused_as_unsafe(err: BaseException) -> bool:
+    # torch reports both a refused global and a damaged pickle stream as "Weights only
+    # load failed"; only the first names an unsupported global.
+    text = str(err)
+    return 'Unsupported global' in text or 'was not an allowed global' in text
+
+
+def read_checkpoint(path: Any, what: str = 'checkpoint', *, mmap: bool = False) -> Any:
+    """Read a local checkpoint file safely: the one reader of every checkpoint path.
+
+    PyTorch files are read with ``torch.load(weights_only=True)`` (tensors and plain
+    containers only: a file from elsewhere must not run code on a machine that may hold
+    the key), with the few types of mmengine checkpoints allow-listed
+    (:func:`mmseg_ppenc.compat.register_safe_globals`); ``.safetensors`` files with
+    safetensors.
+
+    Args:
+        path (str | os.PathLike): Local checkpoint file.
+        what (str): How to name the file in messages, e.g. ``'pre-trained checkpoint'``.
+            Defaults to ``'checkpoint'``.
+        mmap (bool): Memory-map the tensors (a large checkpoint is then not copied; only
+            what is used is read). Falls back to a plain read for legacy (non-zip)
+            files. Defaults to False.
+
+    Returns:
+        Any: The loaded object (usually a dict with ``state_dict`` and ``meta``).
+
+    Raises:
+        CheckpointReadError: the file does not exist, cannot be read as a checkpoint, or
+            needs unsafe unpickling. The message names the file and the fix.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        state = 'is a directory, not a file' if os.path.isdir(path) else 'does not exist'
+        raise CheckpointReadError(f'The {what} {path} {state}. Check the path (and '
+                                  '--cfg-options / the config that names it).')
+    if path.endswith('.safetensors'):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - safetensors ships with timm
+            raise CheckpointReadError(f'The {what} {path} is a safetensors file; install '
+                                      '`safetensors` to read it.') from None
+        try:
+            return load_file(path, device='cpu')
+        except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
+            raise CheckpointReadError(
+                f'Cannot read the {what} {path} as a safetensors file '
+                f'({_first_line(e, path)}). Download or export it again.') from None
+    import torch
+    try:
+        from ..compat import register_safe_globals
+        register_safe_globals()
+    except ImportError:  # pragma: no cover - mmengine missing: plain tensors still load
+        pass
+    try:
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not (mmap and 'mmap can only be used' in str(e)):
+                raise
+            # Legacy (non-zip) format, or not a zip at all: the plain read tells which.
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one clear message
+        if _refused_as_unsafe(e):
+            raise unsafe_checkpoint_error(path, e) from None
+        raise CheckpointReadError(
+            f'Cannot read the {what} {path} ({_first_line(e, path)}). Expected a PyTorch '
+            'checkpoint (torch.save, .pth/.pt/.bin) or a .safetensors file: copy or '
+            'download it again, or check the path.') from None
+
+
 def read_checkpoint_meta(path: Any) -> Optional[dict]:
     """The ``meta['ppenc']`` record of a local checkpoint file, or None.
 
-    Uses a memory-mapped, weights-only ``torch.load``, so reading the record of a large
-    checkpoint neither copies its tensors nor runs code from it. Returns None for
-    non-local paths, legacy (non-zip) files and files without a record.
+    Reads the file with :func:`read_checkpoint` (memory-mapped, weights only), so reading
+    the record of a large checkpoint neither copies its tensors nor runs code from it.
 
     Args:
-        path (str): Checkpoint file.
+        path (str): Checkpoint file. A remote one (``scheme://...``) gives None.
+
+    Returns:
+        dict | None: The record, or None when the file has none or is remote.
+
+    Raises:
+        CheckpointReadError: a local file that is missing, unreadable or unsafe.
     """
-    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+    if not isinstance(path, (str, os.PathLike)) or '://' in os.fspath(path):
         return None
+    return meta_of(read_checkpoint(path, mmap=True))
+
+
+def patch_embed_digest(weight: Any) -> str:
+    """SHA-256 of a patch-embedding weight (dtype, shape and values).
+
+    Args:
+        weight (torch.Tensor): The weight.
+
+    Returns:
+        str: 64 hex digits.
+    """
     import torch
-    try:
-        ckpt = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001  (the caller's own load reports a bad file)
-        return None
-    return meta_of(ckpt)
+    w = weight.detach().to('cpu').contiguous()
+    h = hashlib.sha256(f'{w.dtype}/{tuple(w.shape)}/'.encode())
+    h.update(w.view(torch.uint8).numpy().tobytes() if w.numel() else b'')
+    return h.hexdigest()
+
+
+def patch_embed_keys(state_dict: Mapping) -> List[str]:
+    """The keys of every ViT patch-embedding weight in a state dict (mmseg or timm names,
+    any prefix)."""
+    return [k for k in state_dict if isinstance(k, str) and any(
+        k == name or k.endswith('.' + name) for name in _PATCH_KEYS)]
+
+
+def _record_error(what: str, found: str) -> CheckpointRecordError:
+    return CheckpointRecordError(
+        f'{_cap(what)}: its meta["ppenc"] record does not belong to its weights: {found}. '
+        + _RECORD_FIX)
+
+
+def check_patch_embed_digest(meta: Optional[Mapping], state_dict: Mapping,
+                             what: str = 'the checkpoint') -> bool:
+    """Refuse weights that are not the ones a ``meta['ppenc']`` record was made for.
+
+    Args:
+        meta (Mapping | None): The record. One without ``patch_embed_sha256`` (training
+            checkpoints, older files) is accepted.
+        state_dict (Mapping[str, Tensor]): The weights (any ViT key prefix).
+        what (str): How to name the checkpoint. Defaults to ``'the checkpoint'``.
+
+    Returns:
+        bool: True when a digest was recorded and matches, False when none is recorded.
+
+    Raises:
+        CheckpointRecordError: the weights have another patch embedding, or none.
+    """
+    want = meta.get('patch_embed_sha256') if isinstance(meta, Mapping) else None
+    if want is None:
+        return False
+    keys = patch_embed_keys(state_dict)
+    if not keys:
+        raise _record_error(what, f'the record expects a patch embedding with SHA-256 '
+                                  f'{str(want)[:16]}, found no patch embedding')
+    for k in keys:
+        got = patch_embed_digest(state_dict[k])
+        if got != want:
+            raise _record_error(what, f'the record expects a patch embedding with SHA-256 '
+                                      f'{str(want)[:16]}, found {got[:16]}')
+    return True
+
+
+def permutation_smoothness(weight: Any, key: Any) -> Tuple[float, float]:
+    """How smooth a patch embedding is as it is, and after undoing ``key``'s permutation.
+
+    Pre-trained patch embeddings are smooth: the columns of neighbouring pixels are
+    similar. The key adaptation permutes the columns, which destroys that; undoing the
+    permutation restores it. So plain pre-trained weights give ``(high, low)``, weights
+    encrypted with ``key`` ``(low, high)`` and random weights ``(~0, ~0)``.
+
+    Args:
+        weight (torch.Tensor): ``(D, C, b, b)`` patch-embedding weight.
+        key (SecretKey): The key.
+
+    Returns:
+        tuple[float, float]: Mean cosine similarity of horizontally adjacent pixel
+        columns as stored and after undoing the permutation.
+    """
+    import numpy as np
+    import torch
+    d, c, b, _ = weight.shape
+    w = weight.detach().to('cpu', torch.float64).reshape(d, -1).numpy()
+    undone = np.empty_like(w)
+    undone[:, key.block_permutation(b, c)] = w  # adapted column k is plain column perm[k]
+
+    def neighbours(m) -> float:
+        cols = m.reshape(d, -1, b, b)
+        a, n = cols[..., :-1].reshape(d, -1), cols[..., 1:].reshape(d, -1)
+        den = np.linalg.norm(a, axis=0) * np.linalg.norm(n, axis=0)
+        return float(np.mean((a * n).sum(0) / np.maximum(den, 1e-30)))
+
+    return neighbours(w), neighbours(undone)
+
+
+def _check_claimed_adaptation(meta: Mapping, state_dict: Mapping, key: Any,
+                              what: str) -> None:
+    """Refuse weights that look plain while a digest-less record says they are adapted."""
+    for k in patch_embed_keys(state_dict):
+        w = state_dict[k]
+        if getattr(w, 'dim', lambda: 0)() != 4:
+            continue
+        as_is, undone = permutation_smoothness(w, key)
+        if as_is > 0.2 and as_is > undone + 0.2:
+            raise _record_error(
+                what, f'the record says the weights are encrypted with key '
+                f'{key.fingerprint}, but the patch embedding is plain (neighbouring pixel '
+                f'columns have cosine similarity {as_is:.2f} as stored and {undone:.2f} '
+                "after undoing this key's permutation; encrypted weights are the other "
+                'way round)')
+
+
+def check_checkpoint(checkpoint: Any, what: str = 'the checkpoint', *,
+                     fingerprint: Optional[str] = None, block_size: Optional[int] = None,
+                     mean: Optional[Sequence[float]] = None,
+                     std: Optional[Sequence[float]] = None,
+                     allow_missing: bool = False, missing_fix: str = '',
+                     mismatch_fix: str = '', adapted_key: Any = None,
+                     error: Type[PpencError] = InvalidKeyError) -> Optional[dict]:
+    """Check a loaded checkpoint against the run: the one check of every load path.
+
+    In this order:
+
+    1. the record belongs to the weights: the patch-embedding digest it records (from
+       ``tools/encrypt_model.py``) is recomputed from the state dict; with
+       ``adapted_key``, a record without a digest is checked against the weights
+       themselves (:func:`permutation_smoothness`);
+    2. the record (:func:`check_meta`): the key fingerprint (when ``fingerprint`` is
+       given), the cipher and the block size (when ``block_size`` is given);
+    3. the normalisation the weights were adapted for (:func:`check_normalization`, when
+       ``mean``/``std`` are given).
+
+    A record copied onto other weights is refused with the same
+    :class:`~mmseg_ppenc.core.errors.CheckpointRecordError` message on every path, before
+    any other check (what such a record says cannot be trusted).
+
+    Args:
+        checkpoint (Mapping): A loaded checkpoint (:func:`read_checkpoint`, or the dict
+            mmengine passes to ``after_load_checkpoint``).
+        what (str): How to name the checkpoint in messages. Defaults to
+            ``'the checkpoint'``.
+        fingerprint (str, optional): The key fingerprint the record must state. Defaults
+            to None (the key is not checked, e.g. on a keyless inference server).
+        block_size (int, optional): The model's block (patch) size. Defaults to None.
+        mean (Sequence[float], optional): The model's RGB mean. Defaults to None.
+        std (Sequence[float], optional): The model's RGB std. Defaults to None.
+        allow_missing (bool): Accept a checkpoint without a record. Defaults to False.
+        missing_fix (str): What to do when the record is missing. Defaults to ``''``.
+        mismatch_fix (str): What to do on another key. Defaults to ``''``.
+        adapted_key (SecretKey, optional): Give the run's key where the record decides
+            whether the weights are adapted again (the pre-trained ``init_cfg`` path,
+            ``tools/encrypt_model.py``): a record of this key without a digest is then
+            refused when the weights look plain. Defaults to None.
+        error (type): Exception class of key, cipher and normalisation mismatches.
+            Defaults to :class:`~mmseg_ppenc.core.errors.InvalidKeyError`.
+
+    Returns:
+        dict | None: The record (None when the checkpoint has none and that is allowed).
+
+    Raises:
+        CheckpointRecordError: the record does not belong to the weights.
+        PpencError: (``error``) another key, cipher, block size or normalisation, or no
+            record where one is required.
+    """
+    meta = meta_of(checkpoint)
+    weights = state_dict_of(checkpoint)
+    digest_checked = check_patch_embed_digest(meta, weights, what)
+    if (adapted_key is not None and meta is not None and not digest_checked
+            and meta.get('key_fingerprint') == adapted_key.fingerprint):
+        _check_claimed_adaptation(meta, weights, adapted_key, what)
+    if fingerprint is not None:
+        check_meta(meta, fingerprint, what, allow_missing=allow_missing,
+                   missing_fix=missing_fix, mismatch_fix=mismatch_fix,
+                   block_size=block_size, error=error)
+    elif meta is not None:
+        _check_cipher(meta, block_size, what, error)
+    if mean is not None and std is not None:
+        check_normalization(meta, mean, std, what, error=error)
+    return meta
 
 
 def check_meta(meta: Optional[Mapping], fingerprint: str, what: str = 'the checkpoint',
@@ -107,8 +417,8 @@ def check_meta(meta: Optional[Mapping], fingerprint: str, what: str = 'the check
         bool: True when the record matches, False when it is missing and allowed.
 
     Raises:
-        PpencError: (``error``) missing record, another key, or another block size. The
-        message names both fingerprints.
+        PpencError: (``error``) missing record, another key, another cipher or another
+        block size. The message names both fingerprints.
     """
     if meta is None:
         if allow_missing:
@@ -119,12 +429,22 @@ def check_meta(meta: Optional[Mapping], fingerprint: str, what: str = 'the check
     if fp != fingerprint:
         raise error(f'Key fingerprint mismatch: {what} was made for key {fp}, but this '
                     f'run uses key {fingerprint}. {mismatch_fix}'.rstrip())
+    _check_cipher(meta, block_size, what, error)
+    return True
+
+
+def _check_cipher(meta: Mapping, block_size: Optional[int], what: str,
+                  error: Type[PpencError]) -> None:
+    cipher = meta.get('cipher')
+    if cipher is not None and cipher != CIPHER_NAME:
+        raise error(f'{_cap(what)} was encrypted with cipher {cipher!r}, but this version '
+                    f'of mmseg_ppenc uses {CIPHER_NAME!r}. Encrypt the plain weights (and '
+                    'the data) again with this version\'s tools.')
     rec_block = meta.get('block_size')
     if block_size is not None and rec_block is not None and int(rec_block) != block_size:
         raise error(f'{_cap(what)} was encrypted with block size {rec_block}, but this '
                     f'model uses {block_size}-pixel blocks (its patch size). Use a '
                     'checkpoint made for this patch size.')
-    return True
 
 
 def check_normalization(meta: Optional[Mapping], mean: Sequence[float],

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os.path as osp
 import re
 from typing import Optional, Union
@@ -13,13 +12,19 @@ from mmseg.registry import DATASETS
 from ..core.errors import KeylessPipelineError
 from ..core.meta import CIPHER_NAME
 from ..transforms.policy import check_keyless_pipeline
-from .encrypt import MANIFEST_FORMAT, MANIFEST_NAME
+from .encrypt import MANIFEST_NAME, DatasetEncryptionError, read_manifest
 
 __all__ = ['KeylessEncryptedDataset', 'load_manifest']
+
+_REUPLOAD = ('It was damaged or written by something else: on the client, rerun '
+             'tools/encrypt_dataset.py and upload the whole tree again, manifest included.')
 
 
 def load_manifest(data_root: str, manifest_path: Optional[str] = None) -> dict:
     """Read and validate the manifest of an encrypted tree.
+
+    Parsing and shape checks are those of :func:`mmseg_ppenc.datasets.encrypt.read_manifest`
+    (the client's reader), so both sides accept and refuse the same files.
 
     Args:
         data_root (str): The dataset's ``data_root``.
@@ -27,7 +32,9 @@ def load_manifest(data_root: str, manifest_path: Optional[str] = None) -> dict:
             (``data_root/ppenc_manifest.json``).
 
     Raises:
-        KeylessPipelineError: missing, unreadable, foreign or incomplete manifest.
+        KeylessPipelineError: missing, unreadable, malformed (valid JSON of the wrong
+            shape, such as ``{"files": "x"}`` or ``[1, 2, 3]``), foreign or incomplete
+            manifest. The message names the file and the fix.
     """
     path = manifest_path or osp.join(data_root or '', MANIFEST_NAME)
     if not osp.isfile(path):
@@ -36,11 +43,10 @@ def load_manifest(data_root: str, manifest_path: Optional[str] = None) -> dict:
             'by `tools/encrypt_dataset.py` (on the client, with the key). Point data_root '
             'at the uploaded encrypted tree.')
     try:
-        with open(path, encoding='utf-8') as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise KeylessPipelineError(f'{path} is unreadable or corrupt: {e}') from None
-    if manifest.get('format') != MANIFEST_FORMAT or manifest.get('cipher') != CIPHER_NAME:
+        manifest = read_manifest(osp.dirname(path), path, fix=_REUPLOAD)
+    except DatasetEncryptionError as e:
+        raise KeylessPipelineError(str(e)) from None
+    if manifest.get('cipher') != CIPHER_NAME:
         raise KeylessPipelineError(
             f'{path} is not an mmseg_ppenc dataset manifest for cipher {CIPHER_NAME} '
             f'(format={manifest.get("format")!r}, cipher={manifest.get("cipher")!r}).')

@@ -11,8 +11,7 @@ from mmseg.registry import HOOKS
 
 from ..core.errors import ConfigError, InvalidKeyError, KeyLeakError
 from ..core.keyed import keyed_components, run_dataloaders, unwrap_model
-from ..core.meta import (build_meta, check_meta, check_normalization, meta_of,
-                         normalization_of)
+from ..core.meta import build_meta, check_checkpoint, normalization_of
 from ..keys import SecretKey, resolve_key
 from ..leak_scan import find_bytes_values, find_key_material, text_contains_key
 from ..start_checks import check_run
@@ -148,16 +147,20 @@ class KeyManagementHook(Hook):
                                    '(configs must name a key file, never key bytes).')
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        meta = meta_of(checkpoint)
-        mean, std = normalization_of(unwrap_model(runner.model))
-        if mean is not None:
-            check_normalization(meta, mean, std, 'the checkpoint being loaded')
-        check_meta(meta, self.fingerprint, 'the checkpoint being loaded',
-                   allow_missing=self.allow_unkeyed_checkpoint,
-                   missing_fix='Encrypt plain models with tools/encrypt_model.py, or set '
-                   'KeyManagementHook(allow_unkeyed_checkpoint=True) if you are sure.',
-                   mismatch_fix='Select the key the checkpoint was trained with '
-                   '(PPENC_KEY_FILE) or start from a checkpoint of this key.')
+        """Check a ``load_from`` / ``resume`` checkpoint (also ``tools/test.py``'s) with
+        :func:`mmseg_ppenc.core.meta.check_checkpoint`, before mmengine loads it."""
+        model = unwrap_model(runner.model)
+        mean, std = normalization_of(model)
+        check_checkpoint(checkpoint, 'the checkpoint being loaded',
+                         fingerprint=self.fingerprint,
+                         block_size=getattr(getattr(model, 'backbone', None), 'patch_size',
+                                            None),
+                         mean=mean, std=std, allow_missing=self.allow_unkeyed_checkpoint,
+                         missing_fix='Encrypt plain models with tools/encrypt_model.py, or '
+                         'set KeyManagementHook(allow_unkeyed_checkpoint=True) if you are '
+                         'sure.',
+                         mismatch_fix='Select the key the checkpoint was trained with '
+                         '(PPENC_KEY_FILE) or start from a checkpoint of this key.')
 
     # ----------------------------------------------------------------- leakage
     @staticmethod

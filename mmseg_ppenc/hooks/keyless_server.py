@@ -10,7 +10,7 @@ from mmseg.registry import HOOKS
 from ..core.errors import KeylessPipelineError
 from ..core.grid import slide_problems
 from ..core.keyed import is_keyed, run_dataloaders, unwrap_model
-from ..core.meta import build_meta, check_meta, meta_of, read_checkpoint_meta
+from ..core.meta import build_meta, check_checkpoint, normalization_of, read_checkpoint
 from ..datasets.keyless import KeylessEncryptedDataset
 
 __all__ = ['KeylessServerHook']
@@ -26,6 +26,10 @@ class KeylessServerHook(Hook):
       uses the stock ``VisionTransformer`` with a checkpoint encrypted on the client.
     - The backbone's ``init_cfg`` checkpoint records (``meta['ppenc']``) the same key as
       the data; ``load_from``/``resume`` checkpoints that record a key must match it.
+      Every checkpoint is checked as on every load path
+      (:func:`mmseg_ppenc.core.meta.check_checkpoint`): its record must belong to its
+      weights (patch-embedding digest), and the weights must be adapted for the model's
+      normalisation.
     - Slide-inference windows lie on the block grid; the patch size equals the block size.
     - Checkpoints saved by the server get ``meta['ppenc']`` from the manifest, so the
       client can tell which key a served model belongs to.
@@ -78,16 +82,16 @@ class KeylessServerHook(Hook):
         training = getattr(runner, '_train_loop', None) is not None and \
             not isinstance(getattr(runner, '_train_loop'), dict)
         if training and not (runner.cfg.get('resume') or runner.cfg.get('load_from')):
-            meta = read_checkpoint_meta(ckpt) if isinstance(ckpt, str) else None
+            where = ckpt or 'none: model.backbone.init_cfg'
+            # A remote checkpoint cannot be read here (mmengine downloads it later).
+            local = isinstance(ckpt, str) and '://' not in ckpt
+            loaded = read_checkpoint(ckpt, 'initial checkpoint', mmap=True) if local else {}
             try:
-                where = ckpt or 'none: model.backbone.init_cfg'
-                check_meta(meta, fp, f'the initial checkpoint ({where})',
-                           allow_missing=self.allow_plain_init,
-                           missing_fix='A plain pre-trained model on encrypted data is the '
-                           'inaccurate "conventional 2" setting. Encrypt it on the client '
-                           'with tools/encrypt_model.py (or set KeylessServerHook('
-                           'allow_plain_init=True) deliberately).',
-                           error=KeylessPipelineError)
+                self._check(runner, loaded, f'the initial checkpoint ({where})',
+                            'A plain pre-trained model on encrypted data is the inaccurate '
+                            '"conventional 2" setting. Encrypt it on the client with '
+                            'tools/encrypt_model.py (or set KeylessServerHook('
+                            'allow_plain_init=True) deliberately).')
             except KeylessPipelineError as e:
                 problems.append(str(e))
         if problems:
@@ -107,8 +111,15 @@ class KeylessServerHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.manifest is None:
             return
-        check_meta(meta_of(checkpoint), self.manifest['key_fingerprint'],
-                   'the checkpoint being loaded', allow_missing=self.allow_plain_init,
-                   missing_fix='Load a checkpoint made for the key of the data '
-                   '(tools/encrypt_model.py or a server checkpoint).',
-                   error=KeylessPipelineError)
+        self._check(runner, checkpoint, 'the checkpoint being loaded',
+                    'Load a checkpoint made for the key of the data '
+                    '(tools/encrypt_model.py or a server checkpoint).')
+
+    def _check(self, runner, checkpoint, what: str, missing_fix: str) -> None:
+        """:func:`mmseg_ppenc.core.meta.check_checkpoint` against the data's key and the
+        model's block size and normalisation."""
+        mean, std = normalization_of(unwrap_model(runner.model))
+        check_checkpoint(checkpoint, what, fingerprint=self.manifest['key_fingerprint'],
+                         block_size=self.manifest['block_size'], mean=mean, std=std,
+                         allow_missing=self.allow_plain_init, missing_fix=missing_fix,
+                         error=KeylessPipelineError)

@@ -11,7 +11,7 @@ from ..adaptation import encrypt_vit_state_dict
 from ..core.errors import ConfigError
 from ..core.exactness import normalization_problem
 from ..core.keyed import KeyedComponent
-from ..core.meta import check_meta, check_normalization, read_checkpoint_meta
+from ..core.meta import check_checkpoint, read_checkpoint, read_checkpoint_meta
 from ..keys import SecretKey, resolve_key
 from .fast_vit import FastVisionTransformer
 
@@ -35,8 +35,10 @@ def pretrained_checkpoint(init_cfg) -> Optional[str]:
 
 
 def checkpoint_key_meta(path: str) -> Optional[dict]:
-    """The ``meta['ppenc']`` record of a local checkpoint file, or None (see
-    :func:`mmseg_ppenc.core.meta.read_checkpoint_meta`)."""
+    """The ``meta['ppenc']`` record of a checkpoint file, or None when it has none or is
+    remote (see :func:`mmseg_ppenc.core.meta.read_checkpoint_meta`, which refuses a
+    missing, unreadable or unsafe local file with
+    :class:`~mmseg_ppenc.core.errors.CheckpointReadError`)."""
     return read_checkpoint_meta(path)
 
 
@@ -64,7 +66,10 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
     The adaptation is never applied twice: a pre-trained checkpoint whose
     ``meta['ppenc']`` shows it is already encrypted with this key is loaded as is (one
     encrypted with another key is refused), and weights loaded afterwards by the Runner
-    (``load_from`` / ``resume``) replace the adapted ones.
+    (``load_from`` / ``resume``) replace the adapted ones. The record is checked against
+    the weights first (:func:`mmseg_ppenc.core.meta.check_checkpoint`): a record copied
+    onto plain weights is refused, so that they are not trained unadapted as if they were
+    encrypted.
 
     The adaptation folds the data preprocessor's normalisation into the weights. By
     default the backbone follows the segmentor's data preprocessor: the backbone cannot
@@ -141,6 +146,18 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
                 'from model.data_preprocessor before the weights are initialised), call '
                 'mmseg_ppenc.models.bind_normalization(segmentor) before init_weights(), '
                 'or pass mean=/std= to the backbone.')
+        key = self._key()
+        meta = None
+        # Checked before loading, so that refused weights are never in the model. A
+        # remote checkpoint cannot be read here; mmengine downloads it below.
+        if ckpt is not None and '://' not in ckpt:
+            what = f'the pre-trained checkpoint {ckpt}'
+            meta = check_checkpoint(
+                read_checkpoint(ckpt, 'pre-trained checkpoint', mmap=True), what,
+                fingerprint=key.fingerprint, block_size=self.patch_size,
+                mean=self.norm_mean, std=self.norm_std, allow_missing=True,
+                mismatch_fix='Use the plain pre-trained checkpoint, or select the key it '
+                'was encrypted with.', adapted_key=key)
         self._bias_in_checkpoint = None
         super().init_weights()
         proj_bias = self.patch_embed.projection.bias
@@ -152,8 +169,6 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
                 proj_bias.zero_()
             print_log('The pre-trained checkpoint has no patch-embedding bias; it starts '
                       'at zero.', logger='current')
-        key = self._key()
-        meta = read_checkpoint_meta(ckpt) if ckpt else None
         if ckpt is None:
             print_log('EncryptedVisionTransformer has no pre-trained weights (no init_cfg '
                       'checkpoint): the key adaptation is skipped. A permuted random '
@@ -161,14 +176,10 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
                       'checkpoint\'s config and seed would let anyone rebuild it and read '
                       'the key off the patch embedding.', logger='current')
         elif meta is not None:
-            check_meta(meta, key.fingerprint, f'the pre-trained checkpoint {ckpt}',
-                       block_size=self.patch_size,
-                       mismatch_fix='Use the plain pre-trained checkpoint, or select the '
-                       'key it was encrypted with.')
-            check_normalization(meta, self.norm_mean, self.norm_std,
-                                f'the pre-trained checkpoint {ckpt}')
+            verified = ('its patch-embedding digest matches'
+                        if meta.get('patch_embed_sha256') else 'it records no digest')
             print_log(f'Pre-trained checkpoint is already encrypted with key '
-                      f'{key.fingerprint}; loaded as is.', logger='current')
+                      f'{key.fingerprint} ({verified}); loaded as is.', logger='current')
         else:
             adapted = encrypt_vit_state_dict(self.state_dict(), key, self.norm_mean,
                                              self.norm_std, prefix='')

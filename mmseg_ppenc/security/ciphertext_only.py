@@ -37,7 +37,6 @@ from scipy.linalg import eigh
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import laplacian, shortest_path
-from scipy.sparse.linalg import eigsh
 
 from .common import block_grid, check_images
 
@@ -64,11 +63,31 @@ class CiphertextOnlyResult:
 
 
 # ----------------------------------------------------------------------------- stats
-def _standardise(x: np.ndarray) -> np.ndarray:
-    x = x - x.mean(0)
-    sd = x.std(0)
-    # A position constant over all blocks carries no information: correlation 0.
-    return x / np.where(sd > 0, sd, np.inf)
+def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of every column of ``a`` with every column of ``b``.
+
+    ``a`` and ``b`` hold uint8 values (same number of rows). The sums of values and of
+    products are integers below 2**53 for fewer than 2**53 / 255**2 (about 1.4e11) rows,
+    so float64 computes them exactly whatever the BLAS kernel's summation order; the rest
+    is elementwise (correctly rounded) arithmetic. The result is therefore the same on
+    every machine, and the attack's later decisions (nearest neighbours, swap order) do
+    not depend on the BLAS build.
+    """
+    n = len(a)
+    fa = a.astype(np.float64)
+    fb = fa if b is a else b.astype(np.float64)
+    mean_a, mean_b = fa.sum(0) / n, fb.sum(0) / n
+    cov = (fa.T @ fb) / n - mean_a[:, None] * mean_b[None]
+
+    def sd(x, f, mean):
+        var = np.maximum((f * f).sum(0) / n - mean * mean, 0.0)
+        # A position constant over all blocks carries no information: correlation 0
+        # (tested on the integers, as rounding can leave a tiny positive variance).
+        return np.where(x.max(0) > x.min(0), np.sqrt(var), np.inf)
+
+    sd_a = sd(a, fa, mean_a)
+    sd_b = sd_a if b is a else sd(b, fb, mean_b)
+    return cov / sd_a[:, None] / sd_b[None]
 
 
 class BlockStats(NamedTuple):
@@ -93,26 +112,28 @@ def block_statistics(images: Sequence[np.ndarray], block_size: int) -> BlockStat
         block; ``right[a, b]``, of position ``a`` in a block with position ``b`` in the
         block to its right; ``down[a, b]``, likewise with the block below (zero matrices
         if no image has two block columns / rows); per-position ``mean`` and ``std``; and
-        the number of blocks.
+        the number of blocks. All are computed from exact integer sums, so they are
+        bit-for-bit the same under every BLAS kernel.
     """
-    grids = [block_grid(img, block_size).astype(np.float32) for img in images]
+    grids = [block_grid(img, block_size) for img in images]
     n = grids[0].shape[-1]
     raw = np.concatenate([g.reshape(-1, n) for g in grids])
-    x = _standardise(raw)
-    corr = (x.T @ x) / len(x)
+    corr = _correlation(raw, raw)
 
     def cross(pairs):
         left = [a.reshape(-1, n) for a, _ in pairs if a.size]
         if not left:
-            return np.zeros((n, n), np.float32)
-        a = _standardise(np.concatenate(left))
-        b = _standardise(np.concatenate([b.reshape(-1, n) for _, b in pairs if b.size]))
-        return (a.T @ b) / len(a)
+            return np.zeros((n, n))
+        right = [b.reshape(-1, n) for _, b in pairs if b.size]
+        return _correlation(np.concatenate(left), np.concatenate(right))
 
     h = cross([(g[:, :-1], g[:, 1:]) for g in grids])
     v = cross([(g[:-1], g[1:]) for g in grids])
-    return BlockStats(corr.astype(np.float64), h.astype(np.float64), v.astype(np.float64),
-                      raw.mean(0, dtype=np.float64), raw.std(0, dtype=np.float64), len(raw))
+    total = raw.sum(0, dtype=np.int64)
+    squares = (raw.astype(np.int64) ** 2).sum(0)
+    mean = total / len(raw)
+    std = np.sqrt(np.maximum(squares / len(raw) - mean * mean, 0.0))
+    return BlockStats(corr, h, v, mean, std, len(raw))
 
 
 # -------------------------------------------------------------------------- channels
@@ -122,7 +143,9 @@ def _knn_graph(sim: np.ndarray, k: int) -> np.ndarray:
     s = sim.copy()
     np.fill_diagonal(s, -np.inf)
     k = min(k, n - 1)
-    nb = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    # A stable sort breaks ties by index; argpartition's order among equal values depends
+    # on the CPU's SIMD code path.
+    nb = np.argsort(-s, axis=1, kind='stable')[:, :k]
     adj = np.zeros((n, n))
     adj[np.repeat(np.arange(n), k), nb.ravel()] = 1.0
     return np.maximum(adj, adj.T)
@@ -135,7 +158,15 @@ def _balanced_kmeans(feat: np.ndarray, k: int, rng: np.random.Generator,
     m = n // k
     best = None
     for _ in range(restarts):
-        cent = feat[rng.choice(n, k, replace=False)]
+        # k-means++ seeding. Uniform starts put two centres in one channel 7 times in 9;
+        # k-means did not always get out of it, and for 1 key in 48 measured all three
+        # restarts mixed two channels (the layout then fails for half the positions).
+        cent = [feat[rng.integers(n)]]
+        for _ in range(k - 1):
+            d2 = np.min([((feat - c) ** 2).sum(1) for c in cent], axis=0)
+            total = d2.sum()
+            cent.append(feat[rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)])
+        cent = np.stack(cent)
         for _ in range(iters):
             lab = (((feat[:, None, :] - cent[None]) ** 2).sum(-1)).argmin(1)
             new = np.stack([feat[lab == j].mean(0) if np.any(lab == j) else cent[j]
@@ -179,10 +210,15 @@ def group_channels(stats: BlockStats, channels: int = 3, seed: int = 0) -> np.nd
     for k in (4, 6, 8):
         adj = _knn_graph(corr, k)
         deg = adj.sum(1)
-        norm_adj = csr_matrix(adj / np.sqrt(deg[:, None] * deg[None]))
-        # Smallest eigenvectors of the normalised Laplacian = largest of this matrix.
-        _, feat = eigsh(norm_adj, k=channels, which='LA',
-                        v0=np.random.default_rng(seed).standard_normal(len(adj)))
+        norm_adj = adj / np.sqrt(deg[:, None] * deg[None])
+        # Smallest eigenvectors of the normalised Laplacian = largest of this matrix. The
+        # graph often falls apart into one component per channel, so the top eigenvalue
+        # is repeated; a Lanczos solver (eigsh) then finds a rounding-dependent subset of
+        # its copies, and the grouping changed with the BLAS kernel. A dense solver
+        # returns the whole eigenspace; the basis it picks does not matter, as the
+        # row-normalised features below only enter through distances.
+        n = len(adj)
+        _, feat = eigh(norm_adj, subset_by_index=[n - channels, n - 1])
         feat = feat / np.maximum(np.linalg.norm(feat, axis=1, keepdims=True), 1e-12)
         feat = np.concatenate([feat, moments / np.sqrt(2)], 1)
         labels = _balanced_kmeans(feat, channels, np.random.default_rng(seed))
@@ -264,7 +300,7 @@ def _local_search(x: np.ndarray, terms, neighbours: np.ndarray,
         best = gains[np.arange(n), partner]
         blocked = np.zeros(n, dtype=bool)
         applied = 0
-        for p in np.argsort(-best):
+        for p in np.argsort(-best, kind='stable'):
             q = int(partner[p])
             if best[p] <= 1e-9:
                 break
@@ -297,16 +333,32 @@ def _to_grid(emb: np.ndarray, target: np.ndarray) -> np.ndarray:
 
     Returns ``x`` with ``x[cell] = item``. Rotations are screened by matching the sorted
     coordinates (cheap), and the best few are assigned with the Hungarian method.
+
+    The embedding's plane has no preferred basis: the two lowest grid modes have (nearly)
+    equal eigenvalues, and eigensolvers return any orthonormal basis of their span, a
+    different one under different BLAS kernels. The candidate angles are therefore
+    measured from the embedding's own fourfold orientation (the phase of
+    ``sum (x + iy)**4``), which turns with the basis; the candidates, and the layout, are
+    then the same for every basis, up to the square's symmetries (which
+    :func:`place_channel` resolves with the cross-block statistics).
     """
-    emb = emb / max(np.linalg.norm(emb), 1e-12)
-    target = target / np.linalg.norm(target)
+    # Norms as plain sums: np.linalg.norm of a matrix is a BLAS dot product, whose
+    # rounding depends on the kernel; np.cos may differ in the last bit between CPUs
+    # (SIMD code paths), hence the rounded target.
+    emb = emb / max(np.sqrt(np.sum(emb * emb)), 1e-12)
+    target = np.round(target / np.sqrt(np.sum(target * target)), 12)
     tsort = np.sort(target, axis=0)
     cands = []
-    for th in np.linspace(0, np.pi, 90, endpoint=False):
-        c, s = np.cos(th), np.sin(th)
-        for refl in (1.0, -1.0):
-            rot = np.array([[c, -s], [s, c]]) @ np.diag([1.0, refl])
-            er = emb @ rot.T
+    for refl in (1.0, -1.0):
+        reflected = emb * np.array([1.0, refl])
+        phase = np.angle(np.sum((reflected[:, 0] + 1j * reflected[:, 1]) ** 4)) / 4
+        for th in np.linspace(0, np.pi, 90, endpoint=False) - phase:
+            c, s = np.cos(th), np.sin(th)
+            # Rounded so that items the graph cannot tell apart (equal coordinates up
+            # to the eigensolver's rounding) tie exactly, and the Hungarian method
+            # breaks the tie by index, not by the BLAS kernel's last bits.
+            er = np.round(np.stack([c * reflected[:, 0] - s * reflected[:, 1],
+                                    s * reflected[:, 0] + c * reflected[:, 1]], 1), 9)
             cands.append((float(((np.sort(er, axis=0) - tsort) ** 2).sum()), er))
     cands.sort(key=lambda t: t[0])
     best = None
@@ -324,8 +376,8 @@ def _to_grid(emb: np.ndarray, target: np.ndarray) -> np.ndarray:
 def _rank_layout(sx: np.ndarray, sy: np.ndarray, tpl: '_Templates') -> np.ndarray:
     """Cells for items whose x (y) order is given by the scores ``sx`` (``sy``)."""
     n = len(sx)
-    rx = np.argsort(np.argsort(sx)) * tpl.b / n
-    ry = np.argsort(np.argsort(sy)) * tpl.b / n
+    rx = np.argsort(np.argsort(sx, kind='stable'), kind='stable') * tpl.b / n
+    ry = np.argsort(np.argsort(sy, kind='stable'), kind='stable') * tpl.b / n
     cost = (rx[:, None] - tpl.xs[None]) ** 2 + (ry[:, None] - tpl.ys[None]) ** 2
     rows, cols = linear_sum_assignment(cost)
     x = np.empty(n, dtype=np.int64)
@@ -357,8 +409,13 @@ def _starts(corr: np.ndarray, right: np.ndarray, down: np.ndarray,
     finite = np.isfinite(hops)
     hops[~finite] = hops[finite].max() + 1
     n = len(hops)
-    j = np.eye(n) - 1.0 / n
-    val, vec = eigh(-0.5 * j @ (hops ** 2) @ j, subset_by_index=[n - 2, n - 1])
+    # Double centring elementwise, not as J @ D @ J (a BLAS product whose rounding
+    # depends on the kernel); the squared hop counts are integers, so their row sums are
+    # exact.
+    sq = hops ** 2
+    row = sq.mean(1)
+    gram = -0.5 * (sq - row[:, None] - row[None] + row.mean())
+    val, vec = eigh(gram, subset_by_index=[n - 2, n - 1])
     starts.append(_to_grid(vec * np.sqrt(np.maximum(val, 0)), lin_t))
     return starts
 

@@ -32,19 +32,25 @@ model bit for bit and matches its patch-embedding columns against the checkpoint
 (:func:`replay_initialisation_attack`): were the random start permuted by the key, the
 permutation would be read off exactly. ``EncryptedVisionTransformer`` therefore skips the
 adaptation when it loads no pre-trained weights, and this attack recovers only what chance
-gives.
+gives. It does not apply to runs that start from pre-trained weights
+(:func:`pretrained_start`): their start is not random but the public model, and the
+weight-matching attack against those public weights (:func:`weight_matching_attack`,
+``tools/analyze_security.py --plain-checkpoint``) recovers the whole key from any of their
+checkpoints.
 """
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..convert import MMSEG_MARKER, TIMM_MARKER, locate_vit
+from ..core.errors import CheckpointReadError
+from ..core.meta import read_checkpoint, state_dict_of
 from .common import blocks_of
 
 __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attack',
@@ -52,7 +58,7 @@ __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attac
            'withhold_patch_embedding', 'permute_hidden_channels', 'load_state_dict',
            'pca_patch_embedding', 'backbone_features', 'relative_change', 'recovery_of',
            'noise_sweep', 'replay_initial_model', 'replay_initialisation_attack',
-           'replay_attack_work_dir']
+           'replay_attack_work_dir', 'pretrained_start', 'pretrained_start_of_work_dir']
 
 # Key-using model components and what an attacker without the key builds instead: the
 # same modules with the same random-number consumption, minus the key arguments.
@@ -68,17 +74,17 @@ _KEYLESS_TWINS = {
 def load_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
     """Read a checkpoint file and return its state dict (``state_dict``/``model`` or raw).
 
-    Uses ``torch.load(weights_only=True)``: only tensors and plain containers are read.
+    Reads with :func:`mmseg_ppenc.core.meta.read_checkpoint` (``weights_only=True``: only
+    tensors and plain containers).
+
+    Raises:
+        CheckpointReadError: the file is missing, unreadable or unsafe to unpickle.
+        ValueError: it holds no state dict.
     """
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(obj, Mapping):
-        for key in ('state_dict', 'model'):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping):
-        raise ValueError(f'{path!r} holds a {type(obj).__name__}, expected a state dict '
-                         '(a mapping of names to tensors).')
+    obj = state_dict_of(read_checkpoint(path))
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f'{path!r} holds no state dict (expected a mapping of names to '
+                         'tensors, possibly under "state_dict" or "model").')
     return OrderedDict(obj)
 
 
@@ -378,10 +384,8 @@ def replay_initialisation_attack(path: str, key=None) -> Dict[str, object]:
         key's permutation recovered) and ``chance`` (the expected recovery of a guess,
         ``1/columns``).
     """
-    from ..compat import register_safe_globals
-    register_safe_globals()
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    cur = patch_embedding_matrix(ckpt.get('state_dict', ckpt))
+    ckpt = read_checkpoint(path)
+    cur = patch_embedding_matrix(state_dict_of(ckpt))
     best = None
     for draws in range(3):
         init = patch_embedding_matrix(replay_initial_model(ckpt, draws))
@@ -407,11 +411,81 @@ def _checkpoint_order(name: str):
     return (0, int(m.group(1)), name) if m else (1, 0, name)
 
 
+def pretrained_start(cfg) -> Optional[str]:
+    """Where a run's starting weights came from, when they were not a random
+    initialisation.
+
+    Args:
+        cfg (mmengine.Config | Mapping | str): The run's config, or its text (what a
+            checkpoint records as ``meta['cfg']``).
+
+    Returns:
+        str | None: The setting that loads them (``model.backbone.init_cfg.checkpoint=``,
+        ``model.backbone.pretrained=``, ``model.pretrained=`` or, for a run that was not
+        resumed, ``load_from=``, with the path), or None for a random start.
+    """
+    from ..models.encrypted_vit import pretrained_checkpoint
+    if isinstance(cfg, str):
+        from mmengine.config import Config
+        cfg = Config.fromstring(cfg, file_format='.py')
+    model = cfg.get('model')
+    model = model if isinstance(model, Mapping) else {}
+    backbone = model.get('backbone')
+    backbone = backbone if isinstance(backbone, Mapping) else {}
+    ckpt = pretrained_checkpoint(backbone.get('init_cfg'))
+    if ckpt:
+        return f'model.backbone.init_cfg.checkpoint={ckpt}'
+    for where, node in (('model.backbone', backbone), ('model', model)):
+        if isinstance(node.get('pretrained'), str):
+            return f'{where}.pretrained={node["pretrained"]}'
+    # A resumed run's load_from is (usually) its own earlier checkpoint, not its start.
+    if isinstance(cfg.get('load_from'), str) and not cfg.get('resume'):
+        return f'load_from={cfg["load_from"]}'
+    return None
+
+
+def pretrained_start_of_work_dir(work_dir: str) -> Optional[str]:
+    """:func:`pretrained_start` of a training work_dir's run.
+
+    Reads the config recorded in the work_dir's checkpoints (``meta['cfg']``), else the
+    config dump mmengine writes next to them.
+
+    Args:
+        work_dir (str): A training run's directory.
+
+    Returns:
+        str | None: See :func:`pretrained_start`; None also when no config is found.
+    """
+    import os
+    names = sorted((f for f in os.listdir(work_dir) if f.endswith('.pth')),
+                   key=_checkpoint_order)
+    for name in names[-1:] + names[:1]:
+        try:
+            ckpt = read_checkpoint(os.path.join(work_dir, name), mmap=True)
+        except CheckpointReadError:
+            continue  # the replay reports it as skipped, with the reason
+        meta = ckpt.get('meta') if isinstance(ckpt, Mapping) else None
+        if isinstance(meta, Mapping) and isinstance(meta.get('cfg'), str):
+            return pretrained_start(meta['cfg'])
+    for name in sorted(os.listdir(work_dir)):
+        if name.endswith('.py'):
+            with open(os.path.join(work_dir, name), encoding='utf-8') as f:
+                text = f.read()
+            try:
+                return pretrained_start(text)
+            except Exception:  # noqa: BLE001 - a .py file that is not a config dump
+                continue
+    return None
+
+
 def replay_attack_work_dir(work_dir: str, key=None) -> Dict[str, object]:
     """Run :func:`replay_initialisation_attack` on a work_dir's first and last checkpoint.
 
     The first checkpoint is the closest to the initialisation (the most exposed), the last
-    the one most likely to be shared.
+    the one most likely to be shared. A run that starts from pre-trained weights
+    (:func:`pretrained_start_of_work_dir`) is not attacked: its start is not a random
+    initialisation that the config and seed rebuild, but the public pre-trained model,
+    and the weight-matching attack against it recovers the whole key.
 
     Args:
         work_dir (str): A training run's directory.
@@ -419,13 +493,23 @@ def replay_attack_work_dir(work_dir: str, key=None) -> Dict[str, object]:
             None.
 
     Returns:
-        dict: ``checkpoints`` (file name -> result, or ``{'skipped': reason}``),
-        ``max_recovery`` (None without ``key`` or without an attacked checkpoint),
-        ``chance`` (expected recovery of a guess) and ``at_chance`` (whether no checkpoint
-        gave away more than 5 positions, which a random guess of a 768-entry permutation
-        exceeds with probability below 0.1 %).
+        dict: ``applicable`` (False for a run from pre-trained weights, which then also
+        has ``pretrained``, the setting that loaded them, and ``reason``),
+        ``checkpoints`` (file name -> result, or ``{'skipped': reason}``),
+        ``max_recovery`` (None without ``key``, without an attacked checkpoint or when
+        not applicable), ``chance`` (expected recovery of a guess) and ``at_chance``
+        (whether no checkpoint gave away more than 5 positions, which a random guess of a
+        768-entry permutation exceeds with probability below 0.1 %; None when not
+        applicable).
     """
     import os
+    start = pretrained_start_of_work_dir(work_dir)
+    if start is not None:
+        return {'applicable': False, 'pretrained': start, 'checkpoints': {},
+                'max_recovery': None, 'chance': None, 'at_chance': None,
+                'reason': 'the run starts from pre-trained weights, not from a random '
+                          'initialisation; anyone holding those public weights recovers '
+                          'the key by weight matching (--plain-checkpoint)'}
     names = sorted((f for f in os.listdir(work_dir) if f.endswith('.pth')),
                    key=_checkpoint_order)
     chosen = names[:1] + names[-1:] if len(names) > 1 else names
@@ -441,7 +525,7 @@ def replay_attack_work_dir(work_dir: str, key=None) -> Dict[str, object]:
         if 'recovery' in res:
             recoveries.append(res['recovery'] * res['columns'])
             chance = res['chance']
-    return {'checkpoints': results,
+    return {'applicable': True, 'checkpoints': results,
             'max_recovery': (max(recoveries) * chance if recoveries else None),
             'chance': chance,
             'at_chance': all(r <= 5 for r in recoveries)}

@@ -59,7 +59,10 @@ def test_meta_build_read_check(tmp_path):
     path = tmp_path / 'c.pth'
     torch.save({'state_dict': {}, 'meta': {'ppenc': rec}}, path)
     assert meta.read_checkpoint_meta(str(path)) == rec
-    assert meta.read_checkpoint_meta(str(tmp_path / 'missing.pth')) is None
+    # One error policy: a missing file is named, not mistaken for one without a record.
+    with pytest.raises(errors.CheckpointReadError, match=r'missing\.pth does not exist'):
+        meta.read_checkpoint_meta(str(tmp_path / 'missing.pth'))
+    assert meta.read_checkpoint_meta('https://example.org/remote.pth') is None
     assert meta.check_meta(rec, 'abcd', block_size=16) is True
     with pytest.raises(errors.InvalidKeyError, match='made for key abcd, but this run uses '
                                                      'key ef01'):

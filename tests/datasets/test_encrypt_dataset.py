@@ -1,4 +1,5 @@
-"""tools/encrypt_dataset.py: exact, non-destructive, atomic and resumable."""
+"""tools/encrypt_dataset.py: exact, non-destructive, atomic and resumable, and DST (the
+upload tree) holds only what the server needs: never a key or key material."""
 import hashlib
 import json
 import os
@@ -6,8 +7,10 @@ import os.path as osp
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 
 import cv2
 import numpy as np
@@ -15,10 +18,13 @@ import pytest
 from PIL import Image
 
 from mmseg_ppenc.cipher import decrypt_image, encrypt_image
-from mmseg_ppenc.datasets.encrypt import TIME_FIELDS
+from mmseg_ppenc.core.errors import KeylessPipelineError
+from mmseg_ppenc.datasets import encrypt as enc
+from mmseg_ppenc.datasets.encrypt import TIME_FIELDS, SkippedFile
 from mmseg_ppenc.datasets import (MANIFEST_NAME, DatasetEncryptionError, encrypt_dataset,
                                   make_synthetic_cityscapes, read_manifest)
-from mmseg_ppenc.leak_scan import find_key_material
+from mmseg_ppenc.datasets.keyless import load_manifest
+from mmseg_ppenc.leak_scan import data_contains_key, find_key_material
 from mmseg_ppenc.keys import SecretKey
 
 from conftest import REPO, load_tool
@@ -70,7 +76,7 @@ def run_main(argv, capsys):
 def src_tree(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('encds') / 'cityscapes')
     make_synthetic_cityscapes(root, num_train=9, num_val=3, height=64, width=128, seed=5)
-    # Files that are neither images nor label maps are copied too.
+    # Files that are neither images nor label maps: copied only when --include names them.
     with open(osp.join(root, 'README.txt'), 'w') as f:
         f.write('synthetic\n')
     with open(osp.join(root, 'gtFine', 'train', 'aachen',
@@ -107,12 +113,18 @@ def test_outputs_decrypt_to_source(src_tree, key_file, reference):
     dst, summary = reference
     key = SecretKey.load(key_file)
     assert summary.images_encrypted == 12 and summary.images_skipped == 0
-    assert summary.files_copied == 12 + 2  # label maps + README + json
+    assert summary.files_copied == 12  # label maps; README and json are not named
     assert summary.key_fingerprint == key.fingerprint and summary.images_per_second > 0
+    others = ['README.txt', osp.join('gtFine', 'train', 'aachen',
+                                     'aachen_000000_000019_gtFine_polygons.json')]
+    assert summary.skipped == [SkippedFile(p, enc.SKIP_NOT_INCLUDED) for p in others]
+    assert summary.extra_files == [] and summary.warnings == []
     src_files, dst_files = contents(src_tree), contents(dst)
-    assert set(dst_files) == set(src_files) | {MANIFEST_NAME}
+    assert set(dst_files) == set(src_files) - set(others) | {MANIFEST_NAME}
     n_images = 0
-    for rel in src_files:
+    for rel in dst_files:
+        if rel == MANIFEST_NAME:
+            continue
         if rel.startswith('leftImg8bit'):
             src_rgb = cv2.imread(osp.join(src_tree, rel))[..., ::-1]
             enc_rgb = cv2.imread(osp.join(dst, rel))[..., ::-1]
@@ -121,12 +133,12 @@ def test_outputs_decrypt_to_source(src_tree, key_file, reference):
             assert np.array_equal(encrypt_image(np.ascontiguousarray(src_rgb), key), enc_rgb)
             n_images += 1
         else:
-            assert dst_files[rel] == src_files[rel], rel  # labels and others: byte copies
+            assert dst_files[rel] == src_files[rel], rel  # label maps: byte copies
     assert n_images == 12
     manifest = read_manifest(dst)
     assert manifest['complete'] is True and manifest['key_fingerprint'] == key.fingerprint
     assert manifest['block_size'] == 16 and manifest['layout'] == 'cityscapes'
-    assert manifest['counts'] == {'images': 12, 'label_maps': 12, 'other_files': 2,
+    assert manifest['counts'] == {'images': 12, 'label_maps': 12, 'other_files': 0,
                                   'padded_images': 0, 'padded_label_maps': 0}
     assert find_key_material([dst], key) == []
 
@@ -155,7 +167,6 @@ def test_killed_run_resumes_to_identical_tree(src_tree, key_file, reference, tmp
                                               capsys):
     ref_dst, _ = reference
     dst = str(tmp_path / 'enc')
-    env = dict(os.environ, PPENC_KEY_FILE=key_file, PYTHONWARNINGS='ignore')
     # A real SIGKILL of the process and its workers after 7 files (deterministic point).
     res = killed_run(src_tree, dst, key_file, after=7, workers=2)
     assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
@@ -163,7 +174,7 @@ def test_killed_run_resumes_to_identical_tree(src_tree, key_file, reference, tmp
     finished = [p for p in partial if p not in (MANIFEST_NAME, '.ppenc_encrypt.lock',
                                                 '.ppenc_journal.jsonl')
                 and '.tmp-' not in p]
-    assert 7 <= len(finished) < 26
+    assert 7 <= len(finished) < 24
     assert read_manifest(dst)['complete'] is False
     # Leftovers of a write in progress must not survive the rerun.
     stale = osp.join(dst, 'leftImg8bit', 'val', 'frankfurt',
@@ -184,7 +195,7 @@ def test_killed_run_resumes_to_identical_tree(src_tree, key_file, reference, tmp
     before = snapshot(dst)
     code, out = run_main([src_tree, dst, '--key-file', key_file, '--no-progress'], capsys)
     assert code is None
-    assert 'Encrypted 0 images (12 already done), copied 0 files (14 already done)' in out
+    assert 'Encrypted 0 images (12 already done), copied 0 files (12 already done)' in out
     assert snapshot(dst) == before
 
 
@@ -304,8 +315,9 @@ def test_folder_layout_and_name_collision(tmp_path, key_file):
     (src / 'notes.md').write_text('n')
     key = SecretKey.load(key_file)
     s = encrypt_dataset(str(src), str(tmp_path / 'f_enc'), key, layout='folder',
-                        workers=1, progress=False)
+                        workers=1, progress=False, include=['*.md'])
     assert s.images_encrypted == 1 and s.files_copied == 1
+    assert s.extra_files == ['notes.md'] and s.skipped == []
     cv2.imwrite(str(src / 'sub' / 'x.jpg'), rng.integers(0, 256, (32, 32, 3), np.uint8))
     with pytest.raises(DatasetEncryptionError, match='would both be written to'):
         encrypt_dataset(str(src), str(tmp_path / 'f_enc2'), key, layout='folder',
@@ -467,3 +479,365 @@ def test_unwritable_dst_is_one_error_line(src_tree, key_file, tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert proc.stderr.startswith('error: Cannot write ') and 'Traceback' not in proc.stderr
     assert 'gtFine' in proc.stderr and 'rerun the same command' in proc.stderr
+
+
+# ------------------------------------------------------------- what DST (the upload) holds
+def _small_tree(root, seed=3):
+    make_synthetic_cityscapes(root, num_train=2, num_val=1, height=32, width=64, seed=seed)
+    return root
+
+
+def _no_key_in(dst, key):
+    """Assert that no file of DST holds the key, by the leak scan and by the header."""
+    assert find_key_material([dst], key) == []
+    for d, _, files in os.walk(dst):
+        for f in files:
+            with open(osp.join(d, f), 'rb') as fh:
+                assert not fh.read(8).startswith(b'PPENCKEY'), osp.join(d, f)
+
+
+def _plant(case, src, key, key_path):
+    """Put the key into SRC as ``case`` says; return (path in SRC, expected reason,
+    expected detail)."""
+    if case == 'key file':
+        shutil.copy(key_path, osp.join(src, 'site.key'))
+        return 'site.key', enc.SKIP_KEY_FILE, ''
+    if case == 'key file renamed notes.txt':
+        shutil.copy(key_path, osp.join(src, 'notes.txt'))
+        return 'notes.txt', enc.SKIP_KEY_FILE, ''
+    if case == 'key file posing as a label map':
+        rel = osp.join('gtFine', 'train', 'aachen', 'aachen_000099_000019_gtFine_color.png')
+        shutil.copy(key_path, osp.join(src, rel))
+        return rel, enc.SKIP_KEY_FILE, ''
+    if case == 'link leaving SRC':
+        os.symlink(osp.join('..', osp.basename(key_path)), osp.join(src, 'notes.txt'))
+        return 'notes.txt', enc.SKIP_LINK_OUTSIDE, '-> ../site.key'
+    if case == 'link inside SRC':
+        shutil.copy(key_path, osp.join(src, 'site.key'))
+        os.symlink('site.key', osp.join(src, 'notes.txt'))
+        return 'notes.txt', enc.SKIP_KEY_FILE, '-> site.key'
+    if case == 'key as hex in a text file':
+        with open(osp.join(src, 'notes.txt'), 'w') as f:
+            f.write(f'backup of the dataset key: {key._key.hex()}\n')
+        return 'notes.txt', enc.SKIP_KEY_MATERIAL, ''
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize('case', ['key file', 'key file renamed notes.txt',
+                                  'key file posing as a label map', 'link leaving SRC',
+                                  'link inside SRC', 'key as hex in a text file'])
+def test_upload_tree_never_holds_the_key(case, tmp_path, capsys):
+    key_path = str(tmp_path / 'site.key')  # next to SRC: '../site.key' from inside it
+    key = SecretKey.generate()
+    key.save(key_path)
+    src = _small_tree(str(tmp_path / 'src'))
+    with open(osp.join(src, 'split.txt'), 'w') as f:
+        f.write('aachen_000000_000019\n')
+    rel, reason, detail = _plant(case, src, key, key_path)
+    dst = str(tmp_path / 'dst')
+    # Even a pattern naming every file lets no key through.
+    code, out = run_main([src, dst, '--key-file', key_path, '--include', '*', '--workers',
+                          '1', '--no-progress'], capsys)
+    assert code is None
+    _no_key_in(dst, key)
+    assert not osp.lexists(osp.join(dst, rel))
+    assert osp.isfile(osp.join(dst, 'split.txt'))  # what the pattern names is copied
+    summary = encrypt_dataset(src, str(tmp_path / 'dst2'), key, workers=1, progress=False,
+                              include=['*'])
+    assert SkippedFile(rel, reason, detail) in summary.skipped
+    assert summary.extra_files == ['split.txt']
+    # The CLI lists the file under its reason, and never prints key material.
+    assert f'  {reason}:\n' in out and f'\n    {rel} {detail}'.rstrip() in out
+    assert not data_contains_key(out.encode(), key, block_sizes=(16,))
+
+
+@pytest.mark.parametrize('follow', [False, True])
+def test_symlinked_directory_leaving_src(follow, tmp_path, key_file, capsys):
+    src = _small_tree(str(tmp_path / 'src'))
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (outside / 'train.txt').write_text('aachen_000000_000019\n')
+    shutil.copy(key_file, outside / 'old.key')
+    os.symlink(str(outside), osp.join(src, 'splits'))
+    dst = str(tmp_path / 'dst')
+    args = [src, dst, '--key-file', key_file, '--include', 'splits/**', '--no-progress']
+    code, out = run_main(args + (['--follow-symlink', 'splits'] if follow else []), capsys)
+    assert code is None
+    key = SecretKey.load(key_file)
+    _no_key_in(dst, key)
+    if follow:  # named: followed, and a key file in it is still left out
+        assert (tmp_path / 'dst' / 'splits' / 'train.txt').read_text() == \
+            'aachen_000000_000019\n'
+        assert f'  {enc.SKIP_KEY_FILE}:\n    {osp.join("splits", "old.key")}' in out
+    else:  # not named: reported, never silently skipped
+        assert not osp.lexists(osp.join(dst, 'splits'))
+        assert f'  {enc.SKIP_LINK_OUTSIDE}:\n    splits{os.sep} -> {outside}' in out
+
+
+def test_include_copies_what_it_names_and_a_narrower_rerun_withdraws(src_tree, key_file,
+                                                                     tmp_path):
+    key = SecretKey.load(key_file)
+    dst = str(tmp_path / 'enc')
+    polygons = osp.join('gtFine', 'train', 'aachen', 'aachen_000000_000019_gtFine_polygons.json')
+    s = encrypt_dataset(src_tree, dst, key, workers=1, progress=False,
+                        include=['README.txt', 'gtFine/**/*.json'])
+    assert s.extra_files == sorted(['README.txt', polygons]) and s.skipped == []
+    for rel in ('README.txt', polygons):
+        with open(osp.join(src_tree, rel), 'rb') as a, open(osp.join(dst, rel), 'rb') as b:
+            assert a.read() == b.read()
+    assert read_manifest(dst)['counts']['other_files'] == 2
+    s = encrypt_dataset(src_tree, dst, key, workers=1, progress=False, include=['*.txt'])
+    assert s.extra_files == ['README.txt'] and s.withdrawn == [polygons]
+    assert SkippedFile(polygons, enc.SKIP_NOT_INCLUDED) in s.skipped
+    assert not osp.exists(osp.join(dst, polygons))
+    assert read_manifest(dst)['counts']['other_files'] == 1
+
+
+@pytest.mark.parametrize('pattern', ['/etc/*', '../*', 'a/../../b'])
+def test_include_pattern_must_stay_inside_src(pattern, src_tree, key_file, tmp_path,
+                                               capsys):
+    code, _ = run_main([src_tree, str(tmp_path / 'o'), '--key-file', key_file,
+                        '--include', pattern], capsys)
+    assert code.startswith('error: --include') and 'relative to SRC' in code
+
+
+@pytest.mark.parametrize('pattern, names, not_names', [
+    ('*.txt', ['a.txt', 'x/y/a.txt'], ['a.txt.bak', 'x/a.json']),
+    ('splits/*.txt', ['splits/a.txt'], ['splits/x/a.txt', 'y/splits/a.txt']),
+    ('gtFine/**/*.json', ['gtFine/a.json', 'gtFine/t/c/a.json'], ['a.json', 'gtFine/a.png']),
+    ('docs', ['docs/a.md', 'x/docs/b/c.png'], ['docsx/a.md']),
+    ('[!a]*.md', ['b.md'], ['a.md'])])
+def test_include_pattern_semantics(pattern, names, not_names):
+    included = enc._compile_includes([pattern])
+    assert all(included(n.replace('/', os.sep)) for n in names)
+    assert not any(included(n.replace('/', os.sep)) for n in not_names)
+
+
+def test_version_1_manifest_without_records_is_rewritten(src_tree, key_file, reference,
+                                                        tmp_path):
+    dst = str(tmp_path / 'enc')
+    shutil.copytree(reference[0], dst)
+    manifest = read_manifest(dst)
+    del manifest['files']
+    manifest['manifest_version'] = 1
+    with open(osp.join(dst, MANIFEST_NAME), 'w') as f:
+        json.dump(manifest, f)
+    s = encrypt_dataset(src_tree, dst, SecretKey.load(key_file), workers=1, progress=False)
+    assert s.unvouched == 24 and tree(dst) == tree(reference[0])
+
+
+def test_dst_of_an_older_version_loses_its_key_copy(src_tree, key_file, reference, tmp_path):
+    """An older version copied every file and did not scan: a rerun takes the copied key
+    out of DST and scans what it keeps."""
+    key = SecretKey.load(key_file)
+    src = str(tmp_path / 'src')
+    shutil.copytree(src_tree, src)
+    shutil.copy(key_file, osp.join(src, 'notes.txt'))
+    dst = str(tmp_path / 'enc')
+    shutil.copytree(reference[0], dst)
+    shutil.copy(key_file, osp.join(dst, 'notes.txt'))
+    manifest = read_manifest(dst)
+    for rec in manifest['files'].values():
+        rec.pop('key_scanned', None)
+    st, ost = os.stat(osp.join(src, 'notes.txt')), os.stat(osp.join(dst, 'notes.txt'))
+    with open(osp.join(src, 'notes.txt'), 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    manifest['files']['notes.txt'] = dict(
+        src='notes.txt', kind='copy', pad=False, src_size=st.st_size,
+        src_mtime_ns=st.st_mtime_ns, src_sha256=digest, key_fingerprint=key.fingerprint,
+        out_size=ost.st_size, out_mtime_ns=ost.st_mtime_ns)
+    with open(osp.join(dst, MANIFEST_NAME), 'w') as f:
+        json.dump(manifest, f)
+    s = encrypt_dataset(src, dst, key, workers=1, progress=False)
+    assert s.withdrawn == ['notes.txt'] and s.rescanned == 12 and s.images_encrypted == 0
+    assert SkippedFile('notes.txt', enc.SKIP_KEY_FILE) in s.skipped
+    _no_key_in(dst, key)
+    assert tree(dst) == tree(reference[0])
+
+
+def test_file_in_dst_not_written_by_the_tool_is_reported(src_tree, key_file, reference,
+                                                         tmp_path, capsys):
+    dst = str(tmp_path / 'enc')
+    shutil.copytree(reference[0], dst)
+    shutil.copy(key_file, osp.join(dst, 'stray.key'))
+    rc = tool.main([src_tree, dst, '--key-file', key_file, '--no-progress'])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.startswith('warning: DST holds 1 file(s) this tool did not write')
+    assert 'stray.key (a key file!)' in err and 'Delete them before uploading' in err
+
+
+# ------------------------------------------------------------- content-true reruns
+def _bmp_tree(root):
+    """One image stored as BMP (uncompressed: an edit of its pixels keeps the size)."""
+    rng = np.random.default_rng(4)
+    img = root / 'leftImg8bit' / 'train' / 'x'
+    lab = root / 'gtFine' / 'train' / 'x'
+    img.mkdir(parents=True)
+    lab.mkdir(parents=True)
+    path = img / 'a_leftImg8bit.bmp'
+    cv2.imwrite(str(path), rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+    Image.fromarray(rng.integers(0, 19, (32, 48), dtype=np.uint8)).save(
+        lab / 'a_gtFine_labelTrainIds.png')
+    return str(path)
+
+
+@pytest.mark.parametrize('trust_mtime', [False, True])
+def test_edit_keeping_size_and_mtime(trust_mtime, tmp_path, key_file):
+    key = SecretKey.load(key_file)
+    image = _bmp_tree(tmp_path / 'src')
+    src, dst = str(tmp_path / 'src'), str(tmp_path / 'enc')
+    encrypt_dataset(src, dst, key, workers=1, progress=False)
+    st = os.stat(image)
+    edited = 255 - cv2.imread(image)
+    cv2.imwrite(image, edited)
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p or rsync -t leave it
+    assert (os.stat(image).st_size, os.stat(image).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    s = encrypt_dataset(src, dst, key, workers=1, progress=False, trust_mtime=trust_mtime)
+    out = osp.join(dst, 'leftImg8bit', 'train', 'x', 'a_leftImg8bit.png')
+    dec = decrypt_image(np.ascontiguousarray(cv2.imread(out)[..., ::-1]), key)
+    if trust_mtime:  # the documented risk: the stale output stays
+        assert s.images_encrypted == 0 and s.changed == 0
+        assert not np.array_equal(dec, edited[..., ::-1])
+    else:  # content decides: re-encrypted, and the output is the edited image
+        assert s.images_encrypted == 1 and s.changed == 1
+        assert np.array_equal(dec, edited[..., ::-1])
+        with open(image, 'rb') as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        rec = read_manifest(dst)['files'][osp.relpath(out, dst)]
+        assert rec['src_sha256'] == digest
+
+
+# ------------------------------------------------------------- bad inputs: one error line
+def bomb_png(path, width=20000, height=20000, rows_per_block=500):
+    """A valid black RGB PNG declaring width x height pixels (20000 x 20000: 1.2 GB when
+    decoded, about 1 MB on disk). Compressed once per block of rows and repeated (a full
+    flush makes each block self-contained), so writing it takes under a second."""
+    def chunk(kind, data):
+        return (struct.pack('>I', len(data)) + kind + data
+                + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF))
+    rows = bytes(3 * width + 1) * rows_per_block  # filter byte 0 + black pixels
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = deflate.compress(rows) + deflate.flush(zlib.Z_FULL_FLUSH)
+    adler = 1
+    for _ in range(height // rows_per_block):
+        adler = zlib.adler32(rows, adler)
+    idat = (b'\x78\xda' + block * (height // rows_per_block) + b'\x03\x00'
+            + struct.pack('>I', adler))
+    ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    with open(path, 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', idat)
+                + chunk(b'IEND', b''))
+
+
+def one_error_line(rc, err):
+    lines = err.splitlines()
+    assert rc == 2 and 'Traceback' not in err, err
+    assert lines[0].startswith('error: ') and \
+        sum(line.startswith('error:') for line in lines) == 1, err
+    return err
+
+
+@pytest.mark.parametrize('content, problem', [
+    ('{"files": "x"}', 'expected "format": "mmseg_ppenc/encrypted-dataset", found None'),
+    ('[1, 2, 3]', 'expected a JSON object at the top, found an array'),
+    ('real shape, files "x"', '"files" is a string, expected an object')])
+def test_manifest_of_the_wrong_shape(content, problem, src_tree, key_file, reference,
+                                     tmp_path, capsys):
+    dst = str(tmp_path / 'enc')
+    shutil.copytree(reference[0], dst)
+    path = osp.join(dst, MANIFEST_NAME)
+    if content.startswith('real'):
+        manifest = read_manifest(dst)
+        manifest['files'] = 'x'
+        content = json.dumps(manifest)
+    with open(path, 'w') as f:
+        f.write(content)
+    rc = tool.main([src_tree, dst, '--key-file', key_file, '--no-progress'])
+    err = one_error_line(rc, capsys.readouterr().err)
+    assert path in err and 'not a valid ppenc_manifest.json' in err and problem in err
+    assert 'rerun into a new DST' in err
+    # The server's reader refuses it the same way, naming the file.
+    with pytest.raises(KeylessPipelineError, match=re.escape(path)) as e:
+        load_manifest(dst)
+    assert problem in str(e.value) and 'upload the whole tree again' in str(e.value)
+
+
+@pytest.mark.parametrize('workers', [1, 2])
+def test_damaged_journal_is_reported_and_recovered(workers, src_tree, key_file, reference,
+                                                   tmp_path, capsys):
+    dst = str(tmp_path / 'enc')
+    shutil.copytree(reference[0], dst)
+    rel = 'leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png'
+    manifest = read_manifest(dst)
+    del manifest['files'][rel]  # as if its record were still in the journal
+    with open(osp.join(dst, MANIFEST_NAME), 'w') as f:
+        json.dump(manifest, f)
+    with open(osp.join(dst, '.ppenc_journal.jsonl'), 'wb') as f:
+        f.write(b'{"dst": "' + rel.encode() + b'", "src": "\xff\xfe"}\n')
+    args = [src_tree, dst, '--key-file', key_file, '--no-progress', '--workers', str(workers)]
+    rc = tool.main(args)
+    captured = capsys.readouterr()
+    assert rc == 0 and 'Traceback' not in captured.err
+    assert captured.err.startswith('warning: ') and 'is damaged (line 1 is not UTF-8' in \
+        captured.err
+    assert '1 existing output(s) not vouched for' in captured.out
+    assert not osp.exists(osp.join(dst, '.ppenc_journal.jsonl'))
+    assert tree(dst) == tree(reference[0])
+    # Not permanently broken: the next run is clean and does nothing.
+    rc = tool.main(args)
+    captured = capsys.readouterr()
+    assert rc == 0 and captured.err == ''
+    assert 'Encrypted 0 images (12 already done)' in captured.out
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, key_file, capsys):
+    src = _small_tree(str(tmp_path / 'src'))
+    rel = osp.join('leftImg8bit', 'train', 'aachen', 'aachen_000077_000019_leftImg8bit.png')
+    bomb_png(osp.join(src, rel))
+    assert os.path.getsize(osp.join(src, rel)) < 2_000_000
+    rc = tool.main([src, str(tmp_path / 'o'), '--key-file', key_file, '--allow-unlabeled',
+                    '--no-progress'])
+    err = one_error_line(rc, capsys.readouterr().err)
+    assert rel in err and '20000x20000 = 400.0 Mpx' in err and '--max-pixels' in err
+    assert not osp.exists(tmp_path / 'o')  # refused up front, nothing written
+    # The limit is an option: raising it admits the file (checked, not decoded, here).
+    with pytest.raises(DatasetEncryptionError, match='declare more pixels') as e:
+        enc.plan_dataset(src, allow_unlabeled=True, max_pixels=400_000_000 - 1)
+    assert '400000000' in str(e.value)
+    plan = enc.plan_dataset(src, allow_unlabeled=True, max_pixels=400_000_000, pad=True)
+    assert any(i.src == rel for i in plan.items)
+
+
+def test_decompression_bomb_through_the_script(tmp_path, key_file):
+    src = _small_tree(str(tmp_path / 'src'))
+    rel = osp.join('leftImg8bit', 'val', 'frankfurt', 'frankfurt_000009_000019_leftImg8bit.png')
+    bomb_png(osp.join(src, rel))
+    proc = subprocess.run([sys.executable, TOOL, src, str(tmp_path / 'o'), '--key-file',
+                           key_file, '--allow-unlabeled', '--no-progress'],
+                          capture_output=True, text=True, timeout=120)
+    one_error_line(proc.returncode, proc.stderr)
+    assert rel in proc.stderr and '--max-pixels' in proc.stderr
+
+
+@pytest.mark.parametrize('where', ['before', 'after'])
+def test_exif_orientation_read_like_opencv_without_decoding(where, tmp_path):
+    """A PNG's eXIf chunk may follow the image data; OpenCV honours it either way."""
+    arr = np.zeros((32, 64, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated by 90 degrees
+    path = str(tmp_path / 'r.png')
+    Image.fromarray(arr).save(path, exif=exif.tobytes())
+    if where == 'after':
+        with open(path, 'rb') as f:
+            data = f.read()
+        chunks, i = [], 8
+        while i < len(data):
+            n = struct.unpack('>I', data[i:i + 4])[0]
+            chunks.append((data[i + 4:i + 8], data[i:i + 12 + n]))
+            i += 12 + n
+        order = [c for t, c in chunks if t not in (b'eXIf', b'IEND')] + \
+            [c for t, c in chunks if t == b'eXIf'] + [c for t, c in chunks if t == b'IEND']
+        with open(path, 'wb') as f:
+            f.write(data[:8] + b''.join(order))
+        assert 'exif' not in Image.open(path).info  # Pillow alone would have to decode
+    assert enc._image_size(path) == cv2.imread(path, cv2.IMREAD_COLOR).shape[:2] == (64, 32)

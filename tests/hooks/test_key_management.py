@@ -216,3 +216,33 @@ def test_config_scan_is_cached_per_config_not_per_hook(key_env):
     with pytest.raises(RuntimeError, match='KEY MATERIAL LEAKED: .*the run config'):
         hook._scan(SimpleNamespace(cfg=leaked, log_dir=None, work_dir=None,
                                    model=torch.nn.Module()))
+
+
+def test_loaded_checkpoint_is_checked_against_the_run(key_env, tmp_path):
+    """after_load_checkpoint runs core.meta.check_checkpoint: the record must belong to the
+    weights, and state this run's key, cipher, block size and normalisation."""
+    from mmseg_ppenc.core.errors import CheckpointRecordError
+    from mmseg_ppenc.core.meta import build_meta, patch_embed_digest
+    runner = Runner.from_cfg(_cfg(tmp_path / 'wd'))
+    sd = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
+    digest = patch_embed_digest(sd['backbone.patch_embed.projection.weight'])
+    norm = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
+    path = str(tmp_path / 'ckpt.pth')
+
+    def load(**changes):
+        rec = build_meta(key_env.fingerprint, 16, False, *norm, patch_embed_sha256=digest)
+        rec.update(changes)
+        torch.save({'state_dict': sd, 'meta': {'ppenc': rec}}, path)
+        runner.load_checkpoint(path)
+
+    load()  # the genuine record
+    with pytest.raises(CheckpointRecordError, match='does not belong to its weights: the '
+                       f'record expects a patch embedding with SHA-256 {"0" * 16}, '
+                       f'found {digest[:16]}'):
+        load(patch_embed_sha256='0' * 64)
+    with pytest.raises(InvalidKeyError, match='block size 8, but this model uses 16-pixel'):
+        load(block_size=8)
+    with pytest.raises(InvalidKeyError, match="cipher 'block-shuffle-v0'"):
+        load(cipher='block-shuffle-v0')
+    with pytest.raises(InvalidKeyError, match=r'normalisation mean=\[0\.0, 0\.0, 0\.0\]'):
+        load(mean=[0.0] * 3)

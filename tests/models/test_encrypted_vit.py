@@ -179,3 +179,49 @@ def test_random_start_is_not_adapted(key_env, tmp_path, init):
     vit.init_weights()
     same = torch.equal(vit.patch_embed.projection.weight, ref.patch_embed.projection.weight)
     assert same == (init == 'none')
+
+
+def test_record_copied_onto_plain_pretrained_weights_is_refused(key_env, tmp_path):
+    """A plain pre-trained checkpoint carrying a record of this key is not "already
+    encrypted": with a digest the digest tells, without one (as training checkpoints
+    record it) the smooth, unpermuted patch embedding does. Nothing is loaded."""
+    import cv2
+    from mmseg_ppenc.core.errors import CheckpointRecordError
+    from mmseg_ppenc.models import FastVisionTransformer
+    from mmseg_ppenc.security.weights import pca_patch_embedding
+    kw = dict(img_size=32, embed_dims=32, num_layers=1, num_heads=2)
+    rng = np.random.default_rng(0)
+    imgs = [cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (0, 0), 3)
+            for _ in range(8)]
+    plain = FastVisionTransformer(**kw).state_dict()
+    plain['patch_embed.projection.weight'] = torch.tensor(
+        pca_patch_embedding(imgs, 32), dtype=torch.float32).reshape(32, 3, 16, 16)
+    path = str(tmp_path / 'plain_with_record.pth')
+    for rec in ({'key_fingerprint': key_env.fingerprint},
+                {'key_fingerprint': key_env.fingerprint, 'patch_embed_sha256': '0' * 64}):
+        torch.save({'state_dict': plain, 'meta': {'ppenc': rec}}, path)
+        vit = EncryptedVisionTransformer(**kw, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                         init_cfg=dict(type='Pretrained', checkpoint=path))
+        before = vit.patch_embed.projection.weight.detach().clone()
+        with pytest.raises(CheckpointRecordError,
+                           match=f'The pre-trained checkpoint {path}: its meta'):
+            vit.init_weights()
+        assert torch.equal(before, vit.patch_embed.projection.weight)  # nothing loaded
+    # Without the record the same weights are plain pre-trained ones: adapted.
+    torch.save({'state_dict': plain}, path)
+    vit = EncryptedVisionTransformer(**kw, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                     init_cfg=dict(type='Pretrained', checkpoint=path))
+    vit.init_weights()
+    assert not torch.equal(vit.patch_embed.projection.weight,
+                           plain['patch_embed.projection.weight'])
+
+
+def test_missing_pretrained_checkpoint_is_named(key_env, tmp_path):
+    from mmseg_ppenc.core.errors import ConfigError
+    path = str(tmp_path / 'nope.pth')
+    vit = EncryptedVisionTransformer(img_size=32, embed_dims=32, num_layers=1, num_heads=2,
+                                     mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                     init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(ConfigError, match=f'The pre-trained checkpoint {path} does not '
+                                          'exist'):
+        vit.init_weights()

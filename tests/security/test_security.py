@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from scipy.linalg import eigh
+from scipy.sparse.csgraph import laplacian
 
 import mmseg_ppenc  # noqa: F401  (compat fixes before mmseg is imported)
 from mmseg.models.backbones import VisionTransformer  # noqa: E402
@@ -23,6 +25,7 @@ from mmseg_ppenc.security import (adjacent_correlation, block_mean_thumbnail,
                                   recovery_stats, ssim, unpermute_image)
 from mmseg_ppenc.security import ciphertext_only as coa
 from mmseg_ppenc.security import weights as W
+from mmseg_ppenc.security.common import blocks_of
 from mmseg_ppenc.security.key_checks import (corrupt_key_checks, key_file_mode,
                                              scan_work_dir, wrong_key_check)
 
@@ -218,6 +221,108 @@ def test_known_plaintext_rejects_unrelated_pairs():
 
 
 # ---------------------------------------------------------------- ciphertext only
+def test_block_statistics_are_exact_and_independent_of_summation_order():
+    """The correlations come from integer sums that float64 holds exactly, so no BLAS
+    kernel's summation order can change a bit of them: reordering the blocks changes
+    nothing (with float32 sums it changed the last bits, and the attack's decisions)."""
+    imgs = [_natural(64, 96, seed=s) for s in range(3)]
+    for img in imgs:
+        img[::16, ::16, 0] = 7  # position 0 is constant: it must correlate with nothing
+    a = coa.block_statistics(imgs, 16)
+    b = coa.block_statistics(imgs[::-1], 16)
+    for name in ('corr', 'right', 'down', 'mean', 'std'):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.num_blocks == 3 * 4 * 6
+    blocks = blocks_of(imgs, 16).astype(np.float64)
+    live = np.arange(1, 768)
+    np.testing.assert_allclose(a.corr[np.ix_(live, live)],
+                               np.corrcoef(blocks[:, live].T), rtol=0, atol=1e-12)
+    assert not np.any(a.corr[0]) and not np.any(a.corr[:, 0])
+    np.testing.assert_allclose(a.mean, blocks.mean(0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.std, blocks.std(0), rtol=0, atol=1e-12)
+    grids = [coa.block_grid(img, 16).astype(np.float64) for img in imgs]
+    left = np.concatenate([g[:, :-1].reshape(-1, 768) for g in grids])
+    right = np.concatenate([g[:, 1:].reshape(-1, 768) for g in grids])
+    ref = np.corrcoef(left[:, live].T, right[:, live].T)[:767, 767:]
+    np.testing.assert_allclose(a.right[np.ix_(live, live)], ref, rtol=0, atol=1e-12)
+
+
+def test_grid_start_does_not_depend_on_the_eigenvector_basis():
+    """The two lowest non-constant Laplacian modes of a grid-like graph share (nearly) one
+    eigenvalue, and the eigensolver may return any basis of their plane: a different one
+    under a different BLAS kernel. The start built from the embedding must be the same for
+    every basis, up to the square's 8 symmetries (which the cross-block terms resolve
+    later); with candidate angles fixed in the solver's basis it was not, for 66 of these
+    80."""
+    tpl = coa._Templates(16)
+    cos_t = np.stack([np.cos(np.pi * (tpl.xs + 0.5) / 16),
+                      np.cos(np.pi * (tpl.ys + 0.5) / 16)], 1)
+    rng = np.random.default_rng(0)
+    grid = (np.abs(tpl.ys[:, None] - tpl.ys[None]) +
+            np.abs(tpl.xs[:, None] - tpl.xs[None]) == 1).astype(float)
+    for _ in range(10):
+        adj = grid.copy()
+        extra = rng.integers(0, 256, (20, 2))  # a few false neighbours, as in real data
+        adj[extra[:, 0], extra[:, 1]] = adj[extra[:, 1], extra[:, 0]] = 1
+        np.fill_diagonal(adj, 0)
+        _, vec = eigh(laplacian(adj), subset_by_index=[1, 2])
+        ref = coa._to_grid(vec, cos_t)
+        for _ in range(8):
+            th = rng.uniform(0, 2 * np.pi)
+            basis = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) @ \
+                np.diag([1.0, rng.choice([-1.0, 1.0])])
+            x = coa._to_grid(vec @ basis, cos_t)
+            assert any(np.array_equal(coa._dihedral(x, 16, t), ref) for t in range(8))
+
+
+# Runs in a fresh process, as OpenBLAS reads OPENBLAS_CORETYPE when it loads; it repeats
+# _natural rather than import this module (mmseg, conftest) for a faster start.
+_KERNEL_PROBE = r"""
+import ctypes, glob, hashlib, json, os, sys
+import numpy as np
+from mmseg_ppenc.cipher import encrypt_image
+from mmseg_ppenc.datasets.synthetic import render_scene
+from mmseg_ppenc.keys import SecretKey
+from mmseg_ppenc.security import ciphertext_only_attack
+core = None
+site = os.path.dirname(os.path.dirname(np.__file__))
+for path in glob.glob(os.path.join(site, 'numpy.libs', 'libscipy_openblas64_*.so*')):
+    get = getattr(ctypes.CDLL(path), 'scipy_openblas_get_corename64_', None)
+    if get is not None:
+        get.restype = ctypes.c_char_p
+        core = get().decode()
+imgs = []
+for seed in range(10, 16):
+    rng = np.random.default_rng(seed)
+    img, _ = render_scene(128, 128, rng)
+    yy, xx = np.mgrid[0:128, 0:128]
+    shade = 20 * np.sin(xx / 128 * 3.0 + seed)[..., None] + 15 * (yy / 128)[..., None]
+    noisy = img + shade + rng.normal(0, 2.0, img.shape)
+    imgs.append(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+key = SecretKey(hashlib.sha256(b'security-test/coa-2').digest())
+perm = ciphertext_only_attack([encrypt_image(i, key) for i in imgs]).perm
+print(json.dumps({'core': core, 'perm': hashlib.sha256(perm.tobytes()).hexdigest()}))
+"""
+
+
+def test_ciphertext_only_is_the_same_under_every_blas_kernel():
+    """The attack's result must not depend on the machine's floating-point details. With
+    a DYNAMIC_ARCH OpenBLAS (NumPy's wheels), OPENBLAS_CORETYPE picks another kernel in a
+    fresh process. This key and image set used to give 35 % exact under one kernel and
+    14 % under another (the channel grouping differed)."""
+    out = {}
+    for core in ('Haswell', 'Prescott'):
+        env = dict(os.environ, OPENBLAS_CORETYPE=core, OPENBLAS_NUM_THREADS='1')
+        proc = subprocess.run([sys.executable, '-c', _KERNEL_PROBE], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[core] = json.loads(proc.stdout.strip().splitlines()[-1])
+    cores = {r['core'] for r in out.values()}
+    if None in cores or len(cores) < 2:
+        pytest.skip(f'OPENBLAS_CORETYPE does not switch kernels here ({cores})')
+    assert out['Haswell']['perm'] == out['Prescott']['perm'], out
+
+
 def test_swap_gains_are_exact():
     """The layout search's incremental objective equals recomputation from scratch."""
     rng = np.random.default_rng(0)
@@ -242,26 +347,41 @@ def _log10_chance_of_hits(k: int) -> float:
 
 
 @pytest.mark.parametrize('flip', [False, True])
-@pytest.mark.parametrize('tag', ['coa', 'coa-1', 'coa-2', 'coa-3'])
-def test_ciphertext_only_beats_chance(flip, tag):
-    """The attack works for any key, not for one tuned key: four keys per variant."""
+@pytest.mark.parametrize('tag,first_image', [('coa', 10), ('coa-1', 16), ('coa-2', 22),
+                                             ('coa-3', 28)])
+def test_ciphertext_only_beats_chance(flip, tag, first_image):
+    """The attack works for any key and images, not for one tuned case: four keys, each
+    with its own six images, per key variant.
+
+    The bounds come from the spread over 110 attacks (the 24 keys coa, coa-1 .. coa-23
+    of both variants on images 10..15, and image sets 10+6j..15+6j for j = 1..31 under
+    key coa-j of both variants), which gave identical estimates under the OpenBLAS
+    kernels Haswell, Zen, Sandybridge and Prescott (and Zen with NumPy's AVX-512 code
+    paths disabled). What varies is the images; the key barely matters.
+    """
     key = _key(flip, tag)
     pi = key.block_permutation(16)
-    plains = [_natural(128, 128, seed=10 + i) for i in range(6)]
+    plains = [_natural(128, 128, seed=first_image + i) for i in range(6)]
     encs = [encrypt_image(p, key) for p in plains]
     res = ciphertext_only_attack(encs)
     stats = recovery_stats(res.perm, pi, 16)
     assert sorted(res.perm) == list(range(768))
     assert stats['chance'] == pytest.approx(1 / 768)
     # A guess that ignores the images places about one position right (Poisson(1));
-    # the hits of the attack must be far beyond what chance could give ...
+    # the hits of the attack must be far beyond what chance could give (this bound needs
+    # 14 hits; over the 110 attacks min/mean/max was 107/304/632) ...
     hits = int(round(stats['exact'] * 768))
     assert _log10_chance_of_hits(hits) < -9, (hits, stats)
-    # ... and large in absolute terms: a quarter of the key exactly, nearly all of it
-    # to within one pixel, and every value in the right colour channel.
-    assert stats['exact'] > 0.25, stats
-    assert stats['near'] > 0.9, stats
+    # ... and large in absolute terms. Over the 110 attacks, exact was min 0.139, mean
+    # 0.396, max 0.823 (5th percentile 0.21): bound at half the minimum, 0.07 (54 of 768).
+    assert stats['exact'] > 0.07, stats
+    # Right channel and within one pixel: min 0.704, mean 0.926, max 0.999; bound 0.5.
+    assert stats['near'] > 0.5, stats
+    # Right channel: 1.0 in all 110 (with the old uniform k-means starts, one key in 48
+    # mixed two channels and scored 0.53); bound 0.9.
     assert stats['channel'] > 0.9, stats
+    # SSIM gain of the restored over the encrypted image: min 0.533, mean 0.653, max
+    # 0.862; bound 0.3.
     restored = unpermute_image(encs[0], res.perm, 16)
     assert ssim(luminance(plains[0]), luminance(restored)) > \
         ssim(luminance(plains[0]), luminance(encs[0])) + 0.3

@@ -22,7 +22,9 @@ measures:
    (:mod:`mmseg_ppenc.security.ciphertext_only`);
 4. the model-weight attack with and without mitigations
    (:mod:`mmseg_ppenc.security.weights`);
-5. key handling (:mod:`mmseg_ppenc.security.key_checks`).
+5. key handling (:mod:`mmseg_ppenc.security.key_checks`), and with ``--work-dir`` the
+   replay of the run's random initialisation; for a run from pre-trained weights that row
+   says "not applicable" and gives the weight-matching figure instead (``--plain-checkpoint``).
 
 :func:`format_report` turns the result into Markdown tables (what the tool prints and what
 ``SECURITY.md`` quotes).
@@ -552,7 +554,10 @@ def format_report(res: Dict[str, object]) -> str:
                      ('no key material found' if wd['ok'] else
                       'LEAKED in: ' + ', '.join(wd['leaks']))])
         ra = wd.get('replay_attack') or {}
-        if ra.get('max_recovery') is not None:
+        if ra.get('applicable') is False:
+            rows.append(['key from checkpoints by replaying the initialisation',
+                         _replay_not_applicable(ra, res)])
+        elif ra.get('max_recovery') is not None:
             rows.append(['key from checkpoints by replaying the initialisation',
                          f"{_pct(ra['max_recovery'])} of the permutation (chance "
                          f"{_pct(ra['chance'])}): " + ('at chance level' if ra['at_chance']
@@ -563,6 +568,29 @@ def format_report(res: Dict[str, object]) -> str:
                           'readable by others: chmod 600') + ')'])
     parts.append('### 5. Key handling\n\n' + _table(['check', 'result'], rows))
     return '\n\n'.join(parts) + '\n'
+
+
+def _replay_not_applicable(replay: Dict[str, object], res: Dict[str, object]) -> str:
+    """The replay row of a run from pre-trained weights: what threatens its key instead,
+    with the weight-matching figure (measured on the given checkpoints when
+    ``--plain-checkpoint`` was passed, else section 4's)."""
+    attack = res.get('checkpoint_attack')
+    if attack and 'recovered' in attack:
+        figure = (f"{_pct(attack['recovered'])} of key {attack['key_fingerprint']} "
+                  'recovered from the given --plain-checkpoint and --encrypted-checkpoint')
+    elif attack:
+        figure = ('matched columns of the given --plain-checkpoint and '
+                  f"--encrypted-checkpoint have cosine similarity min "
+                  f"{attack['matched_cosine_min']:.4f} (1.0: the key is recovered)")
+    else:
+        rows = (res.get('weights') or {}).get('tiny', {}).get('rows') or [{}]
+        figure = (f"{_pct(rows[0].get('recovered'))} recovered without mitigation in "
+                  'section 4; measure this run with --plain-checkpoint PUBLIC_WEIGHTS '
+                  '--encrypted-checkpoint CHECKPOINT')
+    return (f"not applicable: the run starts from pre-trained weights "
+            f"({replay['pretrained']}), not from a random initialisation. Anyone holding "
+            'those public weights recovers the key from its checkpoints by weight matching '
+            f'instead: {figure}')
 
 
 # --------------------------------------------------------------------------- command line
