@@ -74,7 +74,8 @@ def load_config(config: str, cfg_options: Optional[dict] = None,
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        from .core.config_overrides import merge_cfg_options
+        merge_cfg_options(cfg, cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
