@@ -21,6 +21,7 @@ from mmseg.registry import RUNNERS
 
 from .compat import setup_cpu_distributed
 from .core.errors import ConfigError
+from .core.meta import unsafe_checkpoint_error
 
 __all__ = ['ConfigError', 'PPEncRunner', 'load_config', 'check_config_paths',
            'build_runner', 'train', 'test', 'DictAction', 'unsafe_checkpoint_error']
@@ -145,26 +146,6 @@ def check_config_paths(cfg: Config, modes: Sequence[str] = ('train', 'val')) -> 
                         'path.')
     if problems:
         raise ConfigError('Cannot start the run:\n  - ' + '\n  - '.join(problems))
-
-
-def unsafe_checkpoint_error(path: str, err: BaseException) -> ConfigError:
-    """The error for a checkpoint that ``torch.load(weights_only=True)`` refuses.
-
-    A checkpoint that needs full unpickling can run arbitrary code when loaded, so it is
-    refused rather than loaded with ``weights_only=False``.
-
-    Args:
-        path (str): The checkpoint.
-        err (BaseException): What torch raised (only its type is named: its text may
-            quote the refused object at length).
-    """
-    return ConfigError(
-        f'Checkpoint {path} was refused by torch.load(weights_only=True) '
-        f'({type(err).__name__}): it holds objects other than tensors and plain '
-        'containers, and unpickling it could run code. If you trust its origin, re-save '
-        'only its weights (torch.save({"state_dict": ckpt["state_dict"], "meta": '
-        'ckpt.get("meta", {})}, NEW_PATH) in a separate Python session) and pass '
-        'NEW_PATH instead.')
 
 
 def _refused_checkpoint(err: BaseException) -> bool:
