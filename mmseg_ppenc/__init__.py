@@ -1,50 +1,34 @@
-"""mmseg_ppenc: privacy-preserving semantic segmentation for mmsegmentation 1.x.
+"""mmseg_ppenc: the mmsegmentation 1.x plugin of privacy-preserving segmentation.
 
-``import mmseg_ppenc`` is cheap: it imports neither torch nor mmseg, so client-side code
-(:mod:`.keys`, :mod:`.cipher`, :mod:`.datasets.encrypt`) runs without them. The mmseg
-components are registered by :mod:`mmseg_ppenc.registration`, which runs
+``import mmseg_ppenc`` (which ``custom_imports=dict(imports=['mmseg_ppenc'])`` does) registers
+every component in mmseg's registries (``TRANSFORMS``, ``MODELS``, ``HOOKS``, ``DATASETS``,
+``OPTIM_WRAPPERS``, ``RUNNERS``) with mmseg's own ``register_module``, by importing the
+modules that define them. Before that it applies, explicitly, the two environment fixes
+of :mod:`mmseg_ppenc.compat` (the ``mmcv.ops`` fallback for mmcv-lite, and the
+``torch.load(weights_only=True)`` allow-list of mmengine's checkpoint types).
 
-- at once, when mmengine is already loaded (the case of
-  ``custom_imports=dict(imports=['mmseg_ppenc'], allow_failed_imports=False)``, of
-  ``mim train`` and of the tools), or
-- otherwise as soon as mmseg's registries are first imported in this process (see
-  :mod:`mmseg_ppenc.registration` for how), or
-- when :func:`register_all_modules` is called.
-
-The public names below are loaded on first access.
+The framework-free half (keys, cipher, grid rules, record formats, dataset encryption,
+leak scan) is the package :mod:`ppenc`, which client-side code imports without torch or
+mmseg.
 """
-import importlib
-import sys
+from mmseg_ppenc.compat import install_mmcv_ops_fallback, register_safe_globals
 
-__version__ = '0.1.0'
+# Before any mmseg model module: with mmcv-lite, mmseg imports `mmcv.ops` unconditionally.
+install_mmcv_ops_fallback()
+register_safe_globals()
 
-# name -> module that defines it (loaded lazily, PEP 562).
-_LAZY = {
-    'SecretKey': 'keys', 'resolve_key': 'keys', 'KEY_ENV_VAR': 'keys',
-    'BlockCipher': 'cipher', 'encrypt_image': 'cipher', 'decrypt_image': 'cipher',
-    'encrypt_tensor': 'cipher', 'decrypt_tensor': 'cipher',
-    'encrypt_vit_state_dict': 'adaptation', 'decrypt_vit_state_dict': 'adaptation',
-    'BlockScramble': 'transforms', 'EncryptedVisionTransformer': 'models',
-    'KeyManagementHook': 'hooks', 'register_all_modules': 'registration',
-}
+# Importing these modules registers their components (mmseg's @register_module).
+from mmseg_ppenc import datasets, hooks, models, optim, runner, transforms  # noqa: E402,F401
+from mmseg_ppenc.adaptation import decrypt_vit_state_dict, encrypt_vit_state_dict  # noqa: E402
+from mmseg_ppenc.hooks import KeyManagementHook  # noqa: E402
+from mmseg_ppenc.models import EncryptedVisionTransformer  # noqa: E402
+from mmseg_ppenc.transforms import BlockScramble  # noqa: E402
+from ppenc import __version__  # noqa: E402
+from ppenc.cipher import (BlockCipher, decrypt_image, decrypt_tensor,  # noqa: E402
+                          encrypt_image, encrypt_tensor)
+from ppenc.keys import KEY_ENV_VAR, SecretKey, resolve_key  # noqa: E402
 
-__all__ = ['__version__', *_LAZY]
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mmseg_ppenc' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f'.{module}', __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
-
-from . import registration as _registration  # noqa: E402  (cheap: no torch/mmseg)
-
-_registration.register_on_import()
-del sys
+__all__ = ['__version__', 'SecretKey', 'resolve_key', 'KEY_ENV_VAR', 'BlockCipher',
+           'encrypt_image', 'decrypt_image', 'encrypt_tensor', 'decrypt_tensor',
+           'encrypt_vit_state_dict', 'decrypt_vit_state_dict', 'BlockScramble',
+           'EncryptedVisionTransformer', 'KeyManagementHook']

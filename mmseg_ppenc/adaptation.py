@@ -24,15 +24,14 @@ from typing import Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .convert import TIMM_MARKER, locate_vit
-from .keys import SecretKey
+from mmseg_ppenc.convert import TIMM_MARKER, locate_vit
+from ppenc.keys import SecretKey
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'encrypt_vit_state_dict',
            'decrypt_vit_state_dict', 'find_vit_prefix', 'adapt_patch_embedding']
 
 #: mmseg's normalisation (RGB order), used by every SETR config.
-IMAGENET_MEAN: Tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: Tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 _PROJ = 'patch_embed.projection.weight'
 

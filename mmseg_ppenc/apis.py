@@ -20,11 +20,16 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from mmengine.config import Config
+from mmseg.apis import init_model
+from mmseg.structures import SegDataSample
 
-from .cipher import get_cipher
-from .core.grid import pad_to_grid
-from .core.meta import check_checkpoint, check_meta, normalization_of, read_checkpoint
-from .keys import SecretKey
+from mmseg_ppenc.core.checkpoint import check_checkpoint, normalization_of, read_checkpoint
+from mmseg_ppenc.models.encrypted_vit import bind_normalization
+from ppenc.cipher import get_cipher
+from ppenc.grid import check_image_on_grid, pad_to_grid
+from ppenc.keys import SecretKey
+from ppenc.meta import check_meta
 
 __all__ = ['encrypt_for_upload', 'predict_encrypted', 'inference_encrypted', 'colorize',
            'load_encrypted_model', 'check_model_key', 'model_block_size']
@@ -82,7 +87,6 @@ def predict_encrypted(model: torch.nn.Module, enc_rgb: np.ndarray,
     Raises:
         ValueError: not an H x W x 3 uint8 array on the block grid.
     """
-    from mmseg.structures import SegDataSample
     block = model_block_size(model)
     if not (isinstance(enc_rgb, np.ndarray) and enc_rgb.ndim == 3 and enc_rgb.shape[2] == 3
             and enc_rgb.dtype == np.uint8):
@@ -90,10 +94,9 @@ def predict_encrypted(model: torch.nn.Module, enc_rgb: np.ndarray,
                          f'{getattr(enc_rgb, "shape", type(enc_rgb).__name__)} '
                          f'{getattr(enc_rgb, "dtype", "")}.')
     h, w = enc_rgb.shape[:2]
-    if h % block or w % block:
-        raise ValueError(f'The encrypted image is {h}x{w}, not a multiple of the model\'s '
-                         f'{block}-pixel blocks: it cannot have been encrypted for this '
-                         'model (encrypt_for_upload(..., pad=True) pads it).')
+    check_image_on_grid(h, w, block, 'the encrypted image',
+                        'It cannot have been encrypted for this model '
+                        '(encrypt_for_upload(..., pad=True) pads it).')
     pre = getattr(model, 'data_preprocessor', None)
     if pre is not None and not getattr(pre, 'channel_conversion', True):
         # The image is encrypted in RGB; a model that does not convert BGR to RGB sees
@@ -179,7 +182,7 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
     mmseg's ``init_model`` with the checkpoint's ``meta['ppenc']`` attached as
     ``model.ppenc_meta`` (None if the checkpoint records no key). The checkpoint is read
     safely first and checked against the model as on every load path
-    (:func:`mmseg_ppenc.core.meta.check_checkpoint`): a record copied onto other weights,
+    (:func:`mmseg_ppenc.core.checkpoint.check_checkpoint`): a record copied onto other weights,
     another cipher or block size, and another normalisation than the config's data
     preprocessor are refused. The key is not needed (see :func:`check_model_key`).
 
@@ -198,17 +201,17 @@ def load_encrypted_model(config, checkpoint: str, device: str = 'cpu',
         CheckpointRecordError: its ``meta['ppenc']`` record does not belong to its weights.
         InvalidKeyError: it was made for another cipher, block size or normalisation.
     """
-    from mmengine.config import Config
-    from mmseg.apis import init_model
-
-    from .models.encrypted_vit import bind_normalization
     if isinstance(config, str):
         config = Config.fromfile(config)
-    # Read (and refused if unsafe) before mmseg's init_model loads it again.
+    # Memory-mapped and weights-only: an unsafe or broken file gets our one clear error
+    # before mmengine opens it, and no tensor is copied (only the patch embedding is read,
+    # for its digest). mmseg's init_model then loads the weights as it always does, with
+    # its dataset_meta fallbacks, rather than a copy of that code here.
     ckpt = read_checkpoint(checkpoint, mmap=True)
     model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
     bind_normalization(model)
     mean, std = normalization_of(model)
+    # mmseg's init_model attaches the config as `model.cfg`; the key record goes alongside.
     model.ppenc_meta = check_checkpoint(ckpt, f'the checkpoint {checkpoint}',
                                         block_size=model_block_size(model), mean=mean,
                                         std=std)

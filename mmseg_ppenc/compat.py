@@ -1,7 +1,9 @@
-"""Compatibility with the dependency stack, applied before the plugin imports mmseg.
+"""Compatibility with the dependency stack: the plugin's only environment fixes.
 
 Three problems of mmsegmentation 1.2.2 / mmengine 0.10.7 on current PyTorch are fixed here
-without editing installed packages:
+without editing installed packages. ``import mmseg_ppenc`` applies 1 and 2 explicitly, before
+it imports any mmseg model module (with mmcv-lite, import mmseg_ppenc before
+``mmseg.models``: ``custom_imports`` and the tools do); the train tool applies 3.
 
 1. **mmcv-lite has no compiled ops.** mmseg imports ``mmcv.ops`` unconditionally in four
    modules, and ``mmcv/ops/__init__`` loads the compiled ``mmcv._ext``. When (and only
@@ -27,7 +29,7 @@ import warnings
 from typing import Any
 
 __all__ = ['install_mmcv_ops_fallback', 'register_safe_globals', 'setup_cpu_distributed',
-           'replace_syncbn', 'has_compiled_mmcv_ops', 'apply']
+           'replace_syncbn', 'has_compiled_mmcv_ops']
 
 _FALLBACK_ATTR = '__mmseg_ppenc_fallback__'
 #: Start of mmcv's import-time warning about its missing compiled deformable attention,
@@ -146,7 +148,8 @@ def register_safe_globals() -> None:
 
 def _history_buffer_getattr(obj: Any, name: str) -> Any:
     from mmengine.logging.history_buffer import HistoryBuffer
-    allowed = {'min', 'max', 'current', 'mean', *HistoryBuffer._statistics_methods}
+    # mmengine's built-in statistics (a checkpoint names no others).
+    allowed = {'min', 'max', 'current', 'mean'}
     if obj is HistoryBuffer and name in allowed:
         return getattr(obj, name)
     raise AttributeError(f'getattr({obj!r}, {name!r}) is not allowed while loading a '
@@ -177,7 +180,8 @@ def setup_cpu_distributed(cfg, launcher: str) -> None:
     cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
     cfg.env_cfg = cfg.get('env_cfg', {})
     cfg.env_cfg.setdefault('dist_cfg', {})['backend'] = 'gloo'
-    n = replace_syncbn(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
+    # Each top-level value of a Config is a ConfigDict (a dict) changed in place.
+    n = sum(replace_syncbn(cfg[k]) for k in list(cfg.keys()))
     if n:
         from mmengine.logging import print_log
         print_log(f'No CUDA: replaced {n} SyncBN layer config(s) by BN for CPU '
@@ -201,21 +205,3 @@ def replace_syncbn(node: Any) -> int:
         for v in node:
             n += replace_syncbn(v)
     return n
-
-
-_applied = False
-
-
-def apply() -> None:
-    """Apply every fix that is safe to apply at import time (idempotent).
-
-    Runs when the plugin's mmseg components are first imported (see
-    :mod:`mmseg_ppenc.registration`); it must precede the first import of ``mmseg.utils``
-    or ``mmseg.models``.
-    """
-    global _applied
-    if _applied:
-        return
-    _applied = True
-    install_mmcv_ops_fallback()
-    register_safe_globals()

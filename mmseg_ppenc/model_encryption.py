@@ -24,17 +24,18 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
-from .convert import MMSEG_MARKER, convert_timm_vit, locate_vit, strip_prefix
-from .core.errors import ModelEncryptionError
-from .core.files import same_file
-from .core.meta import (build_meta, check_checkpoint, check_patch_embed_digest,
-                        patch_embed_digest, permutation_smoothness, read_checkpoint,
-                        state_dict_of)
-from .keys import SecretKey
+from mmseg_ppenc.adaptation import encrypt_vit_state_dict
+from mmseg_ppenc.convert import MMSEG_MARKER, convert_timm_vit, locate_vit, strip_prefix
+from ppenc.errors import ModelEncryptionError
+from ppenc.files import check_output_path
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD, META_KEY, build_meta
+from mmseg_ppenc.core.checkpoint import (check_checkpoint, check_patch_embed_digest,
+                                         patch_embed_digest, permutation_smoothness,
+                                         read_weights)
+from ppenc.keys import SecretKey
 
 __all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'detect_layout',
-           'encrypt_model_checkpoint', 'ppenc_meta', 'normalization_from_config',
+           'encrypt_model_checkpoint', 'normalization_from_config',
            'patch_embed_digest', 'encrypted_with', 'check_patch_embed_digest']
 
 
@@ -53,31 +54,6 @@ def encrypted_with(weight: torch.Tensor, key: SecretKey) -> bool:
     """
     as_is, restored = permutation_smoothness(weight, key)
     return restored > 0.2 and restored > as_is + 0.2
-
-
-def ppenc_meta(key: SecretKey, block_size: int, mean=None, std=None) -> dict:
-    """The ``meta['ppenc']`` record for ``key`` (see :func:`mmseg_ppenc.core.meta.build_meta`).
-
-    Args:
-        key (SecretKey): The key (only its fingerprint and flip flag are recorded).
-        block_size (int): Cipher block size (= ViT patch size).
-        mean (Sequence[float], optional): RGB mean the weights are adapted for.
-            Defaults to None.
-        std (Sequence[float], optional): RGB std. Defaults to None.
-    """
-    return build_meta(key.fingerprint, block_size, key.flip_compatible, mean, std)
-
-
-def _unwrap(obj) -> Tuple['OrderedDict[str, torch.Tensor]', dict]:
-    meta = {}
-    if isinstance(obj, Mapping):
-        meta = obj.get('meta') if isinstance(obj.get('meta'), dict) else {}
-        obj = state_dict_of(obj)
-    if not isinstance(obj, Mapping) or not obj:
-        raise ModelEncryptionError('The checkpoint holds no state dict (expected a dict of '
-                                   'tensors, possibly under "state_dict" or "model").')
-    sd = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
-    return strip_prefix(sd), meta
 
 
 def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
@@ -108,8 +84,8 @@ def load_vit_checkpoint(path: str, patch_bias: str = 'fold',
                         ) -> Tuple['OrderedDict[str, torch.Tensor]', dict, str, str]:
     """Read a timm or mmseg ViT checkpoint and return it in mmseg's layout.
 
-    The file is read by :func:`mmseg_ppenc.core.meta.read_checkpoint` (weights only) and
-    checked by :func:`mmseg_ppenc.core.meta.check_checkpoint`: a ``meta['ppenc']`` record
+    The file is read by :func:`mmseg_ppenc.core.checkpoint.read_checkpoint` (weights only) and
+    checked by :func:`mmseg_ppenc.core.checkpoint.check_checkpoint`: a ``meta['ppenc']`` record
     copied onto other weights is refused as on every other load path.
 
     Args:
@@ -128,12 +104,12 @@ def load_vit_checkpoint(path: str, patch_bias: str = 'fold',
     Raises:
         ModelEncryptionError: unreadable file (:class:`~mmseg_ppenc.core.errors.
             CheckpointReadError`), a record that does not belong to the weights
-            (:class:`~mmseg_ppenc.core.errors.CheckpointRecordError`), unknown layout,
+            (:class:`~ppenc.errors.CheckpointRecordError`), unknown layout,
             unsupported timm variant.
     """
-    obj = read_checkpoint(path)
+    sd, meta = read_weights(path)
+    sd = strip_prefix(sd)
     try:
-        sd, meta = _unwrap(obj)
         layout, prefix = detect_layout(sd)
     except ModelEncryptionError as e:
         raise ModelEncryptionError(f'{path}: {e}') from None
@@ -163,15 +139,10 @@ def convert_plain_checkpoint(src: str, dst: str, force: bool = False) -> dict:
     Returns:
         dict: ``source_layout``, ``num_tensors``, ``dst``.
     """
-    if same_file(src, dst):
-        raise ModelEncryptionError(f'IN {src} and OUT {dst} are the same file (through a '
-                                   'link or another spelling of the path); write the '
-                                   'converted model to a new path and keep the input.')
-    if os.path.exists(dst) and not force:
-        raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
+    check_output_path(src, dst, force, 'the converted model', ModelEncryptionError)
     sd, meta, layout, prefix = load_vit_checkpoint(src)
-    if isinstance(meta.get('ppenc'), dict):
-        fp = meta['ppenc'].get('key_fingerprint')
+    if isinstance(meta.get(META_KEY), dict):
+        fp = meta[META_KEY].get('key_fingerprint')
         raise ModelEncryptionError(f'{src} is encrypted (key {fp}); this tool converts '
                                    'plain checkpoints.')
     sd = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
@@ -229,17 +200,12 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
             'config (--config CONFIG; it is read from model.data_preprocessor) or '
             f'--mean/--std (mmseg\'s ImageNet values are {list(IMAGENET_MEAN)} / '
             f'{list(IMAGENET_STD)}; Segmenter configs use 127.5 / 127.5).')
-    if same_file(src, dst):
-        raise ModelEncryptionError(f'IN {src} and OUT {dst} are the same file (through a '
-                                   'link or another spelling of the path); write the '
-                                   'encrypted model to a new path and keep the plain one.')
-    if os.path.exists(dst) and not force:
-        raise ModelEncryptionError(f'{dst} already exists; pass --force to overwrite it.')
+    check_output_path(src, dst, force, 'the encrypted model', ModelEncryptionError)
     sd, meta, layout, prefix = load_vit_checkpoint(src, patch_bias, key)
-    if isinstance(meta.get('ppenc'), dict):
+    if isinstance(meta.get(META_KEY), dict):
         raise ModelEncryptionError(
-            f'{src} is already encrypted (meta["ppenc"] records key '
-            f'{meta["ppenc"].get("key_fingerprint")}); encrypting it again would not '
+            f'{src} is already encrypted (meta["{META_KEY}"] records key '
+            f'{meta[META_KEY].get("key_fingerprint")}); encrypting it again would not '
             'match any images. Start from the plain checkpoint.')
     if backbone_only and prefix:
         sd = OrderedDict((k[len(prefix):], v) for k, v in sd.items()
@@ -247,7 +213,7 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
         prefix = ''
     if encrypted_with(sd[prefix + MMSEG_MARKER], key):
         raise ModelEncryptionError(
-            f'{src} has no meta["ppenc"] record, but its patch embedding is already '
+            f'{src} has no meta["{META_KEY}"] record, but its patch embedding is already '
             f'encrypted with key {key.fingerprint} (undoing the key\'s permutation makes '
             'it smooth, as plain pre-trained weights are): the record was stripped. '
             'Encrypting it again would match no images. Use it as it is, or start from '
@@ -259,7 +225,7 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
     block_size = int(enc[prefix + MMSEG_MARKER].shape[-1])
     meta_rec = build_meta(key.fingerprint, block_size, key.flip_compatible, mean, std,
                           patch_embed_sha256=patch_embed_digest(enc[prefix + MMSEG_MARKER]))
-    out_meta = {'ppenc': meta_rec,
+    out_meta = {META_KEY: meta_rec,
                 'ppenc_model': dict(source_layout=layout, mean=[float(v) for v in mean],
                                     std=[float(v) for v in std],
                                     patch_bias=patch_bias if layout == 'timm' else None)}
@@ -288,7 +254,7 @@ def normalization_from_config(config) -> Tuple[List[float], List[float]]:
     """
     from mmengine.config import Config
 
-    from .core.exactness import normalization_problem
+    from mmseg_ppenc.core.exactness import normalization_problem
     cfg = Config.fromfile(config) if isinstance(config, str) else config
     model = cfg.get('model') or {}
     pre = model.get('data_preprocessor') or cfg.get('data_preprocessor') or {}

@@ -13,24 +13,25 @@ the slurm launchers); this project's tools use it for every config.
 from __future__ import annotations
 
 import os.path as osp
-from typing import List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for tools)
+from mmengine.config import Config
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
-from .compat import setup_cpu_distributed
-from .core.errors import ConfigError
-from .core.meta import unsafe_checkpoint_error
+from mmseg_ppenc.compat import setup_cpu_distributed
+from ppenc.errors import ConfigError
+from mmseg_ppenc.core.checkpoint import unsafe_checkpoint_error
+from mmseg_ppenc.core.keyed import BuiltDataloaders
 
-__all__ = ['ConfigError', 'PPEncRunner', 'load_config', 'check_config_paths',
-           'build_runner', 'train', 'test', 'DictAction', 'unsafe_checkpoint_error']
+__all__ = ['PPEncRunner', 'load_config', 'check_config_paths',
+           'build_runner', 'train', 'test']
 
 _RUNNER_TYPE = 'PPEncRunner'
 
 
 @RUNNERS.register_module()
-class PPEncRunner(Runner):
+class PPEncRunner(Runner, BuiltDataloaders):
     """mmengine's ``Runner``, refusing a run before it writes anything.
 
     ``from_cfg`` runs :func:`mmseg_ppenc.start_checks.check_before_start` (no bytes or key
@@ -52,9 +53,18 @@ class PPEncRunner(Runner):
         Raises:
             PpencError: a start check refused the run; nothing was written.
         """
-        from .start_checks import check_before_start
+        from mmseg_ppenc.start_checks import check_before_start
         check_before_start(cfg if isinstance(cfg, Config) else Config(cfg))
         return super().from_cfg(cfg)
+
+    def built_dataloaders(self, modes: Tuple[str, ...]) -> Iterator[Tuple[str, Any]]:
+        """``(mode, dataset)`` of the loops among ``modes`` that are built (never builds
+        one; the keyed-run hooks use it at ``before_run``)."""
+        loops = dict(train=self._train_loop, val=self._val_loop, test=self._test_loop)
+        for mode in modes:
+            loader = getattr(loops.get(mode), 'dataloader', None)
+            if loader is not None:
+                yield mode, loader.dataset
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None,
@@ -75,7 +85,7 @@ def load_config(config: str, cfg_options: Optional[dict] = None,
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
     if cfg_options:
-        from .core.config_overrides import merge_cfg_options
+        from mmseg_ppenc.core.config_overrides import merge_cfg_options
         merge_cfg_options(cfg, cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -183,7 +193,7 @@ def build_runner(cfg: Config):
     runner_type = cfg.get('runner_type') or _RUNNER_TYPE
     cls = RUNNERS.get(runner_type) if isinstance(runner_type, str) else runner_type
     if not (isinstance(cls, type) and issubclass(cls, PPEncRunner)):
-        from .start_checks import check_before_start
+        from mmseg_ppenc.start_checks import check_before_start
         check_before_start(cfg)
     if 'runner_type' not in cfg:
         return PPEncRunner.from_cfg(cfg)

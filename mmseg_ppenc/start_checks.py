@@ -6,7 +6,7 @@ refuse a run whose key leaked after the leak is on disk. These checks therefore 
 the config itself, before a Runner exists:
 
 1. no ``bytes`` value anywhere in the config;
-2. the leak scan (:mod:`mmseg_ppenc.leak_scan`) of the config text, its file name, the
+2. the leak scan (:mod:`ppenc.leak_scan`) of the config text, its file name, the
    work_dir and the experiment name, for every key the run can select;
 3. key selection: every key file the run names (or ``$PPENC_KEY_FILE``) exists and is a
    valid key;
@@ -25,12 +25,12 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .core.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError, PpencError
-from .core.exactness import (channel_problems, pipeline_problems, preprocessor_pad_problems,
-                             segmentor_problems)
-from .core.grid import slide_problems
-from .core.keyed import is_keyed, iter_transforms
-from .keys import KEY_ENV_VAR, SecretKey
+from ppenc.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError, PpencError
+from mmseg_ppenc.core.exactness import (channel_problems, pipeline_problems,
+                                        preprocessor_pad_problems, segmentor_problems)
+from ppenc.grid import slide_problems
+from mmseg_ppenc.core.keyed import is_keyed, keyed_components
+from ppenc.keys import KEY_ENV_VAR, SecretKey
 
 __all__ = ['check_before_start', 'start_problems', 'check_run', 'run_keys',
            'scan_config', 'dataset_pipelines', 'MODES']
@@ -97,7 +97,7 @@ def scan_config(cfg, keys: Dict[str, SecretKey]) -> None:
         KeyLeakError: key material in the config text, its file name, the work_dir or the
             experiment name. Nothing has been written.
     """
-    from .leak_scan import KeyScanner, find_bytes_values
+    from ppenc.leak_scan import KeyScanner, find_bytes_values
     paths = find_bytes_values(cfg)
     if paths:
         raise ConfigError(
@@ -203,7 +203,7 @@ def check_run(model: Any, datasets: Sequence[Tuple[str, Any]],
         GridError: slide inference would leave the block grid.
         ConfigError: the run would not be exact.
     """
-    comps = _keyed_components(model, datasets)
+    comps = keyed_components(model, datasets)
     want = fingerprint or (comps[0][1] if comps else None)
     problems = [f'{where} uses key {fp}' for where, fp, _ in comps if fp != want]
     backbone = getattr(model, 'backbone', None)
@@ -295,33 +295,19 @@ def dataset_pipelines(dataset: Any, depth: int = 0) -> List[List[Any]]:
     return out
 
 
-def _keyed_components(model: Any, datasets: Sequence[Tuple[str, Any]]
-                      ) -> List[Tuple[str, str, int]]:
-    found = []
-    for name, m in model.named_modules():
-        if is_keyed(m):
-            found.append((f'model.{name}' if name else 'model', m.key_fingerprint,
-                          int(m.block_size)))
-    for mode, dataset in datasets:
-        for t in iter_transforms(dataset):
-            if is_keyed(t):
-                found.append((f'{mode}_pipeline.{type(t).__name__}', t.key_fingerprint,
-                              int(t.block_size)))
-    return found
-
-
 def _hook_fingerprints(cfg) -> List[str]:
     """Fingerprints of the run's ``KeyManagementHook``\\ s (building them resolves keys)."""
     from mmseg.registry import HOOKS
 
-    from .hooks.key_management import KeyManagementHook
+    # By registry name: the hook module itself uses this module's check_run.
+    key_hook = HOOKS.get('KeyManagementHook')
     out = []
     for hook in cfg.get('custom_hooks') or []:
         if not isinstance(hook, dict):
             continue
         cls = HOOKS.get(hook.get('type')) if isinstance(hook.get('type'), str) \
             else hook.get('type')
-        if isinstance(cls, type) and issubclass(cls, KeyManagementHook):
+        if isinstance(cls, type) and issubclass(cls, key_hook):
             out.append(HOOKS.build(dict(hook)).fingerprint)
     return out
 
@@ -338,7 +324,7 @@ def _stages(cfg, modes: Optional[Sequence[str]]):
         state['hook_fps'] = _hook_fingerprints(cfg)
 
     def run():
-        from .models.encrypted_vit import bind_normalization
+        from mmseg_ppenc.models.encrypted_vit import bind_normalization
         model, datasets = _build_probe(cfg, _active_modes(cfg, modes))
         bind_normalization(model)
         fps = state.get('hook_fps') or [None]

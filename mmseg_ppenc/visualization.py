@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .apis import colorize
+from mmseg_ppenc.apis import colorize
 
 __all__ = ['comparison_figure', 'save_comparison_figure']
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from mmseg_ppenc.keys import SecretKey
+from ppenc.keys import SecretKey
 
 
 def permutation(key):

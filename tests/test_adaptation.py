@@ -4,10 +4,10 @@ import pytest
 import torch
 from mmseg.models.backbones import VisionTransformer
 
-from mmseg_ppenc.adaptation import (IMAGENET_MEAN, IMAGENET_STD, decrypt_vit_state_dict,
-                                    encrypt_vit_state_dict, find_vit_prefix)
-from mmseg_ppenc.cipher import encrypt_image
-from mmseg_ppenc.keys import SecretKey
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
+from mmseg_ppenc.adaptation import decrypt_vit_state_dict, encrypt_vit_state_dict, find_vit_prefix
+from ppenc.cipher import encrypt_image
+from ppenc.keys import SecretKey
 
 
 def _vit(patch_norm=False, patch_bias=False, with_cls_token=False, embed=32, patch=16):

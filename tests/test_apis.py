@@ -19,10 +19,10 @@ from mmseg_ppenc.adaptation import encrypt_vit_state_dict
 from mmseg_ppenc.apis import (check_model_key, colorize, encrypt_for_upload,
                               inference_encrypted, load_encrypted_model,
                               predict_encrypted)
-from mmseg_ppenc.cipher import encrypt_image
-from mmseg_ppenc.datasets import make_synthetic_cityscapes
-from mmseg_ppenc.keys import InvalidKeyError, SecretKey
-from mmseg_ppenc.model_encryption import ppenc_meta
+from ppenc.cipher import encrypt_image
+from ppenc.synthetic import make_synthetic_cityscapes
+from ppenc.keys import InvalidKeyError, SecretKey
+from ppenc.meta import build_meta
 
 from conftest import REPO, load_tool
 
@@ -55,7 +55,7 @@ def served(tmp_path_factory):
     enc_sd = encrypt_vit_state_dict(plain.state_dict(), key, prefix='backbone.')
     ckpt = str(root / 'served.pth')
     torch.save({'state_dict': enc_sd,
-                'meta': {'ppenc': ppenc_meta(key, 16),
+                'meta': {'ppenc': build_meta(key.fingerprint, 16, key.flip_compatible),
                          'dataset_meta': dict(CityscapesDataset.METAINFO)}}, ckpt)
     model = load_encrypted_model(SERVER_CFG, ckpt, device='cpu')
     ds_cfg = copy.deepcopy(cfg.test_dataloader.dataset.dataset)
@@ -121,7 +121,7 @@ def test_inference_encrypted_sends_only_ciphertext(served):
     # Off-grid queries: padded on the client, labels cropped back.
     single = inference_encrypted(served['model'], imgs[0][:56, :120], key, pad=True)
     assert single.shape == (56, 120)
-    with pytest.raises(ValueError, match='multiple of the model'):
+    with pytest.raises(ValueError, match='off the 16-pixel block grid.*encrypted for this model'):
         predict_encrypted(served['model'], imgs[0][:56])
 
 

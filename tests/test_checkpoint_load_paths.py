@@ -14,9 +14,9 @@ import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
 
-from mmseg_ppenc.core.errors import CheckpointRecordError
-from mmseg_ppenc.core.meta import patch_embed_digest
-from mmseg_ppenc.keys import SecretKey
+from ppenc.errors import CheckpointRecordError
+from mmseg_ppenc.core.checkpoint import patch_embed_digest
+from ppenc.keys import SecretKey
 from mmseg_ppenc.model_encryption import (encrypt_model_checkpoint,
                                           normalization_from_config)
 
@@ -212,7 +212,7 @@ def _encrypt_model(ctx, which, tmp_path, capsys, genuine_run=None):
 
 def _keyless(ctx, which, tmp_path, capsys, genuine_run=None):
     from mmseg_ppenc.cli.train import main
-    from mmseg_ppenc.datasets import encrypt_dataset
+    from ppenc.dataset import encrypt_dataset
     enc = str(tmp_path / 'enc')
     encrypt_dataset(ctx['data'], enc, ctx['key'], workers=1, progress=False)
     with pytest.MonkeyPatch.context() as mp:

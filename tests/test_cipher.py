@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmseg_ppenc.cipher import (BlockCipher, decrypt_image, decrypt_tensor, encrypt_image,
-                                encrypt_tensor, get_cipher)
-from mmseg_ppenc.keys import SecretKey
+from ppenc.cipher import (BlockCipher, decrypt_image, decrypt_tensor, encrypt_image, encrypt_tensor,
+                          get_cipher)
+from ppenc.keys import SecretKey
 
 
 @pytest.fixture(scope='module')
@@ -62,7 +62,7 @@ def test_bgr_view_equals_rgb_ciphertext(key):
 
 
 @pytest.mark.parametrize('bad,match', [
-    (np.zeros((30, 32, 3), np.uint8), r'30x32 pixels.*multiples of 16'),
+    (np.zeros((30, 32, 3), np.uint8), r'is 30x32 pixels, off the 16-pixel block grid'),
     (np.zeros((32, 32, 4), np.uint8), r'shape \(32, 32, 4\).*H x W x 3'),
     (np.zeros((32, 32), np.uint8), r'shape \(32, 32\)'),
     (np.zeros((32, 32, 3), np.float32), 'dtype float32'),

@@ -25,11 +25,12 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmseg_ppenc.adaptation import IMAGENET_MEAN, IMAGENET_STD, encrypt_vit_state_dict
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
+from mmseg_ppenc.adaptation import encrypt_vit_state_dict
 from mmseg_ppenc.compat import replace_syncbn
-from mmseg_ppenc.core.errors import ConfigError, GridError, InvalidKeyError
+from ppenc.errors import ConfigError, GridError, InvalidKeyError
 from mmseg_ppenc.core.exactness import segmentor_problems
-from mmseg_ppenc.core.meta import build_meta
+from ppenc.meta import build_meta
 from mmseg_ppenc.model_encryption import (ModelEncryptionError, encrypt_model_checkpoint,
                                           normalization_from_config)
 from mmseg_ppenc.transforms import PACK_META_KEYS, PadToGrid

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from mmseg_ppenc.keys import (ALLOW_OPEN_KEY_ENV_VAR, KEY_ENV_VAR, InvalidKeyError, SecretKey,
-                              mirror_index, resolve_key)
+from ppenc.keys import (ALLOW_OPEN_KEY_ENV_VAR, KEY_ENV_VAR, InvalidKeyError, SecretKey,
+                        mirror_index, resolve_key)
 
 GOLDEN_KEY = bytes(range(32))
 
@@ -74,7 +74,7 @@ class TestGoldenVectors:
             _spec_permutation(GOLDEN_KEY, label, n)
 
     def test_same_in_fresh_process(self):
-        code = ('from mmseg_ppenc.keys import SecretKey;'
+        code = ('from ppenc.keys import SecretKey;'
                 'print(SecretKey(bytes(range(32))).block_permutation(16)[:5].tolist())')
         out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                              check=True).stdout

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from mmseg_ppenc.leak_scan import (KeyScanner, data_contains_key, find_bytes_values,
-                                   find_key_material, text_contains_key)
-from mmseg_ppenc.keys import SecretKey
+from ppenc.leak_scan import (KeyScanner, data_contains_key, find_bytes_values, find_key_material,
+                             text_contains_key)
+from ppenc.keys import SecretKey
 
 from key_encodings import generated_keys as _keys
 from key_encodings import inverse_permutation as _inverse

@@ -17,11 +17,12 @@ from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import DATASETS, MODELS
 from mmseg.utils import register_all_modules
 
-from mmseg_ppenc.adaptation import IMAGENET_MEAN, IMAGENET_STD
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 from mmseg_ppenc.convert import convert_timm_vit
-from mmseg_ppenc.datasets import encrypt_dataset, make_synthetic_cityscapes
+from ppenc.dataset import encrypt_dataset
+from ppenc.synthetic import make_synthetic_cityscapes
 from mmseg_ppenc.hooks import KeyManagementHook
-from mmseg_ppenc.keys import SecretKey
+from ppenc.keys import SecretKey
 from mmseg_ppenc.model_encryption import (ModelEncryptionError, detect_layout,
                                           encrypt_model_checkpoint, patch_embed_digest)
 from mmseg_ppenc.models import EncryptedVisionTransformer
@@ -296,7 +297,7 @@ def test_tool(setup, capsys, monkeypatch):
 def test_plain_conversion_is_the_unencrypted_counterpart(tmp_path, monkeypatch, capsys):
     """convert_timm_vit.py gives the plain weights whose encryption encrypt_model.py writes."""
     from mmseg_ppenc.adaptation import encrypt_vit_state_dict
-    from mmseg_ppenc.keys import SecretKey
+    from ppenc.keys import SecretKey
     src = str(tmp_path / 'timm.pth')
     torch.save(timm_vit(depth=2).state_dict(), src)
     key_file = str(tmp_path / 'k.key')
@@ -472,7 +473,7 @@ def test_record_copied_onto_plain_weights_is_refused(tmp_path, record):
     """A plain (smooth, pre-trained-like) backbone carrying an encrypted checkpoint's
     record is not taken for an encrypted one: neither "already encrypted" nor encrypted
     again, but refused as a copied record, with the fix."""
-    from mmseg_ppenc.core.errors import CheckpointRecordError
+    from ppenc.errors import CheckpointRecordError
     key = SecretKey.generate()
     src = _smooth_backbone(tmp_path)
     enc = str(tmp_path / 'enc.pth')

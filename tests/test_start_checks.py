@@ -16,9 +16,9 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmseg_ppenc.core.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError
-from mmseg_ppenc.keys import SecretKey
-from mmseg_ppenc.leak_scan import find_key_material
+from ppenc.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError
+from ppenc.keys import SecretKey
+from ppenc.leak_scan import find_key_material
 from mmseg_ppenc.start_checks import check_before_start, start_problems
 
 from conftest import tiny_config

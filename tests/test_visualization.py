@@ -14,9 +14,9 @@ from PIL import Image
 from mmseg_ppenc.models.encrypted_vit import bind_normalization
 from mmseg_ppenc.adaptation import encrypt_vit_state_dict
 from mmseg_ppenc.cli import visualize as tool
-from mmseg_ppenc.datasets import make_synthetic_cityscapes
-from mmseg_ppenc.keys import SecretKey
-from mmseg_ppenc.model_encryption import ppenc_meta
+from ppenc.synthetic import make_synthetic_cityscapes
+from ppenc.keys import SecretKey
+from ppenc.meta import build_meta
 from mmseg_ppenc.visualization import comparison_figure, save_comparison_figure
 
 from conftest import REPO
@@ -93,7 +93,7 @@ def test_visualize_tool(tmp_path, capsys):
     ckpt = str(tmp_path / 'm.pth')
     torch.save({'state_dict': encrypt_vit_state_dict(model.state_dict(), key,
                                                      prefix='backbone.'),
-                'meta': {'ppenc': ppenc_meta(key, 16)}}, ckpt)
+                'meta': {'ppenc': build_meta(key.fingerprint, 16, key.flip_compatible)}}, ckpt)
     images = sorted(glob.glob(osp.join(data, 'leftImg8bit', 'val', '*', '*.png')))
     out = str(tmp_path / 'fig')
     code = tool.main(images + ['--config', SERVER_CFG, '--checkpoint', ckpt, '--out', out,

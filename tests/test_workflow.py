@@ -27,9 +27,9 @@ from PIL import Image
 
 from mmseg_ppenc.adaptation import decrypt_vit_state_dict
 from mmseg_ppenc.apis import encrypt_for_upload, load_encrypted_model, predict_encrypted
-from mmseg_ppenc.datasets import make_synthetic_cityscapes
-from mmseg_ppenc.leak_scan import find_key_material
-from mmseg_ppenc.keys import SecretKey
+from ppenc.synthetic import make_synthetic_cityscapes
+from ppenc.leak_scan import find_key_material
+from ppenc.keys import SecretKey
 
 from conftest import REPO, tiny_config
 

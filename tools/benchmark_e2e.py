@@ -6,14 +6,18 @@ validation time per image, and baseline/proposed agreement at step 0.
 
 The driver is tools/analysis/e2e.py; docs/benchmarks.md shows the figures.
 """
-import os
+import os.path as osp
 import sys
 
-_TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(_TOOLS))
-sys.path.insert(0, _TOOLS)
-
-from analysis.e2e import main_e2e  # noqa: E402
+# Run from a checkout without installing: the repository root (mmseg_ppenc, ppenc) and
+# tools/ (the analysis package) go first on sys.path; see tools/analysis/__init__.py.
+_TOOLS = osp.dirname(osp.abspath(__file__))
+sys.path[:0] = [osp.dirname(_TOOLS), _TOOLS]
+try:
+    from analysis.e2e import main
+except ImportError as e:  # a broken or missing environment
+    sys.exit(f'error: {e}\nThe environment is incomplete: run `bash tools/setup_env.sh` '
+             'and use .venv/bin/python.')
 
 if __name__ == '__main__':
-    sys.exit(main_e2e())
+    sys.exit(main())

@@ -179,7 +179,7 @@ if [ "$COMPILE" = 1 ]; then
   fi
 fi
 
-"$PY" tools/analysis/gpu_report.py "$DEST" > /dev/null 2>&1 || say "merging failed"
+"$PY" tools/gpu_report.py "$DEST" > /dev/null 2>&1 || say "merging failed"
 cat "$DEST/benchmarks.txt" 2>/dev/null
 say "done; results in $DEST"
 rm -rf "$SCRATCH"

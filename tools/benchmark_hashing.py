@@ -49,7 +49,7 @@ def _expect(ok, what, summary):
 
 def _build_tree(root, images, unique, height, width):
     """A Cityscapes tree of ``images`` frames copied round-robin from ``unique`` scenes."""
-    from mmseg_ppenc.datasets import make_synthetic_cityscapes
+    from ppenc.synthetic import make_synthetic_cityscapes
     gen = osp.join(root, 'scenes')
     make_synthetic_cityscapes(gen, num_train=unique, num_val=0, height=height, width=width,
                               seed=0)
@@ -106,8 +106,8 @@ def main(argv=None) -> int:
     for name in ('images', 'unique', 'repeat', 'target_images'):
         if getattr(args, name) < 1:
             parser.error(f'--{name.replace("_", "-")} must be at least 1')
-    from mmseg_ppenc.datasets.encrypt import encrypt_dataset, plan_dataset
-    from mmseg_ppenc.keys import SecretKey
+    from ppenc.dataset import encrypt_dataset, plan_dataset
+    from ppenc.keys import SecretKey
     key = SecretKey.generate()  # in memory only: nothing to leak, nothing to clean up
     root = tempfile.mkdtemp(prefix='ppenc_hashing_', dir=args.workdir)
     try:

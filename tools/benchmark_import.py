@@ -23,9 +23,9 @@ HEAVY = ('torch', 'mmseg', 'mmengine', 'mmcv', 'timm', 'scipy')
 # name -> (python code or tool argv)
 CASES = {
     'import mmseg_ppenc': ['-c', 'import mmseg_ppenc'],
-    'import mmseg_ppenc.keys': ['-c', 'import mmseg_ppenc.keys'],
-    'import mmseg_ppenc.cipher': ['-c', 'import mmseg_ppenc.cipher'],
-    'import mmseg_ppenc.datasets.encrypt': ['-c', 'import mmseg_ppenc.datasets.encrypt'],
+    'import ppenc.keys': ['-c', 'import ppenc.keys'],
+    'import ppenc.cipher': ['-c', 'import ppenc.cipher'],
+    'import ppenc.dataset': ['-c', 'import ppenc.dataset'],
     'tools/keygen.py --help': ['tools/keygen.py', '--help'],
     'tools/encrypt_dataset.py --help': ['tools/encrypt_dataset.py', '--help'],
     'register all components': ['-c', 'import mmseg_ppenc; '

@@ -1,7 +1,7 @@
 """Encrypt every image of a dataset tree with the secret key (client side).
 
 Thin entry point for a checkout; installed, the same command is
-``ppenc-encrypt-dataset``. The code is :mod:`mmseg_ppenc.cli.encrypt_dataset`.
+``ppenc-encrypt-dataset``. The code is :mod:`ppenc.cli.encrypt_dataset`.
 """
 import os.path as osp
 import sys
@@ -9,7 +9,7 @@ import sys
 # Run from a checkout without installing: the repository root goes first on sys.path.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 try:
-    from mmseg_ppenc.cli.encrypt_dataset import main
+    from ppenc.cli.encrypt_dataset import main
 except ImportError as e:  # a broken or missing environment
     sys.exit(f'error: {e}\nThe environment is incomplete: run `bash tools/setup_env.sh` '
              'and use .venv/bin/python.')

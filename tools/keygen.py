@@ -1,7 +1,7 @@
 """Create a new secret key file and print its fingerprint.
 
 Thin entry point for a checkout; installed, the same command is ``ppenc-keygen``. The code
-is :mod:`mmseg_ppenc.cli.keygen`.
+is :mod:`ppenc.cli.keygen`.
 """
 import os.path as osp
 import sys
@@ -9,7 +9,7 @@ import sys
 # Run from a checkout without installing: the repository root goes first on sys.path.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 try:
-    from mmseg_ppenc.cli.keygen import main
+    from ppenc.cli.keygen import main
 except ImportError as e:  # a broken or missing environment
     sys.exit(f'error: {e}\nThe environment is incomplete: run `bash tools/setup_env.sh` '
              'and use .venv/bin/python.')

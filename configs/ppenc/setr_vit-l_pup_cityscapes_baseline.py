@@ -12,8 +12,8 @@ model = dict(
     pretrained=None,
     backbone=dict(
         # Fused scaled-dot-product attention; weights and parameter names are those of
-        # mmseg's VisionTransformer. attn_impl='stock' restores mmcv's attention;
-        # torch_compile=True compiles the backbone (opt-in).
+        # mmseg's VisionTransformer. attn_impl='stock' restores mmcv's attention.
+        # To compile, add CompileModelHook to custom_hooks (opt-in).
         type='FastVisionTransformer',
         attn_impl='fused',
         # timm `vit_large_patch16_384` weights converted to mmseg format with

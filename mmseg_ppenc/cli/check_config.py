@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli import USAGE_ERROR, fail, missing_environment, user_errors
+from ppenc.cli import USAGE_ERROR, fail, missing_environment, user_errors
 from mmseg_ppenc.cli.train import _DictAction
 
 __all__ = ['build_parser', 'main']

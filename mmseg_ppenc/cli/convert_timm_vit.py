@@ -14,7 +14,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli import fail
+from ppenc.cli import fail
 
 __all__ = ['build_parser', 'main']
 

@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional, Sequence
 
-from mmseg_ppenc.cli import RUN_FAILED, fail
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
+from ppenc.cli import RUN_FAILED, fail
 
 __all__ = ['build_parser', 'main']
 
-# mmseg's ImageNet normalisation (RGB), the defaults of --mean/--std; stated here so that
-# --help does not import torch.
-_MEAN = (123.675, 116.28, 103.53)
-_STD = (58.395, 57.12, 57.375)
 
 
 def _three_floats(text: str) -> List[float]:
@@ -83,8 +80,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         int: The exit status (see the module docstring).
     """
     args = build_parser().parse_args(argv)
-    from mmseg_ppenc.core.errors import PpencError
-    from mmseg_ppenc.keys import resolve_key
+    from ppenc.errors import PpencError
+    from ppenc.keys import resolve_key
     from mmseg_ppenc.model_encryption import encrypt_model_checkpoint
     try:
         mean, std = _normalization(args)
@@ -108,12 +105,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _normalization(args) -> tuple:
     """mean/std from --config, --mean/--std (which must agree), else ImageNet's."""
-    from mmseg_ppenc.core.errors import ModelEncryptionError
+    from ppenc.errors import ModelEncryptionError
     given = (args.mean, args.std)
     if (args.mean is None) != (args.std is None):
         raise ModelEncryptionError('Pass both --mean and --std, or neither.')
     if args.config is None:
-        return given if args.mean is not None else (list(_MEAN), list(_STD))
+        return given if args.mean is not None else (list(IMAGENET_MEAN), list(IMAGENET_STD))
     from mmseg_ppenc.core.exactness import normalization_problem
     from mmseg_ppenc.model_encryption import normalization_from_config
     mean, std = normalization_from_config(args.config)

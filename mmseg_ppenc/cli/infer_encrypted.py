@@ -19,7 +19,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli import fail, user_errors
+from ppenc.cli import fail, user_errors
 
 __all__ = ['build_parser', 'main']
 
@@ -72,7 +72,7 @@ def read_rgb(path: str):
     import cv2
     import numpy as np
 
-    from mmseg_ppenc.runner import ConfigError
+    from ppenc.errors import ConfigError
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise ConfigError(f'Cannot read image {path!r}.')
@@ -92,7 +92,7 @@ def write_rgb(path: str, rgb) -> None:
     import cv2
     import numpy as np
 
-    from mmseg_ppenc.runner import ConfigError
+    from ppenc.errors import ConfigError
     if not cv2.imwrite(path, np.ascontiguousarray(rgb[..., ::-1])):
         raise ConfigError(f'Cannot write {path!r}.')
 
@@ -107,7 +107,7 @@ def _outputs(args, path: str) -> list:
 def _check_outputs(args, error) -> None:
     """Refuse outputs that would replace a query image (through any link or spelling)
     or each other (two queries with one file name)."""
-    from mmseg_ppenc.core.files import same_file
+    from ppenc.files import same_file
     seen = {}
     for path in args.images:
         for out in _outputs(args, path):
@@ -141,8 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmseg_ppenc.apis import (check_model_key, colorize, encrypt_for_upload,
                                   load_encrypted_model, model_block_size,
                                   predict_encrypted)
-    from mmseg_ppenc.keys import resolve_key
-    from mmseg_ppenc.runner import ConfigError
+    from ppenc.keys import resolve_key
+    from ppenc.errors import ConfigError
     try:
         key = resolve_key(args.key_file)
         for p in [args.config, args.checkpoint] + args.images:

@@ -8,7 +8,7 @@ import argparse
 import os
 from typing import Mapping, Optional, Sequence
 
-from mmseg_ppenc.cli import fail, missing_environment, user_errors
+from ppenc.cli import fail, missing_environment, user_errors
 from mmseg_ppenc.cli.train import LAUNCHERS, _DictAction
 
 __all__ = ['build_parser', 'format_metrics', 'main']

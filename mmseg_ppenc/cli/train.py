@@ -8,7 +8,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli import fail, missing_environment, user_errors
+from ppenc.cli import fail, missing_environment, user_errors
 
 __all__ = ['build_parser', 'main']
 

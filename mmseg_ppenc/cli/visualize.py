@@ -19,7 +19,7 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli import fail, user_errors
+from ppenc.cli import fail, user_errors
 
 __all__ = ['build_parser', 'find_ground_truth', 'main']
 
@@ -89,8 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   load_encrypted_model, model_block_size,
                                   predict_encrypted)
     from mmseg_ppenc.cli.infer_encrypted import read_rgb
-    from mmseg_ppenc.keys import resolve_key
-    from mmseg_ppenc.runner import ConfigError
+    from ppenc.keys import resolve_key
+    from ppenc.errors import ConfigError
     from mmseg_ppenc.visualization import save_comparison_figure
     try:
         key = resolve_key(args.key_file)

@@ -4,7 +4,7 @@ mmengine merges ``a.b.c=V`` by descending into ``a.b``; when the config holds No
 another non-dict value) there, for instance ``model.backbone.init_cfg=None`` in a config
 that trains from scratch, ``Config.merge_from_dict`` raises a ``TypeError`` about
 inheriting from the base config. :func:`merge_cfg_options` refuses that case first with
-a :class:`~mmseg_ppenc.core.errors.ConfigError` that names the option and gives the
+a :class:`~ppenc.errors.ConfigError` that names the option and gives the
 spelling that works: ``PREFIX._delete_=True`` replaces the value by the dict that the
 other options build. (``PREFIX="dict(type=..., ...)"`` does not work: mmengine 0.10's
 ``DictAction`` cannot parse ``dict(...)`` values.)
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping, Optional, Tuple
 
-from .errors import ConfigError
+from ppenc.errors import ConfigError
 
 __all__ = ['merge_cfg_options']
 

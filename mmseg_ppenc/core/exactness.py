@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .grid import off_grid_hint, to_pair
+from ppenc.grid import off_grid_hint, to_pair
+from ppenc.meta import same_values
 
 __all__ = ['EXACT_SEGMENTORS', 'REFUSED_SEGMENTORS', 'RESIZE_TRANSFORMS',
            'segmentor_problems', 'channel_problems', 'preprocessor_pad_problems',
@@ -218,21 +219,19 @@ _Norm = Tuple[Optional[Sequence[float]], Optional[Sequence[float]]]
 
 
 def normalization_problem(given: _Norm, model_norm: _Norm,
-                          where: str, rtol: float = 1e-6) -> Optional[str]:
+                          where: str) -> Optional[str]:
     """A sentence when a component's explicit mean/std differ from the model's.
 
     Args:
         given (tuple): ``(mean, std)`` set on the component (None = follows the model).
         model_norm (tuple): ``(mean, std)`` of the data preprocessor.
         where (str): The component, as the config names it.
-        rtol (float): Relative tolerance. Defaults to 1e-6.
     """
     for name, a, b in (('mean', given[0], model_norm[0]), ('std', given[1], model_norm[1])):
         if a is None or b is None:
             continue
         a, b = [float(v) for v in a], [float(v) for v in b]
-        if len(a) != len(b) or any(abs(x - y) > rtol * max(abs(x), abs(y), 1.0)
-                                   for x, y in zip(a, b)):
+        if not same_values(a, b):
             return (f'{where}.{name}={a} differs from the data preprocessor\'s {name}={b}: '
                     f'remove {name} from {where} (it follows the data preprocessor) or '
                     'make them equal')

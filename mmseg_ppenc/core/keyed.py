@@ -7,10 +7,15 @@ meta) is never mistaken for one that holds the key.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Tuple
+import os
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
-__all__ = ['KeyedComponent', 'is_keyed', 'unwrap_model', 'iter_transforms',
-           'keyed_components']
+from ppenc.cipher import BlockCipher, get_cipher
+from ppenc.keys import KEY_ENV_VAR, resolve_key
+
+__all__ = ['KeyedComponent', 'SelectedCipher', 'SelectedCipherMixin', 'is_keyed',
+           'unwrap_model', 'iter_transforms', 'keyed_components', 'BuiltDataloaders',
+           'knows_built_dataloaders', 'run_dataloaders']
 
 
 class KeyedComponent:
@@ -25,6 +30,59 @@ class KeyedComponent:
     key_fingerprint: str
     #: Cipher block side in pixels.
     block_size: int
+
+
+class SelectedCipher:
+    """The cipher of the key a component selects by file path (or ``$PPENC_KEY_FILE``).
+
+    Shared by the components that encrypt (``BlockScramble``, the GPU data
+    preprocessor): the key is loaded at construction so that a missing or broken key
+    fails when the pipeline or model is built, reloaded if the selection changes, and
+    never pickled: copies sent to dataloader workers or deep-copied reload it from the
+    file instead of carrying the key-derived permutation.
+
+    Args:
+        key_file (str, optional): Key file. Defaults to None (``$PPENC_KEY_FILE``).
+        block_size (int): Block size. Defaults to 16.
+    """
+
+    def __init__(self, key_file=None, block_size: int = 16) -> None:
+        self.key_file = key_file
+        self.block_size = block_size
+        self._cipher: Optional[BlockCipher] = None
+        self._selected = None
+        self.get()
+
+    def get(self) -> BlockCipher:
+        """The cipher, (re)loaded if the selected key file changed."""
+        selected = self.key_file or os.environ.get(KEY_ENV_VAR)
+        if self._cipher is None or selected != self._selected:
+            self._cipher = get_cipher(resolve_key(self.key_file), self.block_size)
+            self._selected = selected
+        return self._cipher
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_cipher'] = None
+        state['_selected'] = None
+        return state
+
+
+class SelectedCipherMixin(KeyedComponent):
+    """A :class:`~mmseg_ppenc.core.keyed.KeyedComponent` that encrypts with the cipher of
+    a :class:`SelectedCipher` stored as ``self._selected``."""
+
+    _selected: SelectedCipher
+
+    @property
+    def cipher(self) -> BlockCipher:
+        """The cipher, (re)loaded from the key file if the selection changed."""
+        return self._selected.get()
+
+    @property
+    def key_fingerprint(self) -> str:
+        """Fingerprint of the key in use (safe to log)."""
+        return self.cipher.key_fingerprint
 
 
 def is_keyed(obj: Any) -> bool:
@@ -58,29 +116,57 @@ def iter_transforms(obj: Any, depth: int = 0) -> Iterator[Any]:
                 yield from iter_transforms(tt, depth + 1)
 
 
+class BuiltDataloaders:
+    """Mixin of runners that tell which of their dataloaders are built, at any time.
+
+    mmengine's public ``train_loop``/``val_loop``/``test_loop`` build a loop that is not
+    built yet, so a hook must not touch them at ``before_run`` (testing would build the
+    training data). A runner with this mixin (``PPEncRunner``) answers without building.
+    """
+
+    def built_dataloaders(self, modes: Tuple[str, ...]) -> Iterator[Tuple[str, Any]]:
+        """``(mode, dataset)`` for the built dataloaders among ``modes``."""
+        raise NotImplementedError
+
+
+def knows_built_dataloaders(runner: Any) -> bool:
+    """Whether :func:`run_dataloaders` may be called on ``runner`` at ``before_run``."""
+    return isinstance(runner, BuiltDataloaders)
+
+
 def run_dataloaders(runner: Any, modes: Tuple[str, ...]) -> Iterator[Tuple[str, Any]]:
-    """``(mode, dataset)`` for the built dataloaders of ``runner`` among ``modes``."""
+    """``(mode, dataset)`` for the built dataloaders of ``runner`` among ``modes``.
+
+    With a :class:`BuiltDataloaders` runner, at any time. With another runner, through
+    mmengine's public loop properties, which build a loop that is not built yet: call it
+    only for the loops the current hook runs in (``before_train``: train and val;
+    ``before_val``: val; ``before_test``: test).
+    """
+    if isinstance(runner, BuiltDataloaders):
+        yield from runner.built_dataloaders(modes)
+        return
     for mode in modes:
-        loop = getattr(runner, f'_{mode}_loop', None)
+        loop = getattr(runner, f'{mode}_loop', None)
         loader = getattr(loop, 'dataloader', None)
         if loader is not None:
             yield mode, getattr(loader, 'dataset', None)
 
 
-def keyed_components(runner: Any, modes: Tuple[str, ...]) -> List[Tuple[str, str, int]]:
+def keyed_components(model: Any, datasets: Sequence[Tuple[str, Any]]
+                     ) -> List[Tuple[str, str, int]]:
     """``(where, fingerprint, block_size)`` for every keyed component of a run.
 
     Args:
-        runner (mmengine.runner.Runner): The runner.
-        modes (tuple[str]): Dataloaders to inspect among ``'train'``, ``'val'``, ``'test'``.
+        model (nn.Module): The segmentor (unwrapped).
+        datasets (Sequence[tuple[str, Dataset]]): ``(mode, dataset)`` pairs, e.g. from
+            :func:`run_dataloaders`.
     """
     found = []
-    model = unwrap_model(runner.model)
     for name, m in model.named_modules():
         if is_keyed(m):
             found.append((f'model.{name}' if name else 'model', m.key_fingerprint,
                           int(m.block_size)))
-    for mode, dataset in run_dataloaders(runner, modes):
+    for mode, dataset in datasets:
         for t in iter_transforms(dataset):
             if is_keyed(t):
                 found.append((f'{mode}_pipeline.{type(t).__name__}', t.key_fingerprint,

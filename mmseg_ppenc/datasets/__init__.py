@@ -1,7 +1,8 @@
-"""Data sets for mmseg_ppenc: a synthetic stand-in for Cityscapes (no mmseg import)."""
-from .encrypt import (MANIFEST_NAME, DatasetEncryptionError, encrypt_dataset,
-                      read_manifest)
-from .synthetic import CITYSCAPES_CLASSES, make_synthetic_cityscapes
+"""Data sets registered in mmseg's ``DATASETS``: the keyless server's encrypted dataset.
 
-__all__ = ['CITYSCAPES_CLASSES', 'make_synthetic_cityscapes', 'MANIFEST_NAME',
-           'DatasetEncryptionError', 'encrypt_dataset', 'read_manifest']
+Dataset encryption and the synthetic dataset are client-side and framework-free: see
+:mod:`ppenc.dataset` and :mod:`ppenc.synthetic`.
+"""
+from mmseg_ppenc.datasets.keyless import KeylessEncryptedDataset
+
+__all__ = ['KeylessEncryptedDataset']

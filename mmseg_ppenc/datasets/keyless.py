@@ -9,10 +9,10 @@ from typing import Optional, Union
 from mmengine.dataset import BaseDataset
 from mmseg.registry import DATASETS
 
-from ..core.errors import KeylessPipelineError
-from ..core.meta import CIPHER_NAME
-from ..transforms.policy import check_keyless_pipeline
-from .encrypt import MANIFEST_NAME, DatasetEncryptionError, read_manifest
+from ppenc.dataset.manifest import MANIFEST_NAME, read_manifest
+from ppenc.errors import DatasetEncryptionError, KeylessPipelineError
+from ppenc.meta import CIPHER_NAME
+from mmseg_ppenc.transforms.policy import check_keyless_pipeline
 
 __all__ = ['KeylessEncryptedDataset', 'load_manifest']
 
@@ -23,8 +23,9 @@ _REUPLOAD = ('It was damaged or written by something else: on the client, rerun 
 def load_manifest(data_root: str, manifest_path: Optional[str] = None) -> dict:
     """Read and validate the manifest of an encrypted tree.
 
-    Parsing and shape checks are those of :func:`mmseg_ppenc.datasets.encrypt.read_manifest`
-    (the client's reader), so both sides accept and refuse the same files.
+    Parsing and shape checks are those of :func:`ppenc.dataset.manifest.read_manifest`
+    (the one reader, which the client uses too), so both sides accept and refuse the same
+    files; only the server's own rules (this cipher, a finished tree) are checked here.
 
     Args:
         data_root (str): The dataset's ``data_root``.

@@ -9,12 +9,15 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ..core.errors import ConfigError, InvalidKeyError, KeyLeakError
-from ..core.keyed import keyed_components, run_dataloaders, unwrap_model
-from ..core.meta import build_meta, check_checkpoint, normalization_of
-from ..keys import SecretKey, resolve_key
-from ..leak_scan import find_bytes_values, find_key_material, text_contains_key
-from ..start_checks import check_run
+from ppenc.errors import ConfigError, InvalidKeyError, KeyLeakError
+from mmseg_ppenc.core.keyed import (keyed_components, knows_built_dataloaders,
+                                    run_dataloaders, unwrap_model)
+from mmseg_ppenc.models.encrypted_vit import bind_normalization
+from ppenc.meta import META_KEY, build_meta
+from mmseg_ppenc.core.checkpoint import check_checkpoint, normalization_of
+from ppenc.keys import SecretKey, resolve_key
+from ppenc.leak_scan import find_bytes_values, find_key_material, text_contains_key
+from mmseg_ppenc.start_checks import check_run
 
 __all__ = ['KeyManagementHook']
 
@@ -41,7 +44,7 @@ class KeyManagementHook(Hook):
       normalisation than the model's.
     - At runner start, a config holding a ``bytes`` value anywhere is refused (a key
       pasted as bytes); the run config, its dump and the logs are scanned for the key in
-      any form :mod:`mmseg_ppenc.leak_scan` knows (bytes, latin-1 text, escaped
+      any form :mod:`ppenc.leak_scan` knows (bytes, latin-1 text, escaped
       literals, hex with any separators, integer sequences, the block permutation and its
       inverse), again before training/testing, in the config text stored in every
       checkpoint and after the run; the run fails loudly if anything is found.
@@ -67,7 +70,8 @@ class KeyManagementHook(Hook):
 
     # ----------------------------------------------------------------- consistency
     def _check_components(self, runner, modes: Tuple[str, ...]) -> None:
-        comps = keyed_components(runner, modes)
+        comps = keyed_components(unwrap_model(runner.model),
+                                 list(run_dataloaders(runner, modes)))
         problems = [f'{where} uses key {fp}' for where, fp, _ in comps
                     if fp != self.fingerprint]
         model = unwrap_model(runner.model)
@@ -107,35 +111,41 @@ class KeyManagementHook(Hook):
                 'the key by file (key_file=PATH, or leave key_file=None and set '
                 'PPENC_KEY_FILE); if key bytes were pasted, delete this work_dir\'s '
                 'config and logs and rotate the key.')
-        from ..runner import PPEncRunner
-        if not isinstance(runner, PPEncRunner):
+        early = knows_built_dataloaders(runner)
+        if not early:
             print_log('KeyManagementHook: this run does not use PPEncRunner, so the start '
                       'checks ran only now, after mmengine wrote the work_dir, the log and '
-                      "the config dump. Set runner_type = 'PPEncRunner' in the config "
-                      '(the shipped configs do) so that a refused run writes nothing.',
-                      logger='current', level=30)
+                      'the config dump, and the data checks wait for the first loop. Set '
+                      "runner_type = 'PPEncRunner' in the config (the shipped configs do) "
+                      'so that a refused run writes nothing.', logger='current', level=30)
         self._scan(runner)
-        from ..models.encrypted_vit import bind_normalization
         bind_normalization(unwrap_model(runner.model))
-        self._check_exact(runner, ('train', 'val', 'test'))
+        self._check_exact(runner, ('train', 'val', 'test') if early else ())
 
     def before_train(self, runner) -> None:
-        self._check_components(runner, ('train', 'val'))
+        self._check_loops(runner, ('train', 'val'))
         self._scan(runner)
 
     def before_val(self, runner) -> None:
-        self._check_components(runner, ('val',))
+        self._check_loops(runner, ('val',))
 
     def before_test(self, runner) -> None:
-        self._check_components(runner, ('test',))
+        self._check_loops(runner, ('test',))
         self._scan(runner)
+
+    def _check_loops(self, runner, modes: Tuple[str, ...]) -> None:
+        # With PPEncRunner the data were checked at before_run already; these loops are
+        # built now, so any runner's can be read.
+        if not knows_built_dataloaders(runner):
+            self._check_exact(runner, modes)
+        self._check_components(runner, modes)
 
     # ----------------------------------------------------------------- checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         model = unwrap_model(runner.model)
         meta = checkpoint.setdefault('meta', {})
         mean, std = normalization_of(model)
-        meta['ppenc'] = build_meta(
+        meta[META_KEY] = build_meta(
             self.fingerprint,
             int(getattr(getattr(model, 'backbone', None), 'patch_size', 16)),
             self._key().flip_compatible, mean, std)
@@ -148,7 +158,7 @@ class KeyManagementHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         """Check a ``load_from`` / ``resume`` checkpoint (also ``tools/test.py``'s) with
-        :func:`mmseg_ppenc.core.meta.check_checkpoint`, before mmengine loads it."""
+        :func:`mmseg_ppenc.core.checkpoint.check_checkpoint`, before mmengine loads it."""
         model = unwrap_model(runner.model)
         mean, std = normalization_of(model)
         check_checkpoint(checkpoint, 'the checkpoint being loaded',

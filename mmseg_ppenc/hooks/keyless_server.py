@@ -7,11 +7,14 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ..core.errors import KeylessPipelineError
-from ..core.grid import slide_problems
-from ..core.keyed import is_keyed, run_dataloaders, unwrap_model
-from ..core.meta import build_meta, check_checkpoint, normalization_of, read_checkpoint
-from ..datasets.keyless import KeylessEncryptedDataset
+from ppenc.errors import KeylessPipelineError
+from ppenc.grid import slide_problems
+from mmseg_ppenc.core.keyed import (is_keyed, knows_built_dataloaders, run_dataloaders,
+                                    unwrap_model)
+from ppenc.meta import META_KEY, build_meta
+from mmseg_ppenc.core.checkpoint import (check_checkpoint, normalization_of, patch_embed_keys,
+                                         read_checkpoint, state_dict_of)
+from mmseg_ppenc.datasets.keyless import KeylessEncryptedDataset
 
 __all__ = ['KeylessServerHook']
 
@@ -27,7 +30,7 @@ class KeylessServerHook(Hook):
     - The backbone's ``init_cfg`` checkpoint records (``meta['ppenc']``) the same key as
       the data; ``load_from``/``resume`` checkpoints that record a key must match it.
       Every checkpoint is checked as on every load path
-      (:func:`mmseg_ppenc.core.meta.check_checkpoint`): its record must belong to its
+      (:func:`mmseg_ppenc.core.checkpoint.check_checkpoint`): its record must belong to its
       weights (patch-embedding digest), and the weights must be adapted for the model's
       normalisation.
     - Slide-inference windows lie on the block grid; the patch size equals the block size.
@@ -45,10 +48,34 @@ class KeylessServerHook(Hook):
     def __init__(self, allow_plain_init: bool = False) -> None:
         self.allow_plain_init = allow_plain_init
         self.manifest: Optional[dict] = None
+        self._pending: Optional[dict] = None
 
     def before_run(self, runner) -> None:
+        # PPEncRunner tells which loops are built; another runner's loops are read when
+        # they run (reading one at before_run would build it, e.g. the training data of
+        # a test run).
+        if knows_built_dataloaders(runner):
+            self._setup(runner, ('train', 'val', 'test'))
+
+    def before_train(self, runner) -> None:
+        if self.manifest is None:
+            self._setup(runner, ('train', 'val'))
+
+    def before_val(self, runner) -> None:
+        if self.manifest is None:
+            self._setup(runner, ('val',))
+
+    def before_test(self, runner) -> None:
+        if self.manifest is None:
+            self._setup(runner, ('test',))
+
+    def _setup(self, runner, modes) -> None:
+        """Read the data's manifest from the built loops among ``modes`` and check the run
+        against it, then any checkpoint loaded before the loops ran."""
         manifests = []
-        for mode, ds in run_dataloaders(runner, ('train', 'val', 'test')):
+        loaded = list(run_dataloaders(runner, modes))
+        training = any(mode == 'train' for mode, _ in loaded)
+        for mode, ds in loaded:
             if not isinstance(ds, KeylessEncryptedDataset):
                 raise KeylessPipelineError(
                     f'{mode}_dataloader.dataset is {type(ds).__name__}, not '
@@ -79,8 +106,6 @@ class KeylessServerHook(Hook):
         problems += slide_problems(getattr(model, 'test_cfg', None), block)
         init_cfg = runner.cfg.get('model', {}).get('backbone', {}).get('init_cfg')
         ckpt = init_cfg.get('checkpoint') if isinstance(init_cfg, dict) else None
-        training = getattr(runner, '_train_loop', None) is not None and \
-            not isinstance(getattr(runner, '_train_loop'), dict)
         if training and not (runner.cfg.get('resume') or runner.cfg.get('load_from')):
             where = ckpt or 'none: model.backbone.init_cfg'
             # A remote checkpoint cannot be read here (mmengine downloads it later).
@@ -100,23 +125,34 @@ class KeylessServerHook(Hook):
         print_log(f'KeylessServerHook: data encrypted with key {fp} (block size {block}, '
                   f'flip-compatible: {bool(self.manifest.get("flip_compatible"))}); no key '
                   'on this machine is used.', logger='current')
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._check_loaded(runner, pending)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.manifest is None:
             return
-        checkpoint.setdefault('meta', {})['ppenc'] = build_meta(
+        checkpoint.setdefault('meta', {})[META_KEY] = build_meta(
             self.manifest['key_fingerprint'], self.manifest['block_size'],
             bool(self.manifest.get('flip_compatible')))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         if self.manifest is None:
+            # Loaded before the loops ran (another runner than PPEncRunner): keep what
+            # the check reads, the record and the patch embedding, for _setup.
+            weights = state_dict_of(checkpoint)
+            self._pending = dict(meta=checkpoint.get('meta'), state_dict={
+                k: weights[k] for k in patch_embed_keys(weights)})
             return
+        self._check_loaded(runner, checkpoint)
+
+    def _check_loaded(self, runner, checkpoint: dict) -> None:
         self._check(runner, checkpoint, 'the checkpoint being loaded',
                     'Load a checkpoint made for the key of the data '
                     '(tools/encrypt_model.py or a server checkpoint).')
 
     def _check(self, runner, checkpoint, what: str, missing_fix: str) -> None:
-        """:func:`mmseg_ppenc.core.meta.check_checkpoint` against the data's key and the
+        """:func:`mmseg_ppenc.core.checkpoint.check_checkpoint` against the data's key and the
         model's block size and normalisation."""
         mean, std = normalization_of(unwrap_model(runner.model))
         check_checkpoint(checkpoint, what, fingerprint=self.manifest['key_fingerprint'],

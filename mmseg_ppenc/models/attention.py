@@ -11,8 +11,10 @@ both time and memory (see docs/benchmarks.md).
 same parameter names (``attn.in_proj_weight``, ``attn.out_proj.weight``, ...), so state
 dicts load both ways. Only the forward differs, and its ``impl`` attribute selects mmcv's
 stock forward again. :class:`FusedTransformerEncoderLayer` builds it through mmseg's
-override point, ``TransformerEncoderLayer.build_attn``; :func:`set_attention_impl`
-switches every fused module of a model between the two forwards.
+override point, ``TransformerEncoderLayer.build_attn``, and
+:class:`~mmseg_ppenc.models.FastVisionTransformer` builds its layers as that class from the
+start; :func:`set_attention_impl` switches every fused module of a model between the two
+forwards.
 """
 from __future__ import annotations
 
@@ -72,7 +74,10 @@ class FusedMultiheadAttention(MultiheadAttention):
 
     def _direct_path_ok(self) -> bool:
         attn = self.attn
-        return (attn._qkv_same_embed_dim and attn.bias_k is None and attn.bias_v is None
+        # Packed QKV (what nn.MultiheadAttention calls _qkv_same_embed_dim, read here
+        # from its public attributes).
+        same_dims = attn.kdim == attn.embed_dim and attn.vdim == attn.embed_dim
+        return (same_dims and attn.bias_k is None and attn.bias_v is None
                 and not attn.add_zero_attn and attn.in_proj_weight is not None)
 
     def _self_attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,42 +153,19 @@ class FusedMultiheadAttention(MultiheadAttention):
 class FusedTransformerEncoderLayer(TransformerEncoderLayer):
     """mmseg's ``TransformerEncoderLayer`` whose attention is :class:`FusedMultiheadAttention`.
 
-    Same arguments and state-dict names as the parent; only :meth:`build_attn` differs.
+    Same arguments, submodules, parameter names and initial values as the parent; only
+    :meth:`build_attn` differs. ``attn_cfg`` may hold ``impl`` (``'fused'`` or
+    ``'stock'``), which is passed on to :class:`FusedMultiheadAttention`.
     """
 
     def build_attn(self, attn_cfg: dict) -> None:
-        """Build the layer's attention as :class:`FusedMultiheadAttention`."""
+        """Build the layer's attention as :class:`FusedMultiheadAttention`.
+
+        Args:
+            attn_cfg (dict): Keyword arguments of mmcv's ``MultiheadAttention`` as the
+                parent's constructor assembles them, plus an optional ``impl``.
+        """
         self.attn = FusedMultiheadAttention(**attn_cfg)
-
-
-def fuse_encoder_layer(layer: TransformerEncoderLayer) -> None:
-    """Rebuild the attention of an existing mmseg encoder layer through ``build_attn``.
-
-    mmseg's ``VisionTransformer`` creates its ``TransformerEncoderLayer`` objects directly,
-    so a subclass of the backbone cannot choose their class. This rebuilds each layer's
-    attention with :meth:`FusedTransformerEncoderLayer.build_attn` from the stock
-    module's own settings and copies its parameters, so values, names and the global
-    random state are those of a stock build.
-
-    Args:
-        layer (TransformerEncoderLayer): The layer; changed in place.
-    """
-    old = layer.attn
-    if isinstance(old, FusedMultiheadAttention):
-        return
-    if type(old) is not MultiheadAttention:
-        raise TypeError(f'Expected mmcv MultiheadAttention in {type(layer).__name__}, '
-                        f'found {type(old).__name__}.')
-    cfg = dict(embed_dims=old.embed_dims, num_heads=old.num_heads,
-               attn_drop=old.attn.dropout, proj_drop=old.proj_drop.p,
-               batch_first=old.batch_first, bias=old.attn.in_proj_bias is not None)
-    # Construction draws initial values; they are overwritten below, so keep the global
-    # generator where a stock build leaves it (later modules then initialise alike).
-    with torch.random.fork_rng(devices=[]):
-        FusedTransformerEncoderLayer.build_attn(layer, cfg)
-    layer.attn.dropout_layer = old.dropout_layer
-    layer.attn.load_state_dict(old.state_dict(), strict=True)
-    layer.attn.train(old.training)
 
 
 def _check_impl(impl: str) -> str:

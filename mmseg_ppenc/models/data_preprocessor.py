@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from mmseg.models.data_preprocessor import SegDataPreProcessor
 from mmseg.registry import MODELS
 
-from ..cipher import SelectedCipher, SelectedCipherMixin
-from ..core.grid import grid_pad
+from mmseg_ppenc.core.keyed import SelectedCipher, SelectedCipherMixin
+from ppenc.grid import grid_pad
 
 __all__ = ['EncryptedSegDataPreProcessor']
 

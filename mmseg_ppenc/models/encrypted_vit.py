@@ -7,16 +7,16 @@ import torch
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
 
-from ..adaptation import encrypt_vit_state_dict
-from ..core.errors import ConfigError
-from ..core.exactness import normalization_problem
-from ..core.keyed import KeyedComponent
-from ..core.meta import check_checkpoint, read_checkpoint, read_checkpoint_meta
-from ..keys import SecretKey, resolve_key
-from .fast_vit import FastVisionTransformer
+from mmseg_ppenc.adaptation import encrypt_vit_state_dict
+from ppenc.meta import plain_floats
+from ppenc.errors import ConfigError
+from mmseg_ppenc.core.exactness import normalization_problem
+from mmseg_ppenc.core.keyed import KeyedComponent
+from mmseg_ppenc.core.checkpoint import check_checkpoint, read_checkpoint
+from ppenc.keys import SecretKey, resolve_key
+from mmseg_ppenc.models.fast_vit import FastVisionTransformer
 
-__all__ = ['EncryptedVisionTransformer', 'checkpoint_key_meta', 'bind_normalization',
-           'pretrained_checkpoint']
+__all__ = ['EncryptedVisionTransformer', 'bind_normalization', 'pretrained_checkpoint']
 
 
 def pretrained_checkpoint(init_cfg) -> Optional[str]:
@@ -32,14 +32,6 @@ def pretrained_checkpoint(init_cfg) -> Optional[str]:
                 and c.get('checkpoint'):
             return str(c['checkpoint'])
     return None
-
-
-def checkpoint_key_meta(path: str) -> Optional[dict]:
-    """The ``meta['ppenc']`` record of a checkpoint file, or None when it has none or is
-    remote (see :func:`mmseg_ppenc.core.meta.read_checkpoint_meta`, which refuses a
-    missing, unreadable or unsafe local file with
-    :class:`~mmseg_ppenc.core.errors.CheckpointReadError`)."""
-    return read_checkpoint_meta(path)
 
 
 @MODELS.register_module()
@@ -67,7 +59,7 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
     ``meta['ppenc']`` shows it is already encrypted with this key is loaded as is (one
     encrypted with another key is refused), and weights loaded afterwards by the Runner
     (``load_from`` / ``resume``) replace the adapted ones. The record is checked against
-    the weights first (:func:`mmseg_ppenc.core.meta.check_checkpoint`): a record copied
+    the weights first (:func:`mmseg_ppenc.core.checkpoint.check_checkpoint`): a record copied
     onto plain weights is refused, so that they are not trained unadapted as if they were
     encrypted.
 
@@ -85,7 +77,7 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
         std (Sequence[float], optional): Normalisation std. Defaults to None (the data
             preprocessor's).
         **kwargs: Every argument of ``mmseg.models.backbones.VisionTransformer``, and
-            ``attn_impl`` / ``torch_compile`` of ``FastVisionTransformer``.
+            ``attn_impl`` of ``FastVisionTransformer``.
     """
 
     def __init__(self,
@@ -206,10 +198,9 @@ def bind_normalization(model) -> None:
     pre = getattr(model, 'data_preprocessor', None)
     pmean, pstd = getattr(pre, 'mean', None), getattr(pre, 'std', None)
     pre_norm = (None, None)
-    if pmean is not None and pstd is not None and getattr(pre, '_enable_normalize', True):
-        # float32 buffers: 6 significant digits give back the config's values.
-        pre_norm = tuple([float(f'{float(x):.6g}') for x in v.flatten().tolist()]
-                         for v in (pmean, pstd))
+    # mmseg's preprocessor has mean/std buffers exactly when it normalises.
+    if pmean is not None and pstd is not None:
+        pre_norm = (plain_floats(pmean), plain_floats(pstd))
     for name, m in model.named_modules():
         if not isinstance(m, EncryptedVisionTransformer):
             continue

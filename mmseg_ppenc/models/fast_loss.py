@@ -23,7 +23,7 @@ which contend badly at 16x upsampling (the auxiliary heads). ``accuracy()`` runs
 
 The losses, their gradients and everything else in the head are mmseg's own.
 :func:`enable_fast_loss` switches the heads of a built segmentor to this path, and
-:class:`~mmseg_ppenc.hooks.speed.FastLossHook` does that at the start of a run.
+:class:`~mmseg_ppenc.hooks.FastLossHook` does that at the start of a run.
 """
 from __future__ import annotations
 
@@ -203,10 +203,18 @@ def argmax_accuracy(pred: Tensor, target: Tensor, ignore_index: Optional[int] = 
 def fast_loss_by_feat(head: nn.Module, seg_logits: Tensor, batch_data_samples: list) -> dict:
     """mmseg's ``BaseDecodeHead.loss_by_feat`` with the resize and accuracy above.
 
-    Everything else is mmseg's (the head's ``_stack_batch_gt``, ``sampler``,
-    ``loss_decode`` modules and ``ignore_index``), in mmseg's order, so the losses and
-    their gradients equal the stock ones up to float rounding; ``tests`` compare the two
-    through the real model.
+    Everything else is mmseg's (the head's ``sampler``, ``loss_decode`` modules and
+    ``ignore_index``), in mmseg's order, so the losses and their gradients equal the
+    stock ones up to float rounding. The labels are stacked from ``gt_sem_seg`` as
+    mmseg's private ``BaseDecodeHead._stack_batch_gt`` does (the mmseg heads that
+    override that method override ``loss_by_feat`` too, so they never come here).
+
+    This is a copy of mmseg 1.2.2's method with two calls replaced: mmseg's method calls
+    the module-level ``resize`` and ``accuracy`` directly, so it cannot be reused with
+    other ones. ``tests/models/test_fast_loss.py`` pins a hash of mmseg's source (and of
+    ``_stack_batch_gt``), which fails on an mmseg change that this copy must follow, and
+    compares the two methods' losses and gradients for several heads, loss sets and
+    samplers.
 
     Args:
         head (nn.Module): A ``BaseDecodeHead`` that does not override ``loss_by_feat``.
@@ -216,7 +224,7 @@ def fast_loss_by_feat(head: nn.Module, seg_logits: Tensor, batch_data_samples: l
     Returns:
         dict[str, Tensor]: One entry per loss name, and ``acc_seg``.
     """
-    seg_label = head._stack_batch_gt(batch_data_samples)
+    seg_label = torch.stack([s.gt_sem_seg.data for s in batch_data_samples], dim=0)
     seg_logits = bilinear_resize(seg_logits, seg_label.shape[2:], head.align_corners)
     seg_weight = (head.sampler.sample(seg_logits, seg_label)
                   if head.sampler is not None else None)
@@ -238,7 +246,7 @@ def loss_heads(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
 
     Names are ``'decode_head'`` and ``'auxiliary_head'`` or ``'auxiliary_head.<i>'``.
     """
-    from ..core.keyed import unwrap_model
+    from mmseg_ppenc.core.keyed import unwrap_model
     model = unwrap_model(model)
     head = getattr(model, 'decode_head', None)
     if isinstance(head, nn.Module):
@@ -252,10 +260,25 @@ def loss_heads(model: nn.Module) -> Iterator[Tuple[str, nn.Module]]:
 
 
 def has_stock_loss(head: nn.Module) -> bool:
-    """Whether ``head`` is a ``BaseDecodeHead`` whose class keeps mmseg's ``loss_by_feat``."""
+    """Whether ``head`` is a ``BaseDecodeHead`` whose class keeps mmseg's ``loss_by_feat``
+    and its label stacking (``_stack_batch_gt``), the two that :func:`fast_loss_by_feat`
+    stands in for.
+
+    Args:
+        head (nn.Module): Any module.
+
+    Returns:
+        bool: True when :func:`fast_loss_by_feat` computes what the head's own
+        ``loss_by_feat`` computes.
+    """
     from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-    return (isinstance(head, BaseDecodeHead) and
-            type(head).loss_by_feat is BaseDecodeHead.loss_by_feat)
+    if not isinstance(head, BaseDecodeHead):
+        return False
+    below = type(head).__mro__[:type(head).__mro__.index(BaseDecodeHead)]
+    # Looked up by name in the subclasses' own dicts: a subclass that redefines how the
+    # labels are stacked keeps its own path (mmseg's method itself is private API).
+    return (type(head).loss_by_feat is BaseDecodeHead.loss_by_feat
+            and not any('_stack_batch_gt' in vars(c) for c in below))
 
 
 def is_fast_loss_enabled(head: nn.Module) -> bool:
@@ -290,7 +313,7 @@ def enable_fast_loss(model: nn.Module) -> Tuple[List[str], List[str]]:
         ConfigError: If no head is eligible, or if something else already replaced a
             head's ``loss_by_feat`` on the instance.
     """
-    from ..core.errors import ConfigError
+    from ppenc.errors import ConfigError
     enabled, kept = [], []
     for name, head in loss_heads(model):
         if not has_stock_loss(head):

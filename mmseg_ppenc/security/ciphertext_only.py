@@ -38,7 +38,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import laplacian, shortest_path
 
-from .common import block_grid, check_images
+from mmseg_ppenc.security.common import block_grid, check_images
 
 __all__ = ['CiphertextOnlyResult', 'ciphertext_only_attack', 'BlockStats',
            'block_statistics', 'group_channels', 'place_channel']

@@ -1,7 +1,7 @@
 """Block helpers shared by the attacks: views of images as blocks, applying an (estimated)
 permutation, and scoring an estimate against the true key permutation.
 
-Blocks are flattened in the cipher's (channel, y, x) order (see :mod:`mmseg_ppenc.cipher`),
+Blocks are flattened in the cipher's (channel, y, x) order (see :mod:`ppenc.cipher`),
 so ``enc_block[k] == plain_block[pi[k]]`` for the key permutation ``pi``. An attacker's
 estimate uses the same convention: ``est[k]`` is the plain position that encrypted position
 ``k`` is believed to come from.
@@ -12,7 +12,8 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from ..cipher import block_grid, from_block_grid
+from ppenc.cipher import block_grid, from_block_grid
+from ppenc.grid import check_image_on_grid
 
 __all__ = ['block_grid', 'blocks_of', 'from_block_grid', 'permute_image',
            'unpermute_image', 'recovery_stats', 'check_images']
@@ -35,12 +36,8 @@ def check_images(images: Sequence[np.ndarray], block_size: int, what: str = 'ima
             dtype = getattr(img, 'dtype', type(img).__name__)
             raise ValueError(f'{what}[{i}] must be an HxWx3 uint8 array, got shape {shape} '
                              f'and dtype {dtype}.')
-        h, w = img.shape[:2]
-        if h % block_size or w % block_size or h == 0 or w == 0:
-            raise ValueError(
-                f'{what}[{i}] is {h}x{w}; both sides must be positive multiples of the block '
-                f'size {block_size}. Crop to {h // block_size * block_size}x'
-                f'{w // block_size * block_size} first.')
+        check_image_on_grid(img.shape[0], img.shape[1], block_size, f'{what}[{i}]',
+                            'Crop it to the block grid first.')
 
 
 def blocks_of(images: Sequence[np.ndarray], block_size: int) -> np.ndarray:

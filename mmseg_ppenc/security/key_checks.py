@@ -9,9 +9,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from ..cipher import decrypt_image, encrypt_image
-from ..keys import InvalidKeyError, SecretKey
-from .metrics import luminance, psnr, ssim
+from ppenc.cipher import decrypt_image, encrypt_image
+from ppenc.keys import InvalidKeyError, SecretKey
+from mmseg_ppenc.security.metrics import luminance, psnr, ssim
 
 __all__ = ['scan_work_dir', 'key_file_mode', 'wrong_key_check', 'corrupt_key_checks']
 
@@ -28,7 +28,7 @@ def key_file_mode(path: str) -> Dict[str, object]:
 
 def scan_work_dir(work_dir: str, key: SecretKey,
                   max_bytes: Optional[int] = 512 << 20) -> Dict[str, object]:
-    """Search every file of a work_dir for the key in any form :mod:`mmseg_ppenc.leak_scan`
+    """Search every file of a work_dir for the key in any form :mod:`ppenc.leak_scan`
     knows.
 
     Args:
@@ -40,7 +40,7 @@ def scan_work_dir(work_dir: str, key: SecretKey,
         dict: ``files_scanned``, ``leaks`` (paths relative to ``work_dir``; never the key)
         and ``ok``.
     """
-    from ..leak_scan import find_key_material
+    from ppenc.leak_scan import find_key_material
     if not osp.isdir(work_dir):
         raise FileNotFoundError(f'--work-dir {work_dir!r} is not a directory; pass the '
                                 'work_dir of a finished training run.')

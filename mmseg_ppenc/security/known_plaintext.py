@@ -16,7 +16,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from .common import blocks_of, check_images
+from mmseg_ppenc.security.common import blocks_of, check_images
 
 __all__ = ['KnownPlaintextResult', 'known_plaintext_attack']
 

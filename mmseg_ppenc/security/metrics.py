@@ -13,7 +13,7 @@ from typing import Dict, Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from .common import block_grid
+from mmseg_ppenc.security.common import block_grid
 
 __all__ = ['psnr', 'ssim', 'luminance', 'adjacent_correlation', 'histogram_entropy',
            'block_mean_thumbnail', 'leakage_metrics', 'mean_metrics', 'DIRECTIONS']

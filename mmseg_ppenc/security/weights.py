@@ -48,10 +48,11 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..convert import MMSEG_MARKER, TIMM_MARKER, locate_vit
-from ..core.errors import CheckpointReadError
-from ..core.meta import read_checkpoint, state_dict_of
-from .common import blocks_of
+from mmseg_ppenc.convert import MMSEG_MARKER, TIMM_MARKER, locate_vit
+from ppenc.errors import CheckpointReadError
+from mmseg_ppenc.core.checkpoint import read_checkpoint, read_weights, state_dict_of
+from mmseg_ppenc.security.common import blocks_of
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attack',
            'sorted_column_attack', 'add_noise_to_patch_embedding',
@@ -74,18 +75,14 @@ _KEYLESS_TWINS = {
 def load_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
     """Read a checkpoint file and return its state dict (``state_dict``/``model`` or raw).
 
-    Reads with :func:`mmseg_ppenc.core.meta.read_checkpoint` (``weights_only=True``: only
+    Reads with :func:`mmseg_ppenc.core.checkpoint.read_checkpoint` (``weights_only=True``: only
     tensors and plain containers).
 
     Raises:
         CheckpointReadError: the file is missing, unreadable or unsafe to unpickle.
-        ValueError: it holds no state dict.
+            It holds no state dict: the same error.
     """
-    obj = state_dict_of(read_checkpoint(path))
-    if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f'{path!r} holds no state dict (expected a mapping of names to '
-                         'tensors, possibly under "state_dict" or "model").')
-    return OrderedDict(obj)
+    return read_weights(path)[0]
 
 
 def find_patch_weight(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -230,8 +227,8 @@ def permute_hidden_channels(state_dict: Mapping[str, torch.Tensor], sigma: np.nd
 
 
 def pca_patch_embedding(images: Sequence[np.ndarray], dims: int, block_size: int = 16,
-                        mean: Sequence[float] = (123.675, 116.28, 103.53),
-                        std: Sequence[float] = (58.395, 57.12, 57.375),
+                        mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD,
                         rms: float = 0.02) -> np.ndarray:
     """A stand-in for a pre-trained patch embedding: principal components of patches.
 
@@ -342,7 +339,7 @@ def replay_initial_model(checkpoint: Mapping, loader_draws: int = 0
     from mmengine.runner import set_random_seed
     from mmseg.registry import MODELS
 
-    from ..compat import replace_syncbn
+    from mmseg_ppenc.compat import replace_syncbn
     meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
     meta = meta if isinstance(meta, Mapping) else {}
     cfg_text, seed = meta.get('cfg'), meta.get('seed')
@@ -424,7 +421,7 @@ def pretrained_start(cfg) -> Optional[str]:
         ``model.backbone.pretrained=``, ``model.pretrained=`` or, for a run that was not
         resumed, ``load_from=``, with the path), or None for a random start.
     """
-    from ..models.encrypted_vit import pretrained_checkpoint
+    from mmseg_ppenc.models.encrypted_vit import pretrained_checkpoint
     if isinstance(cfg, str):
         from mmengine.config import Config
         cfg = Config.fromstring(cfg, file_format='.py')

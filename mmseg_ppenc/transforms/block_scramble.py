@@ -6,8 +6,8 @@ from typing import Optional
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from ..cipher import SelectedCipher, SelectedCipherMixin
-from .pad import check_pad_val, pad_results
+from mmseg_ppenc.core.keyed import SelectedCipher, SelectedCipherMixin
+from mmseg_ppenc.transforms.pad import check_pad_val, pad_results
 
 __all__ = ['BlockScramble']
 
@@ -18,7 +18,7 @@ class BlockScramble(BaseTransform, SelectedCipherMixin):
 
     Put it after every augmentation and before ``PackSegInputs``: the model must see
     exactly what a client would upload. The bytes produced equal those of loading (with
-    mmcv, in ``channel_order``) an RGB file that :func:`mmseg_ppenc.cipher.encrypt_image`
+    mmcv, in ``channel_order``) an RGB file that :func:`ppenc.cipher.encrypt_image`
     wrote, so in-pipeline and offline encryption are interchangeable.
 
     Required Keys:

@@ -27,20 +27,17 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from ..core.errors import KeylessPipelineError
-from ..core.grid import to_pair
+from ppenc.errors import KeylessPipelineError
+from ppenc.grid import check_image_on_grid, check_on_grid, to_pair
 
 __all__ = ['GridRandomCrop', 'EncryptedPhotoMetric', 'EncryptedRandomFlip']
 
 
 def _check_grid(img: np.ndarray, block: int, who: str, results: dict) -> None:
-    h, w = img.shape[:2]
-    if h % block or w % block:
-        name = results.get('img_path', 'the image')
-        raise ValueError(
-            f'{who}: {name} is {h}x{w} pixels, not a multiple of the {block}-pixel block '
-            'size, so it cannot be an image encrypted by tools/encrypt_dataset.py (which '
-            'refuses or pads such images). Re-encrypt the data with --pad.')
+    check_image_on_grid(img.shape[0], img.shape[1], block,
+                        f"{who}: {results.get('img_path', 'the image')}",
+                        'It cannot be an image encrypted by tools/encrypt_dataset.py (which '
+                        'refuses or pads such images). Re-encrypt the data with --pad.')
 
 
 @TRANSFORMS.register_module()
@@ -68,12 +65,10 @@ class GridRandomCrop(BaseTransform):
         super().__init__()
         self.crop_size = to_pair(crop_size, 'crop_size')
         self.block_size = int(block_size)
-        if any(c <= 0 or c % self.block_size for c in self.crop_size):
-            b = self.block_size
-            hint = tuple(max(b, round(c / b) * b) for c in self.crop_size)
-            raise KeylessPipelineError(
-                f'GridRandomCrop crop_size={self.crop_size} must be positive multiples of '
-                f'block_size={b} (e.g. {hint}): an off-grid crop cuts blocks apart.')
+        problems = check_on_grid({'GridRandomCrop crop_size': self.crop_size},
+                                 self.block_size)
+        if problems:
+            raise KeylessPipelineError(f'{problems[0]}.')
         self.cat_max_ratio = cat_max_ratio
         self.ignore_index = ignore_index
 

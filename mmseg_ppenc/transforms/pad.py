@@ -7,7 +7,7 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmseg.registry import TRANSFORMS
 
-from ..core.grid import grid_pad, to_pair
+from ppenc.grid import grid_pad, to_pair
 
 __all__ = ['PadToGrid', 'PACK_META_KEYS', 'pad_results', 'check_pad_val']
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from mmseg.registry import TRANSFORMS
 
-from ..core.errors import KeylessPipelineError
+from ppenc.errors import KeylessPipelineError
 
 __all__ = ['ALLOWED_TRANSFORMS', 'ALTERNATIVES', 'check_keyless_pipeline']
 

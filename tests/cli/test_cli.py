@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from mmseg_ppenc.keys import SecretKey
+from ppenc.keys import SecretKey
 
 from conftest import REPO, load_tool
 
@@ -41,18 +41,23 @@ def test_tool_is_a_shim_over_the_cli(tool):
                                     'ppenc-infer', 'ppenc-visualize', 'ppenc-convert-timm',
                                     'ppenc-make-synthetic', 'ppenc-encrypt-dataset',
                                     'ppenc-encrypt-model'])
-def test_console_script_resolves(script):
+def test_console_script_resolves(script, capsys):
     """Every console script names an importable ``main`` with a ``build_parser``."""
     target = _scripts()[script]
     module_name, func = target.split(':')
     module = importlib.import_module(module_name)
     assert callable(getattr(module, func)), target
     parser = module.build_parser()
-    assert parser.format_help().startswith('usage:')
+    assert parser.description, f'{script} has no description'
+    with pytest.raises(SystemExit) as exit_:
+        getattr(module, func)(['--help'])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith('usage: ') and parser.description.split()[0] in out
 
 
 def test_keygen_writes_once_and_refuses_to_overwrite(tmp_path, capsys):
-    from mmseg_ppenc.cli import keygen
+    from ppenc.cli import keygen
     path = tmp_path / 'sub' / 'site.key'
     assert keygen.main([str(path), '--flip-compatible']) == 0
     out = capsys.readouterr().out

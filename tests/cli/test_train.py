@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mmseg_ppenc.datasets import make_synthetic_cityscapes
-from mmseg_ppenc.leak_scan import find_key_material
-from mmseg_ppenc.keys import SecretKey
+from ppenc.synthetic import make_synthetic_cityscapes
+from ppenc.leak_scan import find_key_material
+from ppenc.keys import SecretKey
 
 from conftest import REPO, tiny_config
 

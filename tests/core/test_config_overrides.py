@@ -6,7 +6,7 @@ import pytest
 from mmengine.config import Config, DictAction
 
 from mmseg_ppenc.core.config_overrides import merge_cfg_options
-from mmseg_ppenc.core.errors import ConfigError
+from ppenc.errors import ConfigError
 
 from conftest import tiny_config
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmseg_ppenc.core import errors, grid, keyed, meta
+from mmseg_ppenc.core import checkpoint, keyed
+from ppenc import errors, grid
+from ppenc import meta as record
 
 
 @pytest.mark.parametrize('value,block,expected', [
@@ -53,37 +55,37 @@ def test_to_pair_refuses_bad_values():
 
 
 def test_meta_build_read_check(tmp_path):
-    rec = meta.build_meta('abcd', 16, True, (1, 2, 3), (4, 5, 6))
-    assert rec['cipher'] == meta.CIPHER_NAME and rec['block_size'] == 16
+    rec = record.build_meta('abcd', 16, True, (1, 2, 3), (4, 5, 6))
+    assert rec['cipher'] == record.CIPHER_NAME and rec['block_size'] == 16
     assert rec['mean'] == [1.0, 2.0, 3.0] and rec['flip_compatible'] is True
     path = tmp_path / 'c.pth'
     torch.save({'state_dict': {}, 'meta': {'ppenc': rec}}, path)
-    assert meta.read_checkpoint_meta(str(path)) == rec
+    assert checkpoint.read_checkpoint_meta(str(path)) == rec
     # One error policy: a missing file is named, not mistaken for one without a record.
     with pytest.raises(errors.CheckpointReadError, match=r'missing\.pth does not exist'):
-        meta.read_checkpoint_meta(str(tmp_path / 'missing.pth'))
-    assert meta.read_checkpoint_meta('https://example.org/remote.pth') is None
-    assert meta.check_meta(rec, 'abcd', block_size=16) is True
+        checkpoint.read_checkpoint_meta(str(tmp_path / 'missing.pth'))
+    assert checkpoint.read_checkpoint_meta('https://example.org/remote.pth') is None
+    assert record.check_meta(rec, 'abcd', block_size=16) is True
     with pytest.raises(errors.InvalidKeyError, match='made for key abcd, but this run uses '
                                                      'key ef01'):
-        meta.check_meta(rec, 'ef01')
+        record.check_meta(rec, 'ef01')
     with pytest.raises(errors.InvalidKeyError, match='block size 16.*8-pixel'):
-        meta.check_meta(rec, 'abcd', block_size=8)
+        record.check_meta(rec, 'abcd', block_size=8)
     with pytest.raises(errors.InvalidKeyError, match='records no key.*Do this'):
-        meta.check_meta(None, 'abcd', missing_fix='Do this.')
-    assert meta.check_meta(None, 'abcd', allow_missing=True) is False
+        record.check_meta(None, 'abcd', missing_fix='Do this.')
+    assert record.check_meta(None, 'abcd', allow_missing=True) is False
     with pytest.raises(errors.ConfigError):
-        meta.check_meta(None, 'abcd', error=errors.KeylessPipelineError)
+        record.check_meta(None, 'abcd', error=errors.KeylessPipelineError)
 
 
 def test_normalization_record_is_checked():
-    rec = meta.build_meta('abcd', 16, False, (123.675, 116.28, 103.53),
+    rec = record.build_meta('abcd', 16, False, (123.675, 116.28, 103.53),
                           (58.395, 57.12, 57.375))
-    meta.check_normalization(rec, [123.67500305, 116.27999878, 103.52999878],
+    record.check_normalization(rec, [123.67500305, 116.27999878, 103.52999878],
                              [58.39500046, 57.11999893, 57.375])  # float32 round trip
     with pytest.raises(errors.InvalidKeyError, match=r'mean=\[123.675.*mean=\[127.5'):
-        meta.check_normalization(rec, (127.5,) * 3, (127.5,) * 3)
-    meta.check_normalization(meta.build_meta('abcd', 16), (127.5,) * 3, (127.5,) * 3)
+        record.check_normalization(rec, (127.5,) * 3, (127.5,) * 3)
+    record.check_normalization(record.build_meta('abcd', 16), (127.5,) * 3, (127.5,) * 3)
 
 
 def test_keyed_protocol_is_by_type_not_attribute():
@@ -106,14 +108,13 @@ def test_errors_are_value_errors_and_one_family():
                 errors.GridError, errors.ModelEncryptionError,
                 errors.DatasetEncryptionError):
         assert issubclass(cls, errors.PpencError) and issubclass(cls, ValueError)
-    from mmseg_ppenc import keys, runner
+    from ppenc import keys
     assert keys.InvalidKeyError is errors.InvalidKeyError
-    assert runner.ConfigError is errors.ConfigError
 
 
 def test_core_imports_without_torch_or_mmseg():
-    code = ('import sys; import mmseg_ppenc.core, mmseg_ppenc.keys, mmseg_ppenc.cipher, '
-            'mmseg_ppenc.datasets.encrypt; '
+    code = ('import sys; import ppenc.meta, ppenc.grid, ppenc.keys, ppenc.cipher, '
+            'ppenc.dataset; '
             'bad = [m for m in ("torch", "mmseg", "mmengine", "mmcv") if m in sys.modules]; '
             'print(bad)')
     res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

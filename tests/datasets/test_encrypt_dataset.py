@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmseg_ppenc.cipher import decrypt_image, encrypt_image
-from mmseg_ppenc.core.errors import KeylessPipelineError
-from mmseg_ppenc.datasets import encrypt as enc
-from mmseg_ppenc.datasets.encrypt import TIME_FIELDS, SkippedFile
-from mmseg_ppenc.datasets import (MANIFEST_NAME, DatasetEncryptionError, encrypt_dataset,
-                                  make_synthetic_cityscapes, read_manifest)
+from ppenc.cipher import decrypt_image, encrypt_image
+from ppenc.errors import KeylessPipelineError
+from ppenc.dataset import images as ds_images
+from ppenc.dataset import plan as ds_plan
+from ppenc.dataset import (MANIFEST_NAME, TIME_FIELDS, DatasetEncryptionError, SkippedFile,
+                           encrypt_dataset, plan_dataset, read_manifest)
+from ppenc.synthetic import make_synthetic_cityscapes
 from mmseg_ppenc.datasets.keyless import load_manifest
-from mmseg_ppenc.leak_scan import data_contains_key, find_key_material
-from mmseg_ppenc.keys import SecretKey
+from ppenc.leak_scan import data_contains_key, find_key_material
+from ppenc.keys import SecretKey
 
 from conftest import REPO, load_tool
 
@@ -117,7 +118,7 @@ def test_outputs_decrypt_to_source(src_tree, key_file, reference):
     assert summary.key_fingerprint == key.fingerprint and summary.images_per_second > 0
     others = ['README.txt', osp.join('gtFine', 'train', 'aachen',
                                      'aachen_000000_000019_gtFine_polygons.json')]
-    assert summary.skipped == [SkippedFile(p, enc.SKIP_NOT_INCLUDED) for p in others]
+    assert summary.skipped == [SkippedFile(p, ds_plan.SKIP_NOT_INCLUDED) for p in others]
     assert summary.extra_files == [] and summary.warnings == []
     src_files, dst_files = contents(src_tree), contents(dst)
     assert set(dst_files) == set(src_files) - set(others) | {MANIFEST_NAME}
@@ -145,8 +146,8 @@ def test_outputs_decrypt_to_source(src_tree, key_file, reference):
 
 _KILL = (
     'import os, signal, sys\n'
-    'from mmseg_ppenc.datasets.encrypt import encrypt_dataset\n'
-    'from mmseg_ppenc.keys import SecretKey\n'
+    'from ppenc.dataset import encrypt_dataset\n'
+    'from ppenc.keys import SecretKey\n'
     'def crash(rel, n):\n'
     '    if n >= int(sys.argv[4]):  # SIGKILL this process group: workers die too\n'
     '        os.killpg(os.getpgrp(), signal.SIGKILL)\n'
@@ -501,25 +502,25 @@ def _plant(case, src, key, key_path):
     expected detail)."""
     if case == 'key file':
         shutil.copy(key_path, osp.join(src, 'site.key'))
-        return 'site.key', enc.SKIP_KEY_FILE, ''
+        return 'site.key', ds_plan.SKIP_KEY_FILE, ''
     if case == 'key file renamed notes.txt':
         shutil.copy(key_path, osp.join(src, 'notes.txt'))
-        return 'notes.txt', enc.SKIP_KEY_FILE, ''
+        return 'notes.txt', ds_plan.SKIP_KEY_FILE, ''
     if case == 'key file posing as a label map':
         rel = osp.join('gtFine', 'train', 'aachen', 'aachen_000099_000019_gtFine_color.png')
         shutil.copy(key_path, osp.join(src, rel))
-        return rel, enc.SKIP_KEY_FILE, ''
+        return rel, ds_plan.SKIP_KEY_FILE, ''
     if case == 'link leaving SRC':
         os.symlink(osp.join('..', osp.basename(key_path)), osp.join(src, 'notes.txt'))
-        return 'notes.txt', enc.SKIP_LINK_OUTSIDE, '-> ../site.key'
+        return 'notes.txt', ds_plan.SKIP_LINK_OUTSIDE, '-> ../site.key'
     if case == 'link inside SRC':
         shutil.copy(key_path, osp.join(src, 'site.key'))
         os.symlink('site.key', osp.join(src, 'notes.txt'))
-        return 'notes.txt', enc.SKIP_KEY_FILE, '-> site.key'
+        return 'notes.txt', ds_plan.SKIP_KEY_FILE, '-> site.key'
     if case == 'key as hex in a text file':
         with open(osp.join(src, 'notes.txt'), 'w') as f:
             f.write(f'backup of the dataset key: {key._key.hex()}\n')
-        return 'notes.txt', enc.SKIP_KEY_MATERIAL, ''
+        return 'notes.txt', ds_plan.SKIP_KEY_MATERIAL, ''
     raise AssertionError(case)
 
 
@@ -568,10 +569,10 @@ def test_symlinked_directory_leaving_src(follow, tmp_path, key_file, capsys):
     if follow:  # named: followed, and a key file in it is still left out
         assert (tmp_path / 'dst' / 'splits' / 'train.txt').read_text() == \
             'aachen_000000_000019\n'
-        assert f'  {enc.SKIP_KEY_FILE}:\n    {osp.join("splits", "old.key")}' in out
+        assert f'  {ds_plan.SKIP_KEY_FILE}:\n    {osp.join("splits", "old.key")}' in out
     else:  # not named: reported, never silently skipped
         assert not osp.lexists(osp.join(dst, 'splits'))
-        assert f'  {enc.SKIP_LINK_OUTSIDE}:\n    splits{os.sep} -> {outside}' in out
+        assert f'  {ds_plan.SKIP_LINK_OUTSIDE}:\n    splits{os.sep} -> {outside}' in out
 
 
 def test_include_copies_what_it_names_and_a_narrower_rerun_withdraws(src_tree, key_file,
@@ -588,7 +589,7 @@ def test_include_copies_what_it_names_and_a_narrower_rerun_withdraws(src_tree, k
     assert read_manifest(dst)['counts']['other_files'] == 2
     s = encrypt_dataset(src_tree, dst, key, workers=1, progress=False, include=['*.txt'])
     assert s.extra_files == ['README.txt'] and s.withdrawn == [polygons]
-    assert SkippedFile(polygons, enc.SKIP_NOT_INCLUDED) in s.skipped
+    assert SkippedFile(polygons, ds_plan.SKIP_NOT_INCLUDED) in s.skipped
     assert not osp.exists(osp.join(dst, polygons))
     assert read_manifest(dst)['counts']['other_files'] == 1
 
@@ -608,7 +609,7 @@ def test_include_pattern_must_stay_inside_src(pattern, src_tree, key_file, tmp_p
     ('docs', ['docs/a.md', 'x/docs/b/c.png'], ['docsx/a.md']),
     ('[!a]*.md', ['b.md'], ['a.md'])])
 def test_include_pattern_semantics(pattern, names, not_names):
-    included = enc._compile_includes([pattern])
+    included = ds_plan._compile_includes([pattern])
     assert all(included(n.replace('/', os.sep)) for n in names)
     assert not any(included(n.replace('/', os.sep)) for n in not_names)
 
@@ -650,7 +651,7 @@ def test_dst_of_an_older_version_loses_its_key_copy(src_tree, key_file, referenc
         json.dump(manifest, f)
     s = encrypt_dataset(src, dst, key, workers=1, progress=False)
     assert s.withdrawn == ['notes.txt'] and s.rescanned == 12 and s.images_encrypted == 0
-    assert SkippedFile('notes.txt', enc.SKIP_KEY_FILE) in s.skipped
+    assert SkippedFile('notes.txt', ds_plan.SKIP_KEY_FILE) in s.skipped
     _no_key_in(dst, key)
     assert tree(dst) == tree(reference[0])
 
@@ -802,9 +803,9 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, key_file, capsy
     assert not osp.exists(tmp_path / 'o')  # refused up front, nothing written
     # The limit is an option: raising it admits the file (checked, not decoded, here).
     with pytest.raises(DatasetEncryptionError, match='declare more pixels') as e:
-        enc.plan_dataset(src, allow_unlabeled=True, max_pixels=400_000_000 - 1)
+        plan_dataset(src, allow_unlabeled=True, max_pixels=400_000_000 - 1)
     assert '400000000' in str(e.value)
-    plan = enc.plan_dataset(src, allow_unlabeled=True, max_pixels=400_000_000, pad=True)
+    plan = plan_dataset(src, allow_unlabeled=True, max_pixels=400_000_000, pad=True)
     assert any(i.src == rel for i in plan.items)
 
 
@@ -840,4 +841,4 @@ def test_exif_orientation_read_like_opencv_without_decoding(where, tmp_path):
         with open(path, 'wb') as f:
             f.write(data[:8] + b''.join(order))
         assert 'exif' not in Image.open(path).info  # Pillow alone would have to decode
-    assert enc._image_size(path) == cv2.imread(path, cv2.IMREAD_COLOR).shape[:2] == (64, 32)
+    assert ds_images.image_size(path) == cv2.imread(path, cv2.IMREAD_COLOR).shape[:2] == (64, 32)

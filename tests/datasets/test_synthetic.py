@@ -14,12 +14,12 @@ from PIL import Image
 # mmcv-lite has no compiled ops; the fallback must be installed before mmseg is imported.
 import mmseg_ppenc.compat
 
-mmseg_ppenc.compat.apply()
+mmseg_ppenc.compat.install_mmcv_ops_fallback()
 
 from mmseg.datasets import CityscapesDataset  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
-from mmseg_ppenc.datasets import CITYSCAPES_CLASSES, make_synthetic_cityscapes  # noqa: E402
+from ppenc.synthetic import CITYSCAPES_CLASSES, make_synthetic_cityscapes  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 

@@ -9,9 +9,9 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmseg_ppenc.leak_scan import find_key_material
-from mmseg_ppenc.core.errors import ConfigError, GridError
-from mmseg_ppenc.keys import InvalidKeyError, SecretKey
+from ppenc.leak_scan import find_key_material
+from ppenc.errors import ConfigError, GridError
+from ppenc.keys import InvalidKeyError, SecretKey
 
 from conftest import tiny_config
 
@@ -221,8 +221,9 @@ def test_config_scan_is_cached_per_config_not_per_hook(key_env):
 def test_loaded_checkpoint_is_checked_against_the_run(key_env, tmp_path):
     """after_load_checkpoint runs core.meta.check_checkpoint: the record must belong to the
     weights, and state this run's key, cipher, block size and normalisation."""
-    from mmseg_ppenc.core.errors import CheckpointRecordError
-    from mmseg_ppenc.core.meta import build_meta, patch_embed_digest
+    from ppenc.errors import CheckpointRecordError
+    from ppenc.meta import build_meta
+    from mmseg_ppenc.core.checkpoint import patch_embed_digest
     runner = Runner.from_cfg(_cfg(tmp_path / 'wd'))
     sd = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
     digest = patch_embed_digest(sd['backbone.patch_embed.projection.weight'])

@@ -1,6 +1,6 @@
 """Speed switches keep float32 results: channels-last heads, fused optimizer, the fast loss
-path, compiled forward, deferred log copies (with the real mmengine Runner on generated
-data)."""
+path, compiled forward (the one compile switch), deferred log copies (with the real
+mmengine Runner on generated data)."""
 import argparse
 import copy
 import os
@@ -14,16 +14,16 @@ from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-from mmseg_ppenc.hooks.speed import (ChannelsLastHook, CompileModelHook,
-                                     DeferredLogRuntimeInfoHook, FastLossHook,
-                                     to_channels_last)
+from mmseg_ppenc.hooks import (ChannelsLastHook, CompileModelHook, DeferredLogRuntimeInfoHook,
+                               FastLossHook, to_channels_last)
 from mmseg_ppenc.models.fast_loss import (enable_fast_loss, is_fast_loss_enabled,
                                           loss_heads)
+from ppenc.errors import ConfigError
 
 from conftest import REPO, tiny_config
 
 sys.path.insert(0, os.path.join(REPO, 'tools'))
-from analysis import benchmark as bm  # noqa: E402
+from analysis.variants import synthetic_batch  # noqa: E402
 
 register_all_modules(init_default_scope=True)
 
@@ -38,7 +38,7 @@ def _model(seed=0):
 
 def _train(model, optim_cfg, steps=2):
     wrapper = build_optim_wrapper(model, optim_cfg)
-    data = bm._synthetic_batch(2, 64, 19, seed=0)
+    data = synthetic_batch(2, 64, 19, seed=0)
     losses = [model.train_step(data, wrapper)['loss'].item() for _ in range(steps)]
     return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -72,6 +72,19 @@ def test_switch_keeps_fp32_training(switch):
     assert got[0] == pytest.approx(ref[0], rel=1e-5)
     for k, v in ref[1].items():
         torch.testing.assert_close(got[1][k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize('compile_cfg', [True, dict(backend='eager')])
+def test_compile_model_hook_refuses_mmengine_compile(compile_cfg):
+    """One compile path: with mmengine's ``compile`` also set, the hook stops the run
+    before anything is compiled twice."""
+    model, cfg = _model()
+    cfg.compile = compile_cfg
+    runner = type('RunnerView', (), {'model': model, 'cfg': cfg})()
+    with pytest.raises(ConfigError, match="CompileModelHook and mmengine's compile=... "
+                                          'both compile the model'):
+        CompileModelHook(dict(backend='eager')).before_train(runner)
+    assert model._compiled_call_impl is None  # not compiled
 
 
 def test_channels_last_guards():

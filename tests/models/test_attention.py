@@ -1,20 +1,25 @@
-"""Fused attention: same outputs, gradients and state dicts as mmseg's stock ViT."""
+"""Fused attention: same outputs, gradients, state dicts, initial values and freezing as
+mmseg's stock ViT; the fast backbones build their layers fused from the start."""
 import copy
+import hashlib
+import inspect
 
 import numpy as np
 import pytest
 import torch
 from mmcv.cnn.bricks.transformer import MultiheadAttention
+from mmseg.models.backbones.vit import TransformerEncoderLayer
 from mmengine.config import Config
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-from mmseg_ppenc.adaptation import IMAGENET_MEAN, IMAGENET_STD
-from mmseg_ppenc.cipher import encrypt_tensor
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
+from ppenc.cipher import encrypt_tensor
 from mmseg_ppenc.models.encrypted_vit import bind_normalization
 from mmseg_ppenc.models import (EncryptedVisionTransformer, FastVisionTransformer,
                                 FusedMultiheadAttention, set_attention_impl)
+from mmseg_ppenc.models.attention import FusedTransformerEncoderLayer
 
 from conftest import tiny_config
 
@@ -86,6 +91,7 @@ def test_fused_equals_stock_plain(train, with_cls_token, img_size, shape):
     stock.init_weights()
     fused = FastVisionTransformer(**_kwargs(img_size, with_cls_token))
     fused.load_state_dict(stock.state_dict(), strict=True)
+    assert all(type(layer) is FusedTransformerEncoderLayer for layer in fused.layers)
     assert all(type(layer.attn) is FusedMultiheadAttention for layer in fused.layers)
     assert all(type(layer.attn) is MultiheadAttention for layer in stock.layers)
     x = _normalise(_images(shape))
@@ -150,18 +156,89 @@ def test_encrypted_state_dict_loads_into_stock_vit(key_env):
     VisionTransformer(**kw).load_state_dict(enc.state_dict(), strict=True)
 
 
-def test_fast_vit_builds_like_stock_vit():
-    """Rebuilding the attention through build_attn keeps the stock initial values and the
-    global random state, so modules built afterwards initialise as with the stock ViT."""
+# Constructor arguments that reach the layers (dropouts, stochastic depth, bias, FFN depth,
+# checkpointing) or the modules around them, each away from mmseg's default.
+BUILD_CASES = {
+    'defaults': {},
+    'regularised': dict(drop_rate=0.1, attn_drop_rate=0.2, drop_path_rate=0.3),
+    'variants': dict(qkv_bias=False, num_fcs=3, with_cp=True, act_cfg=dict(type='ReLU'),
+                     pre_norm=True, patch_norm=True, patch_bias=True, out_indices=-1,
+                     norm_cfg=dict(type='LN', eps=1e-6)),
+}
+
+
+def _plain_attributes(module):
+    """A module's own settings (numbers, strings, flags, configs), not its tensors."""
+    return {k: v for k, v in vars(module).items()
+            if not k.startswith('_') and k not in ('impl', 'attn_impl')
+            and isinstance(v, (bool, int, float, str, tuple, list, dict, type(None)))}
+
+
+@pytest.mark.parametrize('extra', list(BUILD_CASES.values()), ids=list(BUILD_CASES))
+def test_fast_vit_builds_like_stock_vit(extra):
+    """Built with the same seed, the fast ViT has the stock ViT's initial values and
+    leaves the global generator where the stock build does (modules built afterwards
+    initialise alike); every submodule has the stock one's name, settings and class, the
+    layers and their attention as the fused subclasses."""
+    kw = {**_kwargs((32, 32), True), **extra}
     torch.manual_seed(3)
-    stock = VisionTransformer(**_kwargs((32, 32), True))
+    stock = VisionTransformer(**copy.deepcopy(kw))
     after_stock = torch.rand(4)
     torch.manual_seed(3)
-    fast = FastVisionTransformer(**_kwargs((32, 32), True))
+    fast = FastVisionTransformer(**copy.deepcopy(kw))
     after_fast = torch.rand(4)
     assert torch.equal(after_stock, after_fast)
+    assert list(stock.state_dict()) == list(fast.state_dict())
     for (k, a), (k2, b) in zip(stock.state_dict().items(), fast.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
+    fused_of = {VisionTransformer: FastVisionTransformer,
+                TransformerEncoderLayer: FusedTransformerEncoderLayer,
+                MultiheadAttention: FusedMultiheadAttention}
+    pairs = list(zip(stock.named_modules(), fast.named_modules()))
+    assert len(pairs) == len(list(stock.modules())) == len(list(fast.modules()))
+    for (name, a), (name2, b) in pairs:
+        assert name == name2
+        assert type(b) is fused_of.get(type(a), type(a)), name
+        assert _plain_attributes(a) == _plain_attributes(b), name
+    assert stock.out_indices == fast.out_indices
+
+
+# mmseg 1.2.2's VisionTransformer.__init__. FastVisionTransformer._build_layers repeats its
+# layer loop (layer class aside), so a change there must be ported.
+VIT_INIT_SHA256 = '2f8646274bf4a9e614518cc2fff0f7595b310c281e47eafe296097f767efc819'
+
+
+def test_mmseg_vit_constructor_is_the_one_fast_vit_follows():
+    got = hashlib.sha256(inspect.getsource(VisionTransformer.__init__).encode()).hexdigest()
+    assert got == VIT_INIT_SHA256, (
+        "mmseg's VisionTransformer.__init__ changed (an mmseg upgrade?). "
+        'mmseg_ppenc.models.fast_vit.FastVisionTransformer builds the encoder layers itself '
+        "with the arguments of mmseg's layer loop: compare _build_layers with the new "
+        'loop, port any change (new layer arguments, another stochastic depth rule, '
+        'modules built after the layers that draw random numbers), run '
+        f'tests/models/test_attention.py, then pin the new hash {got}.')
+
+
+# Substrings of parameter names left trainable: some attention parameters frozen and some
+# not, so that a fused attention built outside the freezing shows.
+FROZEN_EXCLUDE = ['ffn', 'ln', 'layers.1.attn', 'patch_embed']
+
+
+def test_frozen_exclude_freezes_the_same_parameters(key_env):
+    """mmseg's ``frozen_exclude`` freezes by parameter name; the fast and encrypted ViTs
+    freeze exactly what the stock ViT freezes, the attention's in/out projections
+    included."""
+    kw = _kwargs((32, 32), True, frozen_exclude=FROZEN_EXCLUDE)
+    ref = {n: p.requires_grad for n, p in VisionTransformer(**kw).named_parameters()}
+    assert any(ref.values()) and not all(ref.values())
+    assert not ref['layers.0.attn.attn.in_proj_weight']
+    assert not ref['layers.2.attn.attn.out_proj.bias']
+    assert ref['layers.1.attn.attn.in_proj_weight']
+    for model in (FastVisionTransformer(**kw),
+                  FastVisionTransformer(**kw, attn_impl='stock'),
+                  EncryptedVisionTransformer(**kw, mean=IMAGENET_MEAN, std=IMAGENET_STD)):
+        got = {n: p.requires_grad for n, p in model.named_parameters()}
+        assert got == ref, type(model).__name__
 
 
 def test_switch_both_ways_and_errors():
@@ -183,8 +260,11 @@ def test_switch_both_ways_and_errors():
         FastVisionTransformer(**_kwargs((32, 32), True), attn_impl='flash')
     with pytest.raises(ValueError, match='got None'):
         set_attention_impl(vit, None)
-    with pytest.raises(TypeError, match='torch_compile must be a bool or a dict'):
-        FastVisionTransformer(**_kwargs((32, 32), True), torch_compile='yes')
+    with pytest.raises(TypeError, match=r"no longer takes torch_compile; compile with "
+                                        r"custom_hooks=\[dict\(type='CompileModelHook'\)\]"):
+        FastVisionTransformer(**_kwargs((32, 32), True), torch_compile=True)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_layer'"):
+        FastVisionTransformer(**_kwargs((32, 32), True), num_layer=2)
 
 
 @pytest.mark.parametrize('batch_first', [True, False])
@@ -229,23 +309,6 @@ def test_attention_dropout_is_kept():
     with torch.no_grad():
         a, b = vit(x)[-1], vit(x)[-1]
     assert torch.equal(a, b)
-
-
-def test_torch_compile_switch_keeps_names():
-    torch.manual_seed(0)
-    kw = _kwargs((32, 32), True)
-    ref = FastVisionTransformer(**kw)
-    ref.init_weights()
-    # The eager backend checks the wiring without needing a C++ toolchain.
-    compiled = FastVisionTransformer(**kw, torch_compile=dict(backend='eager'))
-    assert list(compiled.state_dict()) == list(ref.state_dict())
-    compiled.load_state_dict(ref.state_dict(), strict=True)
-    ref.eval()
-    compiled.eval()
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        for a, b in zip(ref(x), compiled(x)):
-            assert _rel(a, b) <= TOL
 
 
 def test_shipped_configs_are_fused_and_one_switch_from_stock(key_env):

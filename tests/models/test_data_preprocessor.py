@@ -90,7 +90,7 @@ def test_rgb_inputs_and_pickling(key_env):
     x = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)
     pre = EncryptedSegDataPreProcessor()
     (enc,) = pre.encrypt_inputs([x])
-    from mmseg_ppenc.cipher import encrypt_tensor
+    from ppenc.cipher import encrypt_tensor
     assert torch.equal(enc, encrypt_tensor(x[None], key_env)[0])
     data = pickle.dumps(pre)
     assert pre._selected.__getstate__()['_cipher'] is None

@@ -13,8 +13,8 @@ from mmseg.registry import DATASETS, MODELS
 from mmseg.utils import register_all_modules
 
 from mmseg_ppenc.models.encrypted_vit import bind_normalization
-from mmseg_ppenc.adaptation import IMAGENET_MEAN, IMAGENET_STD
-from mmseg_ppenc.cipher import encrypt_image
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
+from ppenc.cipher import encrypt_image
 from mmseg_ppenc.models import EncryptedVisionTransformer
 
 from conftest import tiny_config
@@ -186,7 +186,7 @@ def test_record_copied_onto_plain_pretrained_weights_is_refused(key_env, tmp_pat
     encrypted": with a digest the digest tells, without one (as training checkpoints
     record it) the smooth, unpermuted patch embedding does. Nothing is loaded."""
     import cv2
-    from mmseg_ppenc.core.errors import CheckpointRecordError
+    from ppenc.errors import CheckpointRecordError
     from mmseg_ppenc.models import FastVisionTransformer
     from mmseg_ppenc.security.weights import pca_patch_embedding
     kw = dict(img_size=32, embed_dims=32, num_layers=1, num_heads=2)
@@ -217,7 +217,7 @@ def test_record_copied_onto_plain_pretrained_weights_is_refused(key_env, tmp_pat
 
 
 def test_missing_pretrained_checkpoint_is_named(key_env, tmp_path):
-    from mmseg_ppenc.core.errors import ConfigError
+    from ppenc.errors import ConfigError
     path = str(tmp_path / 'nope.pth')
     vit = EncryptedVisionTransformer(img_size=32, embed_dims=32, num_layers=1, num_heads=2,
                                      mean=IMAGENET_MEAN, std=IMAGENET_STD,

@@ -1,7 +1,11 @@
-"""The fast loss path: matmul bilinear resize and argmax accuracy equal mmseg's, alone and
-through the real tiny SETR models; switched off, mmseg's own code runs."""
+"""The fast loss path: matmul bilinear resize and argmax accuracy equal mmseg's, alone,
+in the heads' losses for several heads, loss sets and samplers, and through the real tiny
+SETR models; switched off, mmseg's own code runs. The copy of mmseg's ``loss_by_feat``
+is pinned to mmseg's source."""
 import copy
 import functools
+import hashlib
+import inspect
 import pickle
 
 import pytest
@@ -17,7 +21,7 @@ from mmseg.structures import SegDataSample
 from mmseg.utils import register_all_modules
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mmseg_ppenc.core.errors import ConfigError
+from ppenc.errors import ConfigError
 from mmseg_ppenc.models import fast_loss as fl
 
 from conftest import tiny_config
@@ -144,6 +148,114 @@ def test_argmax_accuracy_empty_batch_and_shapes():
     assert fl.argmax_accuracy(torch.zeros(0, 4, 2, 2), torch.zeros(0, 2, 2)).item() == 0
     with pytest.raises(ValueError, match=r'got pred \(2, 4, 3, 3\) and target \(2, 3, 4\)'):
         fl.argmax_accuracy(torch.zeros(2, 4, 3, 3), torch.zeros(2, 3, 4, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- the copy
+# mmseg 1.2.2's BaseDecodeHead methods that fast_loss_by_feat copies: loss_by_feat with
+# two calls replaced, and the label stacking of _stack_batch_gt.
+COPIED_SHA256 = {
+    'loss_by_feat': '10863a800c501fa15f599114a6650c9c67f469210d8675acdb9aaef29500582d',
+    '_stack_batch_gt': '4c59c8d3297b675ab254c64ce710a2146c86a768056acc057cb6620994f5acb5',
+}
+
+
+@pytest.mark.parametrize('method', list(COPIED_SHA256))
+def test_mmseg_code_is_the_one_fast_loss_copies(method):
+    source = inspect.getsource(getattr(BaseDecodeHead, method))
+    got = hashlib.sha256(source.encode()).hexdigest()
+    assert got == COPIED_SHA256[method], (
+        f"mmseg's BaseDecodeHead.{method} changed (an mmseg upgrade?). "
+        'mmseg_ppenc.models.fast_loss.fast_loss_by_feat copies loss_by_feat with two '
+        'calls replaced (resize -> bilinear_resize, accuracy -> argmax_accuracy) and '
+        "_stack_batch_gt's label stacking: compare it line by line with mmseg's new "
+        'code, port every other change, run tests/models/test_fast_loss.py, then pin '
+        f'the new hash {got}.')
+
+
+class _OwnLabelsHead(FCNHead):
+    """A head that keeps mmseg's loss_by_feat but stacks its labels its own way."""
+
+    def _stack_batch_gt(self, batch_data_samples):
+        return super()._stack_batch_gt(batch_data_samples)
+
+
+def test_heads_stacking_labels_their_own_way_keep_mmseg_loss():
+    """fast_loss_by_feat stacks the labels as BaseDecodeHead does, so a head class that
+    redefines that keeps mmseg's path; so far no mmseg head with mmseg's loss_by_feat
+    does."""
+    kw = dict(in_channels=8, channels=8, num_convs=1, num_classes=3)
+    assert fl.has_stock_loss(FCNHead(**kw))
+    assert not fl.has_stock_loss(_OwnLabelsHead(**kw))
+    heads = [cls for cls in MODELS.module_dict.values()
+             if isinstance(cls, type) and issubclass(cls, BaseDecodeHead)]
+    assert len(heads) > 20
+    kept = [cls.__name__ for cls in heads if cls.loss_by_feat is BaseDecodeHead.loss_by_feat
+            and cls._stack_batch_gt is not BaseDecodeHead._stack_batch_gt]
+    assert kept == []
+
+
+N_CLASSES = 5
+# Heads whose class keeps mmseg's loss_by_feat; the loss path reads only their settings.
+HEADS = {
+    'fcn': dict(type='FCNHead', in_channels=8, channels=8, num_convs=1),
+    'psp': dict(type='PSPHead', in_channels=8, channels=8),
+    'aspp': dict(type='ASPPHead', in_channels=8, channels=8, dilations=(1, 6)),
+    'setr_up': dict(type='SETRUPHead', in_channels=8, channels=8),
+    'uper': dict(type='UPerHead', in_channels=[8] * 4, in_index=[0, 1, 2, 3], channels=8),
+}
+# Head settings that reach the loss path: loss modules (one, several, two with one name,
+# which are summed), class weights, the OHEM sampler, align_corners, ignore_index.
+LOSS_SETTINGS = {
+    'ce': dict(loss_decode=dict(type='CrossEntropyLoss')),
+    'ce_class_weight': dict(loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4,
+                                             class_weight=[1.0, 2.0, 0.5, 1.5, 1.0])),
+    'ce_avg_non_ignore': dict(loss_decode=dict(type='CrossEntropyLoss',
+                                               avg_non_ignore=True)),
+    'ce+dice': dict(loss_decode=[dict(type='CrossEntropyLoss'),
+                                 dict(type='DiceLoss', loss_weight=3.0)]),
+    'ce+ce_same_name': dict(loss_decode=[dict(type='CrossEntropyLoss'),
+                                         dict(type='CrossEntropyLoss', loss_weight=0.5)]),
+    'lovasz': dict(loss_decode=dict(type='LovaszLoss', reduction='none', per_image=False)),
+    'tversky': dict(loss_decode=dict(type='TverskyLoss', alpha=0.3, beta=0.7)),
+    'ohem_thresh': dict(sampler=dict(type='OHEMPixelSampler', thresh=0.7, min_kept=100)),
+    'ohem_min_kept': dict(sampler=dict(type='OHEMPixelSampler', min_kept=300)),
+    'align_corners': dict(align_corners=True),
+    'ignore_index_2': dict(ignore_index=2),
+}
+# mmseg's cross-entropy with class weights indexes them with every label, the ignored
+# one included, so those labels have no ignored pixels.
+NO_IGNORED = {'ce_class_weight'}
+
+
+def _head_losses(loss_by_feat, head, logits, samples):
+    logits = logits.clone().requires_grad_()
+    losses = loss_by_feat(head, logits, samples)
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    return {k: v.detach() for k, v in losses.items()}, logits.grad
+
+
+@pytest.mark.parametrize('setting', list(LOSS_SETTINGS))
+@pytest.mark.parametrize('head_name', list(HEADS))
+def test_same_losses_as_mmseg_for_heads_and_loss_settings(head_name, setting):
+    """fast_loss_by_feat against mmseg's own loss_by_feat on the same head: the same loss
+    names and values, and the same gradients of the logits (float32)."""
+    head = MODELS.build(dict(HEADS[head_name], num_classes=N_CLASSES,
+                             **LOSS_SETTINGS[setting])).train()
+    g = torch.Generator().manual_seed(0)
+    # Logits below the label size and of another aspect ratio, as the heads give them.
+    logits = torch.randn(2, N_CLASSES, 9, 11, generator=g)
+    samples = []
+    for _ in range(2):
+        label = torch.randint(0, N_CLASSES, (1, 37, 45), generator=g)
+        if setting not in NO_IGNORED:
+            label[:, :4] = head.ignore_index
+        samples.append(SegDataSample(gt_sem_seg=PixelData(data=label)))
+    ref, ref_grad = _head_losses(BaseDecodeHead.loss_by_feat, head, logits, samples)
+    got, grad = _head_losses(fl.fast_loss_by_feat, head, logits, samples)
+    assert list(got) == list(ref)
+    for k, v in ref.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-7, msg=k)
+    _assert_rel(grad, ref_grad)
 
 
 # --------------------------------------------------------------------------- model

@@ -19,6 +19,8 @@ from conftest import REPO, tiny_config
 
 sys.path.insert(0, osp.join(REPO, 'tools'))
 from analysis import benchmark as bm  # noqa: E402
+from analysis import cipher_cost, common  # noqa: E402
+from analysis.variants import Variant, synthetic_batch, variant_plan  # noqa: E402
 
 register_all_modules(init_default_scope=True)
 
@@ -48,13 +50,13 @@ def test_parse_variant_rejects(spec, message):
 
 
 def test_variant_plan_names_and_duplicates():
-    plan = bm._variant_plan(8, (2, 8), False, ['stock', 'baseline+CF', 'proposed+B'])
+    plan = variant_plan(8, (2, 8), False, ['stock', 'baseline+CF', 'proposed+B'])
     assert [p[0] for p in plan] == [
         'stock fp32 b2', 'stock fp32 b8', 'plugin baseline +fused-opt +channels-last b8',
         'plugin proposed +compile-backbone b8']
     assert plan[2][1:] == ('baseline', 8, 'FC')
     with pytest.raises(ValueError, match='listed twice'):
-        bm._variant_plan(8, (8,), False, ['baseline+FC', 'baseline+CF'])
+        variant_plan(8, (8,), False, ['baseline+FC', 'baseline+CF'])
 
 
 def test_time_interleaved_structure():
@@ -163,20 +165,56 @@ def test_format_report_and_json(tmp_path):
 
 
 # --------------------------------------------------------------------------- library
+def test_summary_is_the_median_of_the_chosen_timer():
+    # Odd and even counts whose median differs from their mean and from the first sample.
+    samples = {'cpu': [1.0, 30.0, 5.0, 2.0, 100.0], 'wall': [9.0, 3.0, 7.0, 8.0]}
+    assert common.summary(samples, 'cpu') == dict(
+        median_ms=5.0, min_ms=1.0, max_ms=100.0, n=5, timer='cpu', wall_median_ms=7.5,
+        cpu_median_ms=5.0)
+    wall = common.summary(samples, 'wall')
+    assert (wall['median_ms'], wall['min_ms'], wall['max_ms'], wall['n']) == (7.5, 3.0, 9.0, 4)
+    assert wall['cpu_median_ms'] == 5.0
+    with pytest.raises(ValueError, match="timer must be one of .* got 'gpu'"):
+        common.summary(samples, 'gpu')
+
+
+# Timings fed to bench_cipher: medians 4, 8 and 2.5 differ from means and first samples.
+FAKE_CPU = {'copy': [1.0, 10.0, 4.0], 'scramble': [30.0, 6.0, 12.0, 8.0, 7.0],
+            'full_map': [2.0, 50.0, 2.5]}
+FAKE_WALL = {'copy': [3.0, 1.0, 2.0], 'scramble': [5.0, 9.0, 1.0], 'full_map': [4.0, 4.0, 6.0]}
+
+
+def test_bench_cipher_reports_medians_of_its_timings(monkeypatch):
+    calls = []
+
+    def fake_time_interleaved(fns, repeats, warmup=1, device='cpu'):
+        calls.append((sorted(fns), repeats, warmup))
+        assert fns['scramble']()['img'].shape == (32, 48, 3)  # the real transform runs
+        return {n: {'cpu': FAKE_CPU[n], 'wall': FAKE_WALL[n]} for n in fns}
+
+    monkeypatch.setattr(cipher_cost, 'time_interleaved', fake_time_interleaved)
+    r = bm.bench_cipher(repeats=3, sizes=((32, 48),))['32x48']
+    assert calls == [(['copy', 'full_map', 'scramble'], 3, 2)]
+    for name, median, wall in (('copy', 4.0, 2.0), ('scramble', 8.0, 5.0),
+                               ('full_map', 2.5, 4.0)):
+        s = r[name]
+        assert (s['median_ms'], s['cpu_median_ms'], s['wall_median_ms']) == (median, median,
+                                                                              wall), name
+        assert (s['min_ms'], s['max_ms'], s['n'], s['timer']) == (
+            min(FAKE_CPU[name]), max(FAKE_CPU[name]), len(FAKE_CPU[name]), 'cpu'), name
+    assert r['scramble_over_copy'] == 2.0
+
+
 def test_bench_cipher_small():
-    res = bm.bench_cipher(repeats=2, sizes=((32, 48),))
+    res = bm.bench_cipher(repeats=3, sizes=((32, 48),))
     r = res['32x48']
     for k in ('copy', 'scramble', 'full_map'):
         s = r[k]
-        assert s['n'] == 2 and s['timer'] == 'cpu'
-        # The summary is of the CPU timer's two samples: their median is their mean, and
-        # every call took measurable wall-clock time.
+        assert s['n'] == 3 and s['timer'] == 'cpu'
         assert s['median_ms'] == s['cpu_median_ms']
         assert s['min_ms'] <= s['median_ms'] <= s['max_ms']
-        assert s['median_ms'] == pytest.approx((s['min_ms'] + s['max_ms']) / 2)
-        assert s['wall_median_ms'] > 0
-    assert r['scramble_over_copy'] == pytest.approx(r['scramble']['median_ms'] /
-                                                    r['copy']['median_ms'])
+        assert s['wall_median_ms'] > 0  # every call took measurable wall-clock time
+    assert r['scramble_over_copy'] == r['scramble']['median_ms'] / r['copy']['median_ms']
 
 
 def test_model_configs():
@@ -277,10 +315,10 @@ def test_tool_variants_and_profile(tmp_path, capsys, load_tool):
 def test_fast_loss_variant_switches_every_head(tmp_path):
     from mmseg_ppenc.models.fast_loss import is_fast_loss_enabled, loss_heads
     cfgs = bm.model_configs('tiny', 'naive', 32)
-    key_file = bm._temp_key_file(str(tmp_path))
+    key_file = common.temp_key_file(str(tmp_path))
     built = {}
     for switches in ('', 'L'):
-        v = bm._Variant('v', 'baseline', 1, switches, cfgs, 32, 'cpu', key_file, 0)
+        v = Variant('v', 'baseline', 1, switches, cfgs, 32, 'cpu', key_file, 0)
         built[switches] = [is_fast_loss_enabled(h) for _, h in loss_heads(v.model)]
         assert torch.isfinite(v.step()['loss'])
         v.free()
@@ -318,7 +356,7 @@ def test_amp_falls_back_to_fp32_on_this_cpu(key_env):
         assert not torch.is_autocast_enabled('cpu')
         assert model.backbone.patch_embed.projection(torch.randn(1, 3, 16, 16)).dtype == \
             torch.float32
-    data = bm._synthetic_batch(2, 64, 19, seed=0)
+    data = synthetic_batch(2, 64, 19, seed=0)
     before = model.backbone.patch_embed.projection.weight.detach().clone()
     log_vars = model.train_step(data, wrapper)
     assert torch.isfinite(log_vars['loss'])

@@ -1,11 +1,14 @@
 """Step-0 agreement of the end-to-end GPU driver (tools/analysis/e2e.py), on the CPU."""
+import os.path as osp
+import sys
 import warnings
 
 import pytest
 
-from conftest import load_tool, tiny_config
+from conftest import REPO, tiny_config
 
-E = load_tool('analysis/e2e')
+sys.path.insert(0, osp.join(REPO, 'tools'))
+from analysis import e2e as E  # noqa: E402
 
 
 @pytest.mark.parametrize('decoder', ['mla', 'naive'])

@@ -1,13 +1,16 @@
 """Texture mosaics of the miniature Table I (tools/analysis/textures.py)."""
 import os
+import os.path as osp
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load_tool
+from conftest import REPO
 
-T = load_tool('analysis/textures')
+sys.path.insert(0, osp.join(REPO, 'tools'))
+from analysis import textures as T  # noqa: E402
 
 
 @pytest.mark.parametrize('size', [(64, 64), (64, 128), (96, 160)])

@@ -7,8 +7,8 @@ import pytest
 from mmcv.transforms import LoadImageFromFile
 from mmseg.registry import TRANSFORMS
 
-from mmseg_ppenc.cipher import encrypt_image
-from mmseg_ppenc.keys import SecretKey
+from ppenc.cipher import encrypt_image
+from ppenc.keys import SecretKey
 from mmseg_ppenc.transforms import BlockScramble
 
 

@@ -12,10 +12,11 @@ from mmengine.config import Config
 from mmseg.registry import DATASETS, TRANSFORMS
 from mmseg.utils import register_all_modules
 
-from mmseg_ppenc.cipher import get_cipher
-from mmseg_ppenc.datasets import MANIFEST_NAME, encrypt_dataset, make_synthetic_cityscapes
-from mmseg_ppenc.keys import SecretKey
-from mmseg_ppenc.core.errors import KeylessPipelineError
+from ppenc.cipher import get_cipher
+from ppenc.dataset import MANIFEST_NAME, encrypt_dataset
+from ppenc.synthetic import make_synthetic_cityscapes
+from ppenc.keys import SecretKey
+from ppenc.errors import KeylessPipelineError
 from mmseg_ppenc.datasets.keyless import KeylessEncryptedDataset
 from mmseg_ppenc.transforms import (ALLOWED_TRANSFORMS, EncryptedPhotoMetric,
                                     EncryptedRandomFlip, GridRandomCrop,
@@ -180,11 +181,13 @@ def test_pipeline_check_accepts_allowed_and_objects():
 
 
 def test_constructor_checks():
-    with pytest.raises(KeylessPipelineError, match=r'multiples of block_size=16 \(e.g. \(32, 48\)'):
+    with pytest.raises(KeylessPipelineError,
+                       match=r'crop_size=\(30, 50\) is off the 16-pixel block grid.*'
+                             r'for 30 use 16 or 32; for 50 use 48 or 64'):
         GridRandomCrop(crop_size=(30, 50))
     with pytest.raises(KeylessPipelineError, match='flip_compatible=True'):
         EncryptedRandomFlip()
-    with pytest.raises(ValueError, match='60x128 pixels, not a multiple'):
+    with pytest.raises(ValueError, match='60x128 pixels, off the 16-pixel block grid'):
         GridRandomCrop(crop_size=32)(_results(np.zeros((60, 128, 3), np.uint8),
                                               np.zeros((60, 128), np.uint8)))
 

@@ -3,8 +3,8 @@
 Experiment code, not library code: it reads what ``tools/train.py`` and ``tools/test.py``
 (mmengine 0.10's Runner) leave in each run's work_dir and writes the table in the layout
 of the miniature (``docs/table1.md``) next to the paper's numbers. Run it as
-``python tools/collect_table.py --work-dirs work_dirs`` (or this file directly); the
-commands that produce the runs are in ``docs/table1_fullsize.md``.
+``python tools/collect_table.py --work-dirs work_dirs``; the commands that produce the
+runs are in ``docs/table1_fullsize.md``.
 
 Layout read: one work_dir per config of
 ``configs/ppenc/setr_vit-{b,l}_{mla,pup,naive}_cityscapes_{baseline,conventional2,proposed}.py``,
@@ -38,43 +38,17 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .common import (BACKBONE_TITLES, BACKBONES, DECODER_TITLES, DECODERS, METRICS,
+                     PAPER_TABLE1, SETTING_TITLES, SETTINGS, markdown_table)
+
 __all__ = [
     'BACKBONES', 'DECODERS', 'SETTINGS', 'METRICS', 'PAPER_TABLE1', 'RunResult',
     'CollectError', 'config_stem', 'run_names', 'identify_config', 'read_run',
     'collect', 'format_markdown', 'build_parser', 'main'
 ]
 
-#: Backbones, decoders and settings of the paper's Table I, in its row/column order.
-BACKBONES: Tuple[str, ...] = ('vit-b', 'vit-l')
-DECODERS: Tuple[str, ...] = ('mla', 'pup', 'naive')
-SETTINGS: Tuple[str, ...] = ('baseline', 'conventional2', 'proposed')
-METRICS: Tuple[str, ...] = ('aAcc', 'mIoU', 'mAcc')
-_BACKBONE_TITLES = {'vit-b': 'ViT-B', 'vit-l': 'ViT-L'}
-_DECODER_TITLES = {'mla': 'MLA', 'pup': 'PUP', 'naive': 'Naive'}
-_SETTING_TITLES = {'baseline': 'baseline', 'conventional2': 'conventional 2',
-                   'proposed': 'proposed'}
+# Backbone width of each backbone: a run's config says which one it trained.
 _EMBED_DIMS = {'vit-b': 768, 'vit-l': 1024}
-
-#: Table I of Sueyoshi, Nishikawa, Kiya (arXiv 2507.12730): Cityscapes val,
-#: (aAcc, mIoU, mAcc) in %.
-PAPER_TABLE1: Dict[str, Dict[str, Dict[str, Tuple[float, float, float]]]] = {
-    'vit-b': {
-        'mla': {'baseline': (94.74, 71.79, 81.50), 'conventional2': (89.09, 39.87, 46.61),
-                'proposed': (94.54, 70.99, 80.85)},
-        'pup': {'baseline': (93.90, 64.35, 74.68), 'conventional2': (89.40, 44.65, 54.44),
-                'proposed': (94.06, 67.08, 75.08)},
-        'naive': {'baseline': (93.79, 68.14, 78.39), 'conventional2': (88.78, 40.59, 49.94),
-                  'proposed': (94.52, 70.64, 80.80)},
-    },
-    'vit-l': {
-        'mla': {'baseline': (95.20, 73.26, 81.43), 'conventional2': (92.33, 53.55, 62.32),
-                'proposed': (94.88, 72.57, 80.69)},
-        'pup': {'baseline': (94.66, 67.14, 76.13), 'conventional2': (89.25, 38.59, 44.63),
-                'proposed': (94.52, 66.20, 74.57)},
-        'naive': {'baseline': (94.96, 71.38, 81.03), 'conventional2': (89.60, 42.03, 49.06),
-                  'proposed': (94.96, 70.51, 79.02)},
-    },
-}
 
 # mmengine names a run's directory with time.strftime('%Y%m%d_%H%M%S').
 _TIMESTAMP = re.compile(r'^\d{8}_\d{6}$')
@@ -391,15 +365,13 @@ def _cell(res: Optional[Mapping]) -> str:
     return text + (' *' if res.get('status') == 'incomplete' else '')
 
 
-def _table(rows: Mapping[str, Mapping[str, Mapping[str, Mapping]]], cell) -> List[str]:
-    lines = ['| backbone | decoder | baseline | conventional 2 | proposed |',
-             '|---|---|---|---|---|']
-    for b in BACKBONES:
-        for d in DECODERS:
-            row = rows.get(b, {}).get(d, {})
-            lines.append(f'| {_BACKBONE_TITLES[b]} | {_DECODER_TITLES[d]} | '
-                         + ' | '.join(cell(row.get(s), b, d, s) for s in SETTINGS) + ' |')
-    return lines
+def _grid(rows: Mapping[str, Mapping[str, Mapping[str, Mapping]]], cell) -> List[str]:
+    """Lines of one backbone x decoder by setting table; ``cell(res, b, d, s)`` fills it."""
+    headers = ['backbone', 'decoder'] + [SETTING_TITLES[s] for s in SETTINGS]
+    body = [[BACKBONE_TITLES[b], DECODER_TITLES[d]] +
+            [cell(rows.get(b, {}).get(d, {}).get(s), b, d, s) for s in SETTINGS]
+            for b in BACKBONES for d in DECODERS]
+    return markdown_table(headers, body, align=False).split('\n')
 
 
 def format_markdown(result: Mapping, source: str = '') -> str:
@@ -422,11 +394,11 @@ def format_markdown(result: Mapping, source: str = '') -> str:
     lines = ['# Table I, full size (Cityscapes val)', '',
              'aAcc / mIoU / mAcc (%) of the 18 runs' + (f' in {source}' if source else '')
              + '; `*`: not at the end of its schedule (see "Incomplete runs").', '']
-    lines += _table(result['backbones'], lambda r, b, d, s: _cell(r))
+    lines += _grid(result['backbones'], lambda r, b, d, s: _cell(r))
     lines += ['', "The paper's Table I (Sueyoshi, Nishikawa, Kiya, arXiv 2507.12730):", '']
-    lines += _table(paper, lambda r, b, d, s: _cell(dict(r, status='ok')))
+    lines += _grid(paper, lambda r, b, d, s: _cell(dict(r, status='ok')))
     lines += ['', 'mIoU, these runs minus the paper:', '']
-    lines += _table(result['backbones'], gap)
+    lines += _grid(result['backbones'], gap)
     for title, names in (('Missing runs', result['missing']),
                          ('Incomplete runs', result['incomplete'])):
         if names:
@@ -561,6 +533,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f'{len(result["incomplete"])} incomplete.')
     return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())

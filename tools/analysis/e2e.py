@@ -35,9 +35,9 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-__all__ = ['train_overrides', 'run_training', 'parse_scalars', 'step0_agreement']
+from .common import TOOLS_DIR
 
-_TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
+__all__ = ['train_overrides', 'run_training', 'parse_scalars', 'step0_agreement', 'main']
 
 
 def train_overrides(data_root: str, iters: int, batch: int, workers: int,
@@ -92,7 +92,7 @@ def run_training(config: str, work_dir: str, overrides: Sequence[str],
         dict: ``returncode`` (None after a timeout), ``wall_s``, ``command`` and the
         last 2000 characters of the output in ``log_tail``.
     """
-    cmd = [python, osp.join(_TOOLS, 'train.py'), config, '--work-dir', work_dir,
+    cmd = [python, osp.join(TOOLS_DIR, 'train.py'), config, '--work-dir', work_dir,
            '--cfg-options', *overrides]
     t0 = time.time()
     try:
@@ -237,9 +237,18 @@ def step0_agreement(baseline_cfg: str, proposed_cfg: str, data_root: str,
                 seconds=time.time() - t0)
 
 
-def main_e2e(argv: Optional[Sequence[str]] = None,
-             log: Callable[[str], None] = print) -> int:
-    """Command line: see ``tools/benchmark_e2e.py --help``."""
+def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = print) -> int:
+    """Train each config, read its figures, compare step 0; write the JSON report as it
+    goes (``tools/benchmark_e2e.py``; see its ``--help``).
+
+    Args:
+        argv (Sequence[str], optional): Arguments without the program name. Defaults to
+            None (``sys.argv``).
+        log (callable): Progress messages. Defaults to ``print``.
+
+    Returns:
+        int: 0 (a failed run is recorded in the report, not fatal).
+    """
     import argparse
     p = argparse.ArgumentParser(description='Measure tools/train.py end to end on '
                                             'synthetic Cityscapes data (random weights)')

@@ -12,11 +12,8 @@ import os.path as osp
 import sys
 from typing import List, Optional
 
-if __package__ in (None, ''):  # run as a script: make `analysis` importable
-    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-    from analysis import benchmark as bm  # noqa: E402
-else:
-    from . import benchmark as bm
+from .benchmark_report import compare, format_report
+from .common import fmt, markdown_table, write_json
 
 __all__ = ['merge', 'format_merged', 'main']
 
@@ -34,7 +31,7 @@ def merge(folder: str) -> dict:
 
     Returns:
         dict: ``env``, ``train`` (all variants of both benchmark parts, in run order),
-        ``profile``, ``comparisons`` (:func:`benchmark.compare` over all variants),
+        ``profile``, ``comparisons`` (:func:`benchmark_report.compare` over all variants),
         ``e2e`` and ``parts`` (which files were found).
     """
     parts = {name: _load(osp.join(folder, f'{name}.json'))
@@ -55,7 +52,7 @@ def merge(folder: str) -> dict:
                                                                     'bench_compile')))
     report = dict(env=parts['env'], train=train, profile=profile, e2e=parts['e2e'],
                   parts={k: v is not None for k, v in parts.items()})
-    report['comparisons'] = bm.compare(dict(train=train)) if 'batch' in train else []
+    report['comparisons'] = compare(dict(train=train)) if 'batch' in train else []
     return report
 
 
@@ -72,19 +69,19 @@ def format_merged(report: dict) -> str:
     if report.get('profile'):
         body['profile'] = report['profile']
     body['comparisons'] = report.get('comparisons')
-    lines.append(bm.format_report(body))
+    lines.append(format_report(body))
     e2e = report.get('e2e')
     if e2e:
         rows = []
         for name, r in (e2e.get('runs') or {}).items():
-            rows.append([name, str(r.get('returncode')), bm._fmt(r.get('img_per_s')),
-                         bm._fmt(r.get('gpu_idle_share'), 3),
-                         bm._fmt(r.get('val_s_per_img'), 3), bm._fmt(r.get('wall_s'), 0),
+            rows.append([name, str(r.get('returncode')), fmt(r.get('img_per_s')),
+                         fmt(r.get('gpu_idle_share'), 3),
+                         fmt(r.get('val_s_per_img'), 3), fmt(r.get('wall_s'), 0),
                          r.get('error', '')])
         lines.append(
             f"End to end: tools/train.py, {e2e.get('iters')} iterations at batch "
             f"{e2e.get('batch')}, {e2e.get('workers')} workers, synthetic "
-            'Cityscapes-layout data, random weights\n\n' + bm._table(
+            'Cityscapes-layout data, random weights\n\n' + markdown_table(
                 ['config', 'exit', 'img/s (with data)', 'data wait share',
                  's per val image', 'run s', 'error'], rows))
         s0 = e2e.get('step0') or {}
@@ -98,20 +95,25 @@ def format_merged(report: dict) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``gpu_report.py FOLDER``: write FOLDER/benchmarks.json and FOLDER/benchmarks.txt."""
+    """``tools/gpu_report.py FOLDER``: write FOLDER/benchmarks.json and
+    FOLDER/benchmarks.txt.
+
+    Args:
+        argv (list[str], optional): ``[FOLDER]``. Defaults to None (``sys.argv``).
+
+    Returns:
+        int: 0 when written, 2 for a missing folder (usage on stderr).
+    """
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or not osp.isdir(argv[0]):
         print('usage: gpu_report.py FOLDER (the output folder of tools/benchmark_gpu.sh)',
               file=sys.stderr)
         return 2
     report = merge(argv[0])
-    bm.write_json(report, osp.join(argv[0], 'benchmarks.json'))
+    write_json(report, osp.join(argv[0], 'benchmarks.json'))
     text = format_merged(report)
     with open(osp.join(argv[0], 'benchmarks.txt'), 'w') as f:
         f.write(text + '\n')
     print(text)
     return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())

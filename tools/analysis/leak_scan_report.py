@@ -7,25 +7,33 @@
 - Detection: the share of the encodings made by ``tests/key_encodings.py`` (every class
   the scan claims, drawn at random) that the scan finds, over many keys.
 - Cost: seconds to scan a synthetic mmengine training log of the given size.
+
+:func:`main` is ``tools/benchmark_leak_scan.py``: it prints a table and writes JSON.
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import importlib.util
+import json
 import os
 import os.path as osp
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mmseg_ppenc.keys import SecretKey
-from mmseg_ppenc.leak_scan import KeyScanner
+from ppenc.keys import SecretKey
+from ppenc.leak_scan import KeyScanner
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+from .common import REPO_ROOT
+
+__all__ = ['random_keys', 'stock_config_false_positives', 'log_false_positives',
+           'detection', 'synthetic_log', 'scan_cost', 'main']
 
 
-def _random_keys(n: int, seed: int) -> List[SecretKey]:
+def random_keys(n: int, seed: int) -> List[SecretKey]:
+    """``n`` keys drawn from ``seed`` (the same keys on every run)."""
     rng = np.random.default_rng(seed)
     return [SecretKey(rng.integers(0, 256, 32, dtype=np.uint8).tobytes()) for _ in range(n)]
 
@@ -79,7 +87,7 @@ def log_false_positives(folders: Sequence[str], keys: Sequence[SecretKey],
 def detection(n_keys: int) -> Dict:
     """Share of the generated encodings found (``tests/key_encodings.py``)."""
     spec = importlib.util.spec_from_file_location(
-        'key_encodings', osp.join(ROOT, 'tests', 'key_encodings.py'))
+        'key_encodings', osp.join(REPO_ROOT, 'tests', 'key_encodings.py'))
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     total, found, missed = 0, 0, []
@@ -118,7 +126,7 @@ def synthetic_log(nbytes: int, seed: int = 0) -> bytes:
 def scan_cost(nbytes: int, repeats: int = 3) -> Dict:
     """Median seconds to scan a synthetic log of ``nbytes`` for one key."""
     data = synthetic_log(nbytes)
-    scanner = KeyScanner(_random_keys(1, 99)[0])
+    scanner = KeyScanner(random_keys(1, 99)[0])
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -126,3 +134,50 @@ def scan_cost(nbytes: int, repeats: int = 3) -> Dict:
         times.append(time.perf_counter() - t0)
     return dict(bytes=len(data), seconds=float(np.median(times)),
                 mb_per_s=len(data) / 1e6 / float(np.median(times)), false_positive=hit)
+
+
+#: The command's description (its ``--help``), as ``tools/benchmark_leak_scan.py`` gives.
+DESCRIPTION = 'The leak scan measured both ways: false positives, detection rate and cost.'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Measure false positives, detection and cost; print a table and write the JSON.
+
+    Args:
+        argv (Sequence[str], optional): Arguments without the program name. Defaults to
+            None (``sys.argv``).
+
+    Returns:
+        int: 0.
+    """
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument('--logs', nargs='*', default=[], help='folders of run artefacts')
+    parser.add_argument('--keys', type=int, default=3, help='random keys for false positives')
+    parser.add_argument('--detect-keys', type=int, default=50, help='keys for detection')
+    parser.add_argument('--log-mb', type=float, default=15.0, help='size of the timed log')
+    parser.add_argument('--out', default='work_dirs/benchmark/leak_scan.json')
+    args = parser.parse_args(argv)
+    keys = random_keys(args.keys, seed=7)
+    result = dict(stock_configs=stock_config_false_positives(keys),
+                  logs=log_false_positives(args.logs, keys) if args.logs else None,
+                  detection=detection(args.detect_keys),
+                  cost=scan_cost(int(args.log_mb * 1e6)))
+    s, d, c = result['stock_configs'], result['detection'], result['cost']
+    rows = [('stock mmseg configs (pretty text)',
+             f'{s["false_positives"]} hits / {s["configs"]} configs x {s["keys"]} keys')]
+    if result['logs']:
+        lg = result['logs']
+        rows.append(('files under --logs', f'{lg["false_positives"]} hits / {lg["files"]} '
+                     f'files ({lg["bytes"] / 1e6:.1f} MB) x {lg["keys"]} keys'))
+    rows += [('detection (generated encodings)',
+              f'{d["found"]}/{d["encodings"]} = {100 * d["rate"]:.1f} % over {d["keys"]} keys'),
+             (f'cost, {c["bytes"] / 1e6:.1f} MB log',
+              f'{c["seconds"]:.2f} s ({c["mb_per_s"]:.1f} MB/s)')]
+    width = max(len(a) for a, _ in rows)
+    for a, b in rows:
+        print(f'{a:<{width}}  {b}')
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(result, f, indent=2)
+    print(f'written {args.out}')
+    return 0

@@ -1,7 +1,7 @@
 """Where the time of one SETR training step goes: backbone, neck, heads, losses, optimizer.
 
 :func:`profile_step` runs the step of a benchmark variant (see
-:func:`benchmark.parse_variant`) piece by piece, with the same arithmetic as
+:func:`common.parse_variant`) piece by piece, with the same arithmetic as
 ``model.train_step``, and times each piece:
 
 - forward: data preprocessor, backbone, neck, decode head, auxiliary heads, losses;
@@ -29,7 +29,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from . import benchmark as bm
+from .common import (markdown_table, parse_variant, quiet_mmengine, temp_key_file,
+                     time_interleaved, time_sequential, variant_name)
+from .variants import Variant, model_configs
 
 __all__ = ['profile_step', 'segmented_step', 'loss_path', 'format_profile']
 
@@ -235,7 +237,7 @@ def profile_step(spec: str = 'baseline', arch: str = 'vit-l', decoder: str = 'ml
     """Time the pieces of a training step and profile one ordinary step.
 
     Args:
-        spec (str): Variant (:func:`benchmark.parse_variant`). Defaults to
+        spec (str): Variant (:func:`common.parse_variant`). Defaults to
             ``'baseline'`` (the plugin defaults).
         arch (str): ``'tiny'``, ``'vit-b'`` or ``'vit-l'``. Defaults to ``'vit-l'``.
         decoder (str): ``'mla'``, ``'pup'`` or ``'naive'``. Defaults to ``'mla'``.
@@ -255,25 +257,25 @@ def profile_step(spec: str = 'baseline', arch: str = 'vit-l', decoder: str = 'ml
         (op -> calls in one step), ``loss_path`` (:func:`loss_path`) and the variant's
         description.
     """
-    setting, switches = bm.parse_variant(spec)
+    setting, switches = parse_variant(spec)
     if steps < 1:
         raise ValueError(f'steps must be >= 1, got {steps}')
-    cfgs = bm.model_configs(arch, decoder, size, config_dir)
+    cfgs = model_configs(arch, decoder, size, config_dir)
     cuda = device.startswith('cuda')
     if cuda:
         torch.backends.cudnn.benchmark = True
-    name = bm.variant_name(setting, switches, batch)
-    with tempfile.TemporaryDirectory() as tmp, bm._quiet_mmengine():
-        v = bm._Variant(name, setting, batch, switches, cfgs, size, device,
-                        bm._temp_key_file(tmp), seed)
+    name = variant_name(setting, switches, batch)
+    with tempfile.TemporaryDirectory() as tmp, quiet_mmengine():
+        v = Variant(name, setting, batch, switches, cfgs, size, device, temp_key_file(tmp),
+                    seed)
         try:
             for _ in range(warmup):
                 v.step()
             runs = [segmented_step(v.model, v.optim_wrapper, v.data) for _ in range(steps)]
             seg = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             losses = loss_path(v.model, v.optim_wrapper, v.data)
-            clock = (bm.time_sequential(v.step, 3)['wall'] if cuda else
-                     [bm.time_interleaved({'s': v.step}, 1, 0)['s']['wall'][0]])
+            clock = (time_sequential(v.step, 3)['wall'] if cuda else
+                     [time_interleaved({'s': v.step}, 1, 0)['s']['wall'][0]])
             activities = [torch.profiler.ProfilerActivity.CPU]
             if cuda:
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -308,9 +310,9 @@ def format_profile(prof: dict) -> str:
     parts = [f"Profile: {prof['variant']['name']}, {prof['arch']} + {prof['decoder']}, "
              f"{prof['size']}x{prof['size']}, {prof['device']} (median of "
              f"{prof['steps']} piece-by-piece steps)\n\n" +
-             bm._table(['piece', 'ms', 'share'], rows)]
+             markdown_table(['piece', 'ms', 'share'], rows)]
     if prof.get('top_kernels'):
-        parts.append('Heaviest kernels in one step\n\n' + bm._table(
+        parts.append('Heaviest kernels in one step\n\n' + markdown_table(
             ['kernel', 'self ms', 'calls'],
             [[k['name'], f"{k['self_ms']:.1f}", str(k['calls'])]
              for k in prof['top_kernels']]))
@@ -319,7 +321,7 @@ def format_profile(prof: dict) -> str:
         rows = [[k, f"{lp['mmseg'][k]:.1f}", f"{lp['fast'][k]:.1f}"]
                 for k in lp['pieces'] + ['total']]
         parts.append(f"Loss path of {len(lp['heads'])} heads, same logits (median ms)\n\n" +
-                     bm._table(['piece', 'mmseg', 'fast loss path (L)'], rows))
+                     markdown_table(['piece', 'mmseg', 'fast loss path (L)'], rows))
     syncs = ', '.join(f'{k} x{n}' for k, n in prof['sync_ops'].items() if n)
     parts.append(f"Host-device synchronisations in one step: {syncs or 'none recorded'}")
     return '\n\n'.join(parts)

@@ -38,7 +38,7 @@ class ModelEncryptionError(PpencError):
 class CheckpointReadError(ConfigError, ModelEncryptionError):
     """A checkpoint file is missing, corrupt, or refused by ``torch.load(weights_only=True)``.
 
-    Raised by the one checkpoint reader (:func:`mmseg_ppenc.core.meta.read_checkpoint`) for
+    Raised by the one checkpoint reader (:func:`mmseg_ppenc.core.checkpoint.read_checkpoint`) for
     every path that reads one: a config error for training and testing, a model-encryption
     error for ``tools/encrypt_model.py``.
     """

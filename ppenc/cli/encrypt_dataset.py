@@ -28,7 +28,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli import RUN_FAILED, fail
+from ppenc.cli import RUN_FAILED, fail
 
 __all__ = ['build_parser', 'main']
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         argparse.ArgumentParser: Parser for ``SRC DST [options]``.
     """
-    from mmseg_ppenc.datasets.encrypt import DEFAULT_MAX_PIXELS, LAYOUTS
+    from ppenc.dataset import DEFAULT_MAX_PIXELS, LAYOUTS
     parser = argparse.ArgumentParser(
         description='Encrypt a dataset tree block-wise for keyless training on a server.',
         epilog='Exit status: 0 done, 2 bad input, 1 DST not writable (rerun to resume), '
@@ -110,9 +110,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         int: The exit status (see the module docstring).
     """
     args = build_parser().parse_args(argv)
-    from mmseg_ppenc.core.errors import DatasetWriteError, PpencError
-    from mmseg_ppenc.datasets.encrypt import check_output_format, encrypt_dataset
-    from mmseg_ppenc.keys import resolve_key
+    from ppenc.errors import DatasetWriteError, PpencError
+    from ppenc.dataset import check_output_format, encrypt_dataset
+    from ppenc.keys import resolve_key
     try:
         check_output_format(args.out_format)
         if args.workers is not None and args.workers < 1:

@@ -1,35 +1,29 @@
-"""The ``meta['ppenc']`` record that ties a checkpoint to a key, and the one checkpoint reader.
+"""The one checkpoint reader, and the check of a checkpoint's record against its weights.
 
-Every checkpoint an encrypted run or tool writes carries, under ``meta['ppenc']``, the key
-*fingerprint* (never the key), the cipher, the block size, whether the key is
-flip-compatible and, when known, the normalisation the weights were adapted for and
-(``tools/encrypt_model.py``) the SHA-256 of the encrypted patch embedding. Whoever loads a
-checkpoint reads it with :func:`read_checkpoint` and checks it with
+Whoever loads a checkpoint reads it with :func:`read_checkpoint` and checks it with
 :func:`check_checkpoint`, so the rules (and their messages) exist once: the pre-trained
 ``init_cfg``, ``load_from``, ``resume``, ``tools/test.py``, the inference APIs and
-``ppenc-infer``, ``tools/encrypt_model.py`` and the keyless server hook.
+``ppenc-infer``, ``tools/encrypt_model.py``, the keyless server hook and the security
+analysis. The record's format and the checks that need no weights are in
+:mod:`ppenc.meta`.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import OrderedDict
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Type
 
-from .errors import (CheckpointReadError, CheckpointRecordError, InvalidKeyError,
-                     PpencError)
+from ppenc.errors import (CheckpointReadError, CheckpointRecordError, InvalidKeyError,
+                          PpencError)
+from ppenc.meta import (META_KEY, capitalize, check_cipher, check_meta, check_normalization,
+                        meta_of, plain_floats)
 
-__all__ = ['CIPHER_NAME', 'META_KEY', 'build_meta', 'meta_of', 'state_dict_of',
-           'read_checkpoint', 'unsafe_checkpoint_error', 'read_checkpoint_meta',
-           'patch_embed_digest', 'patch_embed_keys', 'permutation_smoothness',
-           'check_checkpoint', 'check_patch_embed_digest', 'check_meta',
-           'check_normalization', 'normalization_of']
+__all__ = ['state_dict_of', 'read_checkpoint', 'read_weights', 'unsafe_checkpoint_error',
+           'read_checkpoint_meta', 'patch_embed_digest', 'patch_embed_keys',
+           'permutation_smoothness', 'check_checkpoint', 'check_patch_embed_digest',
+           'normalization_of']
 
-#: Name and version of the block cipher (recorded in checkpoints and dataset manifests).
-CIPHER_NAME = 'block-shuffle-v1'
-#: Key of the record inside a checkpoint's ``meta``.
-META_KEY = 'ppenc'
-# Relative tolerance for comparing normalisation constants read back from JSON/pickles.
-_NORM_RTOL = 1e-6
 # Names of the patch-embedding weight: mmseg's VisionTransformer, timm's (convert.py).
 _PATCH_KEYS = ('patch_embed.projection.weight', 'patch_embed.proj.weight')
 # What every refusal of a record that does not belong to its weights ends with.
@@ -37,47 +31,6 @@ _RECORD_FIX = ('The record was copied from another checkpoint, or the weights we
                'after encryption, so they must not be used as encrypted weights. Encrypt '
                'the plain weights again with tools/encrypt_model.py (IN = the plain '
                'checkpoint, without this record) and use its output.')
-
-
-def build_meta(fingerprint: str, block_size: int, flip_compatible: bool = False,
-               mean: Optional[Sequence[float]] = None,
-               std: Optional[Sequence[float]] = None,
-               patch_embed_sha256: Optional[str] = None) -> dict:
-    """The ``meta['ppenc']`` record.
-
-    Args:
-        fingerprint (str): Key fingerprint (safe to store).
-        block_size (int): Cipher block size (= ViT patch size).
-        flip_compatible (bool): Whether the key commutes with horizontal flips.
-            Defaults to False.
-        mean (Sequence[float], optional): RGB normalisation mean the weights are adapted
-            for. Defaults to None (not recorded).
-        std (Sequence[float], optional): RGB normalisation std. Defaults to None.
-        patch_embed_sha256 (str, optional): SHA-256 of the adapted patch-embedding
-            weight (:func:`patch_embed_digest`), so that the record can be checked
-            against the weights it was made for (:func:`check_checkpoint`). Defaults to
-            None (not recorded).
-
-    Returns:
-        dict: The record (plain Python types only, so it pickles safely).
-    """
-    from .. import __version__
-    meta = dict(key_fingerprint=str(fingerprint), cipher=CIPHER_NAME,
-                block_size=int(block_size), flip_compatible=bool(flip_compatible),
-                version=__version__)
-    if mean is not None and std is not None:
-        meta['mean'] = [float(v) for v in mean]
-        meta['std'] = [float(v) for v in std]
-    if patch_embed_sha256 is not None:
-        meta['patch_embed_sha256'] = str(patch_embed_sha256)
-    return meta
-
-
-def meta_of(checkpoint: Any) -> Optional[dict]:
-    """The ``meta['ppenc']`` record of a loaded checkpoint dict, or None."""
-    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
-    rec = meta.get(META_KEY) if isinstance(meta, Mapping) else None
-    return dict(rec) if isinstance(rec, Mapping) else None
 
 
 def state_dict_of(checkpoint: Any) -> Mapping:
@@ -175,7 +128,7 @@ def read_checkpoint(path: Any, what: str = 'checkpoint', *, mmap: bool = False) 
                 f'({_first_line(e, path)}). Download or export it again.') from None
     import torch
     try:
-        from ..compat import register_safe_globals
+        from mmseg_ppenc.compat import register_safe_globals
         register_safe_globals()
     except ImportError:  # pragma: no cover - mmengine missing: plain tensors still load
         pass
@@ -194,6 +147,39 @@ def read_checkpoint(path: Any, what: str = 'checkpoint', *, mmap: bool = False) 
             f'Cannot read the {what} {path} ({_first_line(e, path)}). Expected a PyTorch '
             'checkpoint (torch.save, .pth/.pt/.bin) or a .safetensors file: copy or '
             'download it again, or check the path.') from None
+
+
+def read_weights(path: Any, what: str = 'checkpoint', *,
+                 mmap: bool = False) -> Tuple['OrderedDict[str, Any]', dict]:
+    """Read a checkpoint file and return its tensors and its ``meta`` dict.
+
+    The one way tools read weights (model encryption, the security analysis): the file is
+    read by :func:`read_checkpoint`, and one that holds no tensors gets the same
+    :class:`~ppenc.errors.CheckpointReadError` wherever it is read.
+
+    Args:
+        path (str | os.PathLike): Local checkpoint file.
+        what (str): How to name the file in messages. Defaults to ``'checkpoint'``.
+        mmap (bool): Memory-map the tensors. Defaults to False.
+
+    Returns:
+        tuple[OrderedDict[str, Tensor], dict]: The tensors of its state dict
+        (:func:`state_dict_of`), in file order, and its ``meta`` (``{}`` when it has none).
+
+    Raises:
+        CheckpointReadError: the file is missing, unreadable, unsafe, or holds no tensors.
+    """
+    import torch
+    checkpoint = read_checkpoint(path, what, mmap=mmap)
+    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+    tensors = OrderedDict((k, v) for k, v in state_dict_of(checkpoint).items()
+                          if isinstance(v, torch.Tensor))
+    if not tensors:
+        raise CheckpointReadError(
+            f'The {what} {os.fspath(path)} holds no state dict (expected a dict of tensors, '
+            'possibly under "state_dict" or "model"). Check that the file is a model '
+            'checkpoint.')
+    return tensors, dict(meta) if isinstance(meta, Mapping) else {}
 
 
 def read_checkpoint_meta(path: Any) -> Optional[dict]:
@@ -241,7 +227,8 @@ def patch_embed_keys(state_dict: Mapping) -> List[str]:
 
 def _record_error(what: str, found: str) -> CheckpointRecordError:
     return CheckpointRecordError(
-        f'{_cap(what)}: its meta["ppenc"] record does not belong to its weights: {found}. '
+        f'{capitalize(what)}: its meta["{META_KEY}"] record does not belong to its weights: '
+        f'{found}. '
         + _RECORD_FIX)
 
 
@@ -346,7 +333,7 @@ def check_checkpoint(checkpoint: Any, what: str = 'the checkpoint', *,
        ``mean``/``std`` are given).
 
     A record copied onto other weights is refused with the same
-    :class:`~mmseg_ppenc.core.errors.CheckpointRecordError` message on every path, before
+    :class:`~ppenc.errors.CheckpointRecordError` message on every path, before
     any other check (what such a record says cannot be trusted).
 
     Args:
@@ -367,7 +354,7 @@ def check_checkpoint(checkpoint: Any, what: str = 'the checkpoint', *,
             ``tools/encrypt_model.py``): a record of this key without a digest is then
             refused when the weights look plain. Defaults to None.
         error (type): Exception class of key, cipher and normalisation mismatches.
-            Defaults to :class:`~mmseg_ppenc.core.errors.InvalidKeyError`.
+            Defaults to :class:`~ppenc.errors.InvalidKeyError`.
 
     Returns:
         dict | None: The record (None when the checkpoint has none and that is allowed).
@@ -388,94 +375,10 @@ def check_checkpoint(checkpoint: Any, what: str = 'the checkpoint', *,
                    missing_fix=missing_fix, mismatch_fix=mismatch_fix,
                    block_size=block_size, error=error)
     elif meta is not None:
-        _check_cipher(meta, block_size, what, error)
+        check_cipher(meta, block_size, what, error)
     if mean is not None and std is not None:
         check_normalization(meta, mean, std, what, error=error)
     return meta
-
-
-def check_meta(meta: Optional[Mapping], fingerprint: str, what: str = 'the checkpoint',
-               *, allow_missing: bool = False, missing_fix: str = '',
-               mismatch_fix: str = '', block_size: Optional[int] = None,
-               error: Type[PpencError] = InvalidKeyError) -> bool:
-    """Check that a ``meta['ppenc']`` record belongs to the key ``fingerprint``.
-
-    Args:
-        meta (Mapping | None): The record (None when the checkpoint has none).
-        fingerprint (str): The fingerprint it must record.
-        what (str): How to name the checkpoint in messages. Defaults to
-            ``'the checkpoint'``.
-        allow_missing (bool): Accept a checkpoint without a record (returns False).
-            Defaults to False.
-        missing_fix (str): What to do when the record is missing. Defaults to ``''``.
-        mismatch_fix (str): What to do on another key. Defaults to ``''``.
-        block_size (int, optional): The block size the record must state, when it states
-            one. Defaults to None (not checked).
-        error (type): Exception class to raise. Defaults to :class:`InvalidKeyError`.
-
-    Returns:
-        bool: True when the record matches, False when it is missing and allowed.
-
-    Raises:
-        PpencError: (``error``) missing record, another key, another cipher or another
-        block size. The message names both fingerprints.
-    """
-    if meta is None:
-        if allow_missing:
-            return False
-        raise error(f'{_cap(what)} records no key (no mmseg_ppenc key fingerprint), so it '
-                    f'is not known to belong to key {fingerprint}. {missing_fix}'.rstrip())
-    fp = meta.get('key_fingerprint')
-    if fp != fingerprint:
-        raise error(f'Key fingerprint mismatch: {what} was made for key {fp}, but this '
-                    f'run uses key {fingerprint}. {mismatch_fix}'.rstrip())
-    _check_cipher(meta, block_size, what, error)
-    return True
-
-
-def _check_cipher(meta: Mapping, block_size: Optional[int], what: str,
-                  error: Type[PpencError]) -> None:
-    cipher = meta.get('cipher')
-    if cipher is not None and cipher != CIPHER_NAME:
-        raise error(f'{_cap(what)} was encrypted with cipher {cipher!r}, but this version '
-                    f'of mmseg_ppenc uses {CIPHER_NAME!r}. Encrypt the plain weights (and '
-                    'the data) again with this version\'s tools.')
-    rec_block = meta.get('block_size')
-    if block_size is not None and rec_block is not None and int(rec_block) != block_size:
-        raise error(f'{_cap(what)} was encrypted with block size {rec_block}, but this '
-                    f'model uses {block_size}-pixel blocks (its patch size). Use a '
-                    'checkpoint made for this patch size.')
-
-
-def check_normalization(meta: Optional[Mapping], mean: Sequence[float],
-                        std: Sequence[float], what: str = 'the checkpoint',
-                        error: Type[PpencError] = InvalidKeyError) -> None:
-    """Refuse a checkpoint adapted for another normalisation than the model's.
-
-    The exact adaptation folds the data preprocessor's mean and std into the patch
-    embedding, so weights adapted for one normalisation are wrong under another. Records
-    that state no normalisation (older files) are accepted.
-
-    Args:
-        meta (Mapping | None): The ``meta['ppenc']`` record.
-        mean (Sequence[float]): The model's RGB mean.
-        std (Sequence[float]): The model's RGB std.
-        what (str): How to name the checkpoint. Defaults to ``'the checkpoint'``.
-        error (type): Exception class to raise. Defaults to :class:`InvalidKeyError`.
-    """
-    if not meta or meta.get('mean') is None or meta.get('std') is None:
-        return
-    for name, rec, cur in (('mean', meta['mean'], mean), ('std', meta['std'], std)):
-        rec = [float(v) for v in rec]
-        cur = [float(v) for v in cur]
-        if len(rec) != len(cur) or any(
-                abs(a - b) > _NORM_RTOL * max(abs(a), abs(b), 1.0) for a, b in zip(rec, cur)):
-            raise error(
-                f'{_cap(what)} was adapted for normalisation {name}={rec}, but this model '
-                f'normalises with {name}={cur} (its data preprocessor). The adaptation '
-                'folds the normalisation into the weights, so they would be wrong here. '
-                'Re-encrypt the plain checkpoint for this config (tools/encrypt_model.py '
-                '--config CONFIG), or use the matching data preprocessor.')
 
 
 def normalization_of(model: Any) -> Tuple[Optional[list], Optional[list]]:
@@ -492,14 +395,6 @@ def normalization_of(model: Any) -> Tuple[Optional[list], Optional[list]]:
         mean, std = getattr(pre, 'mean', None), getattr(pre, 'std', None)
     if mean is None or std is None:
         return None, None
-    def flat(v) -> list:
-        # Preprocessors keep float32 tensors; 6 significant digits give back the config's
-        # values (123.67500305 -> 123.675).
-        vals = v.flatten().tolist() if hasattr(v, 'flatten') else v
-        return [float(f'{float(x):.6g}') for x in vals]
-
-    return flat(mean), flat(std)
+    return plain_floats(mean), plain_floats(std)
 
 
-def _cap(s: str) -> str:
-    return s[:1].upper() + s[1:]

@@ -5,7 +5,7 @@ Example::
     ppenc-make-synthetic data/synthetic_cityscapes --train 48 --val 12
 
 The output directory is then a ``data_root`` for mmseg's ``CityscapesDataset``
-(see :mod:`mmseg_ppenc.datasets.synthetic`).
+(see :mod:`ppenc.synthetic`).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    from mmseg_ppenc.datasets.synthetic import make_synthetic_cityscapes
+    from ppenc.synthetic import make_synthetic_cityscapes
     try:
         info = make_synthetic_cityscapes(
             args.out, num_train=args.train, num_val=args.val, height=args.height,

@@ -4,8 +4,10 @@ import pickle
 import pytest
 import torch
 
-from mmseg_ppenc.core import errors, meta
-from mmseg_ppenc.keys import SecretKey
+from mmseg_ppenc.core import checkpoint
+from ppenc import errors
+from ppenc import meta as record
+from ppenc.keys import SecretKey
 
 FP = '0123456789abcdef'
 
@@ -32,8 +34,8 @@ def _smooth_weight(dims=32, block=16):
 
 def _genuine(prefix=''):
     sd = _vit_weights(prefix=prefix)
-    rec = meta.build_meta(FP, 16, False, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0),
-                          patch_embed_sha256=meta.patch_embed_digest(
+    rec = record.build_meta(FP, 16, False, (1.0, 2.0, 3.0), (4.0, 5.0, 6.0),
+                          patch_embed_sha256=checkpoint.patch_embed_digest(
                               sd[prefix + 'patch_embed.projection.weight']))
     return {'state_dict': sd, 'meta': {'ppenc': rec}}
 
@@ -63,7 +65,7 @@ def test_reader_names_the_file_and_the_fix(tmp_path, case, expected, mmap):
     elif case == 'unsafe':
         torch.save({'state_dict': {}, 'callback': pickle.Pickler}, path)
     with pytest.raises(errors.CheckpointReadError, match=expected) as info:
-        meta.read_checkpoint(path, mmap=mmap)
+        checkpoint.read_checkpoint(path, mmap=mmap)
     # One error family: a config error for runs and a model-encryption error for the
     # client tools, so every CLI prints it as one `error:` line.
     assert isinstance(info.value, errors.ConfigError)
@@ -77,35 +79,35 @@ def test_reader_reads_zip_legacy_and_safetensors(tmp_path):
     torch.save(ck, tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
     for name in ('zip.pth', 'legacy.pth'):
         for mmap in (False, True):  # legacy files cannot be memory-mapped: plain read
-            got = meta.read_checkpoint(tmp_path / name, mmap=mmap)
+            got = checkpoint.read_checkpoint(tmp_path / name, mmap=mmap)
             assert got['meta'] == ck['meta']
             assert torch.equal(got['state_dict']['pos_embed'], ck['state_dict']['pos_embed'])
     from safetensors.torch import save_file
     save_file(ck['state_dict'], str(tmp_path / 'w.safetensors'))
-    got = meta.read_checkpoint(tmp_path / 'w.safetensors')
+    got = checkpoint.read_checkpoint(tmp_path / 'w.safetensors')
     assert torch.equal(got['pos_embed'], ck['state_dict']['pos_embed'])
     (tmp_path / 'bad.safetensors').write_bytes(b'garbage' * 9)
     with pytest.raises(errors.CheckpointReadError, match=r'bad\.safetensors as a '
                                                          r'safetensors file'):
-        meta.read_checkpoint(tmp_path / 'bad.safetensors')
+        checkpoint.read_checkpoint(tmp_path / 'bad.safetensors')
 
 
 def test_state_dict_of():
     sd = _vit_weights()
-    assert meta.state_dict_of({'state_dict': sd, 'meta': {}}) is sd
-    assert meta.state_dict_of({'model': sd}) is sd
-    assert meta.state_dict_of(sd) is sd
-    assert meta.state_dict_of(None) == {}
+    assert checkpoint.state_dict_of({'state_dict': sd, 'meta': {}}) is sd
+    assert checkpoint.state_dict_of({'model': sd}) is sd
+    assert checkpoint.state_dict_of(sd) is sd
+    assert checkpoint.state_dict_of(None) == {}
 
 
 # ------------------------------------------------------------------------------ check
 @pytest.mark.parametrize('prefix', ['', 'backbone.'])
 def test_genuine_checkpoint_passes_every_check(prefix):
     ck = _genuine(prefix)
-    rec = meta.check_checkpoint(ck, 'the checkpoint X', fingerprint=FP, block_size=16,
+    rec = checkpoint.check_checkpoint(ck, 'the checkpoint X', fingerprint=FP, block_size=16,
                                 mean=(1, 2, 3), std=(4, 5, 6))
     assert rec == ck['meta']['ppenc']
-    assert meta.check_checkpoint(ck) == rec  # expectations are optional
+    assert checkpoint.check_checkpoint(ck) == rec  # expectations are optional
 
 
 @pytest.mark.parametrize('forgery', ['other weights', 'tampered', 'other dtype',
@@ -122,10 +124,10 @@ def test_record_on_other_weights_is_refused(forgery):
     forged = {'state_dict': sd, 'meta': ck['meta']}
     want = ck['meta']['ppenc']['patch_embed_sha256'][:16]
     found = 'no patch embedding' if forgery == 'no patch embedding' else \
-        meta.patch_embed_digest(next(iter(sd.values())))[:16]
+        checkpoint.patch_embed_digest(next(iter(sd.values())))[:16]
     with pytest.raises(errors.CheckpointRecordError) as info:
         # Refused before the key is looked at: what a copied record says is not trusted.
-        meta.check_checkpoint(forged, 'the checkpoint X', fingerprint='ffff')
+        checkpoint.check_checkpoint(forged, 'the checkpoint X', fingerprint='ffff')
     msg = str(info.value)
     assert msg.startswith('The checkpoint X: its meta["ppenc"] record does not belong to '
                           'its weights: ')
@@ -138,49 +140,49 @@ def test_key_cipher_block_and_normalisation_are_checked():
     ck = _genuine()
     with pytest.raises(errors.InvalidKeyError, match=f'made for key {FP}, but this run uses '
                                                      'key ffff. Do that.'):
-        meta.check_checkpoint(ck, fingerprint='ffff', mismatch_fix='Do that.')
+        checkpoint.check_checkpoint(ck, fingerprint='ffff', mismatch_fix='Do that.')
     with pytest.raises(errors.InvalidKeyError, match='block size 16, but this model uses '
                                                      '8-pixel blocks'):
-        meta.check_checkpoint(ck, block_size=8)  # also without a key (inference server)
+        checkpoint.check_checkpoint(ck, block_size=8)  # also without a key (inference server)
     ck['meta']['ppenc']['cipher'] = 'block-shuffle-v0'
     with pytest.raises(errors.KeylessPipelineError, match="cipher 'block-shuffle-v0', but "
                                                           "this version of mmseg_ppenc "
                                                           "uses 'block-shuffle-v1'"):
-        meta.check_checkpoint(ck, fingerprint=FP, error=errors.KeylessPipelineError)
+        checkpoint.check_checkpoint(ck, fingerprint=FP, error=errors.KeylessPipelineError)
     ck = _genuine()
     with pytest.raises(errors.InvalidKeyError, match=r'normalisation mean=\[1\.0, 2\.0, '
                                                      r'3\.0\].*mean=\[9\.0, 9\.0, 9\.0\]'):
-        meta.check_checkpoint(ck, fingerprint=FP, mean=(9.0,) * 3, std=(4, 5, 6))
+        checkpoint.check_checkpoint(ck, fingerprint=FP, mean=(9.0,) * 3, std=(4, 5, 6))
     plain = {'state_dict': _vit_weights()}
     with pytest.raises(errors.InvalidKeyError, match='records no key.*Encrypt it.'):
-        meta.check_checkpoint(plain, fingerprint=FP, missing_fix='Encrypt it.')
-    assert meta.check_checkpoint(plain, fingerprint=FP, allow_missing=True) is None
+        checkpoint.check_checkpoint(plain, fingerprint=FP, missing_fix='Encrypt it.')
+    assert checkpoint.check_checkpoint(plain, fingerprint=FP, allow_missing=True) is None
 
 
 def test_digestless_record_on_plain_weights_is_refused_where_it_decides_adaptation():
     key = SecretKey(bytes(range(32)))
     plain_w = _smooth_weight()
-    as_is, undone = meta.permutation_smoothness(plain_w, key)
+    as_is, undone = checkpoint.permutation_smoothness(plain_w, key)
     assert as_is > 0.9 and undone < as_is - 0.5
     from mmseg_ppenc.adaptation import encrypt_vit_state_dict
     enc = encrypt_vit_state_dict({'patch_embed.projection.weight': plain_w,
                                   'pos_embed': torch.zeros(1, 5, 32)}, key)
-    as_is, undone = meta.permutation_smoothness(enc['patch_embed.projection.weight'], key)
+    as_is, undone = checkpoint.permutation_smoothness(enc['patch_embed.projection.weight'], key)
     assert undone > 0.9 and as_is < undone - 0.5
     rec = {'ppenc': {'key_fingerprint': key.fingerprint}}  # training checkpoints: no digest
     forged = {'state_dict': {'patch_embed.projection.weight': plain_w}, 'meta': rec}
     with pytest.raises(errors.CheckpointRecordError, match='does not belong to its weights: '
                        f'the record says the weights are encrypted with key '
                        f'{key.fingerprint}, but the patch embedding is plain'):
-        meta.check_checkpoint(forged, fingerprint=key.fingerprint, adapted_key=key)
+        checkpoint.check_checkpoint(forged, fingerprint=key.fingerprint, adapted_key=key)
     # Where the record does not decide the adaptation (load_from, resume) it is accepted:
     # a plain model fine-tuned in a run of this key records the key too.
-    assert meta.check_checkpoint(forged, fingerprint=key.fingerprint) == rec['ppenc']
+    assert checkpoint.check_checkpoint(forged, fingerprint=key.fingerprint) == rec['ppenc']
     genuine = {'state_dict': enc, 'meta': rec}
-    assert meta.check_checkpoint(genuine, fingerprint=key.fingerprint, adapted_key=key)
+    assert checkpoint.check_checkpoint(genuine, fingerprint=key.fingerprint, adapted_key=key)
     # A random embedding cannot be told apart, and is accepted.
     rnd = {'state_dict': _vit_weights(), 'meta': rec}
-    assert meta.check_checkpoint(rnd, fingerprint=key.fingerprint, adapted_key=key)
+    assert checkpoint.check_checkpoint(rnd, fingerprint=key.fingerprint, adapted_key=key)
 
 
 def test_messages_never_hold_the_key(tmp_path):
@@ -191,11 +193,11 @@ def test_messages_never_hold_the_key(tmp_path):
     for kwargs in (dict(fingerprint='ffff'), dict(block_size=8),
                    dict(mean=(0, 0, 0), std=(1, 1, 1))):
         with pytest.raises(errors.PpencError) as info:
-            meta.check_checkpoint(ck, **kwargs, adapted_key=key)
+            checkpoint.check_checkpoint(ck, **kwargs, adapted_key=key)
         msgs.append(str(info.value))
     ck['state_dict'] = {'patch_embed.projection.weight': _smooth_weight()}
     with pytest.raises(errors.CheckpointRecordError) as info:
-        meta.check_checkpoint(ck, adapted_key=key)
+        checkpoint.check_checkpoint(ck, adapted_key=key)
     msgs.append(str(info.value))
     text = ' '.join(msgs)
     for form in key.material_forms():

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any, Iterable, List, Mapping, Sequence, Tuple, Union
 
 __all__ = ['to_pair', 'nearest_on_grid', 'off_grid_hint', 'grid_pad', 'pad_to_grid',
-           'check_on_grid', 'slide_problems']
+           'grid_rule', 'is_off_grid', 'check_image_on_grid', 'check_on_grid',
+           'slide_problems']
 
 Size = Union[int, Sequence[int]]
 
@@ -64,6 +65,49 @@ def pad_to_grid(arr: Any, block: int, value: int = 0) -> Any:
         return arr
     widths = ((0, ph), (0, pw)) + ((0, 0),) * (arr.ndim - 2)
     return np.pad(arr, widths, constant_values=value)
+
+
+def grid_rule(block: int) -> str:
+    """The block-grid rule for images, as every message states it."""
+    return f'both sides must be positive multiples of the {block}-pixel block size'
+
+
+def is_off_grid(height: int, width: int, block: int) -> bool:
+    """Whether an ``height x width`` image breaks :func:`grid_rule`."""
+    return height <= 0 or width <= 0 or bool(height % block or width % block)
+
+
+def check_image_on_grid(height: int, width: int, block: int, what: str = 'the image',
+                        fix: str = '') -> None:
+    """Refuse an image that is not on the block grid: the one check of every image path.
+
+    The cipher, the keyless transforms, the inference API, the security attacks and
+    dataset encryption all use it, so the rule and its message exist once; ``fix`` says
+    what to do in the caller's context.
+
+    Args:
+        height (int): Image height in pixels.
+        width (int): Image width in pixels.
+        block (int): Block side.
+        what (str): How to name the image, e.g. ``'the encrypted image'``. Defaults to
+            ``'the image'``.
+        fix (str): What to do about it. Defaults to ``''``.
+
+    Raises:
+        GridError: ``'The image is 100x64 pixels, off the 16-pixel block grid (both sides
+        must be positive multiples of the 16-pixel block size; e.g. 96x64 or 112x64).
+        <fix>'``.
+    """
+    if not is_off_grid(height, width, block):
+        return
+    from ppenc.errors import GridError
+    lo = [nearest_on_grid(max(int(v), 1), block) for v in (height, width)]
+    near = f'{lo[0][0]}x{lo[1][0]}'
+    if lo[0][1] != lo[0][0] or lo[1][1] != lo[1][0]:
+        near += f' or {lo[0][1]}x{lo[1][1]}'
+    name = what[:1].upper() + what[1:]
+    raise GridError(f'{name} is {height}x{width} pixels, off the {block}-pixel block grid '
+                    f'({grid_rule(block)}; e.g. {near}). {fix}'.rstrip())
 
 
 def check_on_grid(settings: Mapping[str, Size], block: int) -> List[str]:

@@ -60,7 +60,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from .keys import SecretKey
+from ppenc.keys import SecretKey
 
 __all__ = ['PIECE_BITS', 'STRIDES', 'find_key_material', 'text_contains_key',
            'data_contains_key', 'find_bytes_values', 'KeyScanner']

@@ -1,6 +1,6 @@
 """``ppenc-keygen``: create a new secret key file and print its fingerprint.
 
-Imports only :mod:`mmseg_ppenc.keys` (no torch, no mmseg), so it starts quickly on the
+Imports only :mod:`ppenc.keys` (no torch, no mmseg), so it starts quickly on the
 client machine that holds the key.
 """
 from __future__ import annotations
@@ -9,8 +9,8 @@ import argparse
 import os
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli import fail
-from mmseg_ppenc.keys import KEY_ENV_VAR, SecretKey
+from ppenc.cli import fail
+from ppenc.keys import KEY_ENV_VAR, SecretKey
 
 __all__ = ['build_parser', 'main']
 
