@@ -29,12 +29,17 @@ def _scripts():
         return tomllib.load(f)['project']['scripts']
 
 
+CLIENT_TOOLS = ('keygen', 'encrypt_dataset', 'make_synthetic_cityscapes')
+
+
 @pytest.mark.parametrize('tool', sorted(SHIMS))
 def test_tool_is_a_shim_over_the_cli(tool):
     module, script = SHIMS[tool]
-    cli = importlib.import_module(f'mmseg_ppenc.cli.{module}')
+    # Client tools are in the framework-free package, server tools in the plugin.
+    package = 'ppenc' if module in CLIENT_TOOLS else 'mmseg_ppenc'
+    cli = importlib.import_module(f'{package}.cli.{module}')
     assert load_tool(tool).main is cli.main
-    assert _scripts()[script] == f'mmseg_ppenc.cli.{module}:main'
+    assert _scripts()[script] == f'{package}.cli.{module}:main'
 
 
 @pytest.mark.parametrize('script', ['ppenc-keygen', 'ppenc-train', 'ppenc-test',
