@@ -26,13 +26,17 @@ import torch
 
 from mmseg_ppenc.adaptation import encrypt_vit_state_dict
 from mmseg_ppenc.convert import MMSEG_MARKER, convert_timm_vit, locate_vit, strip_prefix
+from mmseg_ppenc.core.checkpoint import (
+    check_checkpoint,
+    check_patch_embed_digest,
+    patch_embed_digest,
+    permutation_smoothness,
+    read_weights,
+)
 from ppenc.errors import ModelEncryptionError
 from ppenc.files import check_output_path
-from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD, META_KEY, build_meta
-from mmseg_ppenc.core.checkpoint import (check_checkpoint, check_patch_embed_digest,
-                                         patch_embed_digest, permutation_smoothness,
-                                         read_weights)
 from ppenc.keys import SecretKey
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD, META_KEY, build_meta
 
 __all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'detect_layout',
            'encrypt_model_checkpoint', 'normalization_from_config',

@@ -20,9 +20,9 @@ from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
 from mmseg_ppenc.compat import setup_cpu_distributed
-from ppenc.errors import ConfigError
 from mmseg_ppenc.core.checkpoint import unsafe_checkpoint_error
 from mmseg_ppenc.core.keyed import BuiltDataloaders
+from ppenc.errors import ConfigError
 
 __all__ = ['PPEncRunner', 'load_config', 'check_config_paths',
            'build_runner', 'train', 'test']

@@ -25,11 +25,20 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ppenc.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError, PpencError
-from mmseg_ppenc.core.exactness import (channel_problems, pipeline_problems,
-                                        preprocessor_pad_problems, segmentor_problems)
-from ppenc.grid import slide_problems
+from mmcv.transforms import TestTimeAug
+
+from mmseg_ppenc.core.exactness import (
+    channel_problems,
+    pipeline_problems,
+    preprocessor_pad_problems,
+    segmentor_problems,
+)
 from mmseg_ppenc.core.keyed import is_keyed, keyed_components
+from mmseg_ppenc.models.data_preprocessor import EncryptedSegDataPreProcessor
+from mmseg_ppenc.transforms.block_scramble import BlockScramble
+from mmseg_ppenc.transforms.pad import PadToGrid
+from ppenc.errors import ConfigError, GridError, InvalidKeyError, KeyLeakError, PpencError
+from ppenc.grid import slide_problems
 from ppenc.keys import KEY_ENV_VAR, SecretKey
 
 __all__ = ['check_before_start', 'start_problems', 'check_run', 'run_keys',
@@ -228,7 +237,7 @@ def check_run(model: Any, datasets: Sequence[Tuple[str, Any]],
         for i, transforms in enumerate(dataset_pipelines(dataset)):
             where = f'{mode}_pipeline' + (f'[{i}]' if i else '')
             scrambles = [(f'{where}.BlockScramble', t) for t in transforms
-                         if type(t).__name__ == 'BlockScramble']
+                         if isinstance(t, BlockScramble)]
             if not scrambles and is_keyed(backbone) and not is_keyed(pre) and \
                     getattr(dataset, 'manifest', None) is None:
                 # e.g. tools/test.py --tta with a config's stock tta_pipeline.
@@ -239,11 +248,11 @@ def check_run(model: Any, datasets: Sequence[Tuple[str, Any]],
             problems += channel_problems(scrambles, bgr_to_rgb)
             problems += pipeline_problems(mode, transforms, block)
             if scrambles:
-                enc = [type(t).__name__ for t in transforms].index('BlockScramble')
-                pads = [t for t in transforms[:enc] if type(t).__name__ == 'PadToGrid']
+                enc = transforms.index(scrambles[0][1])
+                pads = [t for t in transforms[:enc] if isinstance(t, PadToGrid)]
                 problems += preprocessor_pad_problems(pre, pads, block,
                                                       training=mode == 'train')
-    if hasattr(pre, 'encrypt_inputs'):
+    if isinstance(pre, EncryptedSegDataPreProcessor):
         # EncryptedSegDataPreProcessor pads raw pixels to its size before encrypting when
         # pad_to_grid=True; without it the parent would pad the encrypted batch.
         pads = [_SizePad(getattr(pre, 'size', None))] if pre.pad_to_grid else []
@@ -285,7 +294,7 @@ def dataset_pipelines(dataset: Any, depth: int = 0) -> List[List[Any]]:
         branches: List[List[Any]] = [[]]
         for t in transforms:
             subs = getattr(t, 'subroutines', None)
-            if type(t).__name__ == 'TestTimeAug' and subs:
+            if isinstance(t, TestTimeAug) and subs:
                 # Each subroutine is one full augmented branch.
                 branches = [b + list(getattr(sub, 'transforms', sub)) for b in branches
                             for sub in subs]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from ppenc.cli import USAGE_ERROR, fail, missing_environment, user_errors
 from mmseg_ppenc.cli.train import _DictAction
+from ppenc.cli import USAGE_ERROR, fail, missing_environment, user_errors
 
 __all__ = ['build_parser', 'main']
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional, Sequence
 
-from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 from ppenc.cli import RUN_FAILED, fail
+from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['build_parser', 'main']
 
@@ -80,9 +80,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         int: The exit status (see the module docstring).
     """
     args = build_parser().parse_args(argv)
+    from mmseg_ppenc.model_encryption import encrypt_model_checkpoint
     from ppenc.errors import PpencError
     from ppenc.keys import resolve_key
-    from mmseg_ppenc.model_encryption import encrypt_model_checkpoint
     try:
         mean, std = _normalization(args)
         key = resolve_key(args.key_file)

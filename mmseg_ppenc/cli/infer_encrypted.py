@@ -138,11 +138,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import numpy as np
     import torch
 
-    from mmseg_ppenc.apis import (check_model_key, colorize, encrypt_for_upload,
-                                  load_encrypted_model, model_block_size,
-                                  predict_encrypted)
-    from ppenc.keys import resolve_key
+    from mmseg_ppenc.apis import (
+        check_model_key,
+        colorize,
+        encrypt_for_upload,
+        load_encrypted_model,
+        model_block_size,
+        predict_encrypted,
+    )
     from ppenc.errors import ConfigError
+    from ppenc.keys import resolve_key
     try:
         key = resolve_key(args.key_file)
         for p in [args.config, args.checkpoint] + args.images:

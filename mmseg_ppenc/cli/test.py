@@ -8,8 +8,8 @@ import argparse
 import os
 from typing import Mapping, Optional, Sequence
 
-from ppenc.cli import fail, missing_environment, user_errors
 from mmseg_ppenc.cli.train import LAUNCHERS, _DictAction
+from ppenc.cli import fail, missing_environment, user_errors
 
 __all__ = ['build_parser', 'format_metrics', 'main']
 

@@ -85,13 +85,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import numpy as np
     from PIL import Image
 
-    from mmseg_ppenc.apis import (check_model_key, encrypt_for_upload,
-                                  load_encrypted_model, model_block_size,
-                                  predict_encrypted)
+    from mmseg_ppenc.apis import (
+        check_model_key,
+        encrypt_for_upload,
+        load_encrypted_model,
+        model_block_size,
+        predict_encrypted,
+    )
     from mmseg_ppenc.cli.infer_encrypted import read_rgb
-    from ppenc.keys import resolve_key
-    from ppenc.errors import ConfigError
     from mmseg_ppenc.visualization import save_comparison_figure
+    from ppenc.errors import ConfigError
+    from ppenc.keys import resolve_key
     try:
         key = resolve_key(args.key_file)
         images = args.images[:args.limit] if args.limit else args.images

@@ -10,10 +10,15 @@
 
 The framework-free rules (errors, block grid, record format) live in :mod:`ppenc`.
 """
-from mmseg_ppenc.core.checkpoint import (check_checkpoint, read_checkpoint,
-                                         read_checkpoint_meta)
-from mmseg_ppenc.core.keyed import (KeyedComponent, SelectedCipher, SelectedCipherMixin,
-                                    is_keyed, keyed_components, unwrap_model)
+from mmseg_ppenc.core.checkpoint import check_checkpoint, read_checkpoint, read_checkpoint_meta
+from mmseg_ppenc.core.keyed import (
+                                         KeyedComponent,
+                                         SelectedCipher,
+                                         SelectedCipherMixin,
+                                         is_keyed,
+                                         keyed_components,
+                                         unwrap_model,
+)
 
 __all__ = ['check_checkpoint', 'read_checkpoint', 'read_checkpoint_meta', 'KeyedComponent',
            'SelectedCipher', 'SelectedCipherMixin', 'is_keyed', 'keyed_components',

@@ -14,10 +14,16 @@ import os
 from collections import OrderedDict
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Type
 
-from ppenc.errors import (CheckpointReadError, CheckpointRecordError, InvalidKeyError,
-                          PpencError)
-from ppenc.meta import (META_KEY, capitalize, check_cipher, check_meta, check_normalization,
-                        meta_of, plain_floats)
+from ppenc.errors import CheckpointReadError, CheckpointRecordError, InvalidKeyError, PpencError
+from ppenc.meta import (
+    META_KEY,
+    capitalize,
+    check_cipher,
+    check_meta,
+    check_normalization,
+    meta_of,
+    plain_floats,
+)
 
 __all__ = ['state_dict_of', 'read_checkpoint', 'read_weights', 'unsafe_checkpoint_error',
            'read_checkpoint_meta', 'patch_embed_digest', 'patch_embed_keys',

@@ -5,14 +5,19 @@ is the block-wise encryption of the tensor the plain ViT would get. Everything b
 ``BlockScramble`` and the ViT must therefore keep whole blocks and must not change pixel
 values in a way that depends on their position, and nothing but the backbone may read
 the (encrypted) image. Each helper here returns one sentence per violation, naming the
-setting and a value that works; :class:`mmseg_ppenc.hooks.KeyManagementHook` raises them
-at runner start. The helpers read built objects by attribute only (no torch, no mmseg
-imports), so they also run on configs' built components in tests.
+setting and a value that works; :mod:`mmseg_ppenc.start_checks` raises them before a run
+starts. The plugin's own components are recognised by type (a subclass of
+``BlockScramble`` is one); mmseg's resize transforms by name (:data:`RESIZE_TRANSFORMS`).
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from mmseg.datasets.transforms import PackSegInputs
+from mmseg.models.segmentors import SegTTAModel
+
+from mmseg_ppenc.transforms.block_scramble import BlockScramble
+from mmseg_ppenc.transforms.pad import PadToGrid
 from ppenc.grid import off_grid_hint, to_pair
 from ppenc.meta import same_values
 
@@ -47,9 +52,8 @@ def segmentor_problems(model: Any) -> List[str]:
     Args:
         model (nn.Module): The (unwrapped) segmentor; a ``SegTTAModel`` is looked into.
     """
-    inner = getattr(model, 'module', None)
-    if type(model).__name__ == 'SegTTAModel' and inner is not None:
-        model = inner
+    if isinstance(model, SegTTAModel):
+        model = model.module
     name = type(model).__name__
     # Check the class and its bases by name: a user subclass of EncoderDecoder that
     # overrides nothing is fine, one that overrides ``extract_feat`` is not proven.
@@ -164,16 +168,17 @@ def pipeline_problems(mode: str, transforms: Sequence[Any], block: int) -> List[
     """
     problems: List[str] = []
     names = [type(t).__name__ for t in transforms]
-    if 'BlockScramble' not in names:
+    encs = [i for i, t in enumerate(transforms) if isinstance(t, BlockScramble)]
+    if not encs:
         return problems
-    enc = names.index('BlockScramble')
+    enc = encs[0]
     before = transforms[:enc]
     scramble = transforms[enc]
-    pads = [t for t in before if type(t).__name__ == 'PadToGrid']
+    pads = [t for t in before if isinstance(t, PadToGrid)]
     last_resize = max((i for i, n in enumerate(names[:enc]) if n in RESIZE_TRANSFORMS),
                       default=-1)
-    pad_after_resize = bool(getattr(scramble, 'pad_to_grid', False)) or any(
-        n == 'PadToGrid' and i > last_resize for i, n in enumerate(names[:enc]))
+    pad_after_resize = scramble.pad_to_grid or any(
+        isinstance(t, PadToGrid) and i > last_resize for i, t in enumerate(before))
     for i, t in enumerate(before):
         n = type(t).__name__
         if n not in RESIZE_TRANSFORMS:
@@ -196,13 +201,14 @@ def pipeline_problems(mode: str, transforms: Sequence[Any], block: int) -> List[
                 f'(or BlockScramble(pad_to_grid=True))'
                 + (f" and keep '{PADDING_META_KEY}' in PackSegInputs meta_keys"
                    if mode != 'train' else ''))
-    after = [n for n in names[enc + 1:] if n != 'PackSegInputs']
+    after = [n for t, n in zip(transforms[enc + 1:], names[enc + 1:])
+             if not isinstance(t, PackSegInputs)]
     if after:
         problems.append(f'{mode}_pipeline has {", ".join(after)} after BlockScramble: '
                         'every transform must run before encryption (the model must see '
                         'exactly the encrypted image)')
-    if mode != 'train' and (pads or getattr(scramble, 'pad_to_grid', False)):
-        packs = [t for t in transforms[enc + 1:] if type(t).__name__ == 'PackSegInputs']
+    if mode != 'train' and (pads or scramble.pad_to_grid):
+        packs = [t for t in transforms[enc + 1:] if isinstance(t, PackSegInputs)]
         for p in packs:
             keys = tuple(getattr(p, 'meta_keys', ()) or ())
             if PADDING_META_KEY not in keys:

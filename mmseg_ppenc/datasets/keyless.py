@@ -9,10 +9,10 @@ from typing import Optional, Union
 from mmengine.dataset import BaseDataset
 from mmseg.registry import DATASETS
 
+from mmseg_ppenc.transforms.policy import check_keyless_pipeline
 from ppenc.dataset.manifest import MANIFEST_NAME, read_manifest
 from ppenc.errors import DatasetEncryptionError, KeylessPipelineError
 from ppenc.meta import CIPHER_NAME
-from mmseg_ppenc.transforms.policy import check_keyless_pipeline
 
 __all__ = ['KeylessEncryptedDataset', 'load_manifest']
 

@@ -9,12 +9,12 @@
   in the heads' losses). Two further switches need no code here: the fused optimizer
   step (``optim_wrapper.optimizer.fused=True``) and bf16 (``BF16AmpOptimWrapper``).
 """
-from mmseg_ppenc.hooks.key_management import KeyManagementHook
-from mmseg_ppenc.hooks.keyless_server import KeylessServerHook
 from mmseg_ppenc.hooks.channels_last import ChannelsLastHook, to_channels_last
 from mmseg_ppenc.hooks.compile_model import CompileModelHook
 from mmseg_ppenc.hooks.deferred_log import DeferredLogRuntimeInfoHook
 from mmseg_ppenc.hooks.fast_loss import FastLossHook
+from mmseg_ppenc.hooks.key_management import KeyManagementHook
+from mmseg_ppenc.hooks.keyless_server import KeylessServerHook
 
 __all__ = ['KeyManagementHook', 'KeylessServerHook', 'ChannelsLastHook',
            'CompileModelHook', 'DeferredLogRuntimeInfoHook', 'FastLossHook',

@@ -9,15 +9,19 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
-from ppenc.errors import ConfigError, InvalidKeyError, KeyLeakError
-from mmseg_ppenc.core.keyed import (keyed_components, knows_built_dataloaders,
-                                    run_dataloaders, unwrap_model)
-from mmseg_ppenc.models.encrypted_vit import bind_normalization
-from ppenc.meta import META_KEY, build_meta
 from mmseg_ppenc.core.checkpoint import check_checkpoint, normalization_of
+from mmseg_ppenc.core.keyed import (
+    keyed_components,
+    knows_built_dataloaders,
+    run_dataloaders,
+    unwrap_model,
+)
+from mmseg_ppenc.models.encrypted_vit import bind_normalization
+from mmseg_ppenc.start_checks import check_run
+from ppenc.errors import ConfigError, InvalidKeyError, KeyLeakError
 from ppenc.keys import SecretKey, resolve_key
 from ppenc.leak_scan import find_bytes_values, find_key_material, text_contains_key
-from mmseg_ppenc.start_checks import check_run
+from ppenc.meta import META_KEY, build_meta
 
 __all__ = ['KeyManagementHook']
 

@@ -7,14 +7,18 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmseg.registry import HOOKS
 
+from mmseg_ppenc.core.checkpoint import (
+    check_checkpoint,
+    normalization_of,
+    patch_embed_keys,
+    read_checkpoint,
+    state_dict_of,
+)
+from mmseg_ppenc.core.keyed import is_keyed, knows_built_dataloaders, run_dataloaders, unwrap_model
+from mmseg_ppenc.datasets.keyless import KeylessEncryptedDataset
 from ppenc.errors import KeylessPipelineError
 from ppenc.grid import slide_problems
-from mmseg_ppenc.core.keyed import (is_keyed, knows_built_dataloaders, run_dataloaders,
-                                    unwrap_model)
 from ppenc.meta import META_KEY, build_meta
-from mmseg_ppenc.core.checkpoint import (check_checkpoint, normalization_of, patch_embed_keys,
-                                         read_checkpoint, state_dict_of)
-from mmseg_ppenc.datasets.keyless import KeylessEncryptedDataset
 
 __all__ = ['KeylessServerHook']
 

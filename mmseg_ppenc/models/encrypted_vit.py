@@ -8,13 +8,13 @@ from mmengine.logging import print_log
 from mmseg.registry import MODELS
 
 from mmseg_ppenc.adaptation import encrypt_vit_state_dict
-from ppenc.meta import plain_floats
-from ppenc.errors import ConfigError
+from mmseg_ppenc.core.checkpoint import check_checkpoint, read_checkpoint
 from mmseg_ppenc.core.exactness import normalization_problem
 from mmseg_ppenc.core.keyed import KeyedComponent
-from mmseg_ppenc.core.checkpoint import check_checkpoint, read_checkpoint
-from ppenc.keys import SecretKey, resolve_key
 from mmseg_ppenc.models.fast_vit import FastVisionTransformer
+from ppenc.errors import ConfigError
+from ppenc.keys import SecretKey, resolve_key
+from ppenc.meta import plain_floats
 
 __all__ = ['EncryptedVisionTransformer', 'bind_normalization', 'pretrained_checkpoint']
 

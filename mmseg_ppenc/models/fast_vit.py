@@ -7,8 +7,11 @@ import torch
 from mmseg.models.backbones import VisionTransformer
 from mmseg.registry import MODELS
 
-from mmseg_ppenc.models.attention import (FusedTransformerEncoderLayer, _check_impl,
-                                          set_attention_impl)
+from mmseg_ppenc.models.attention import (
+    FusedTransformerEncoderLayer,
+    _check_impl,
+    set_attention_impl,
+)
 
 __all__ = ['FastVisionTransformer']
 

@@ -18,8 +18,15 @@ does not load it.
 from mmseg_ppenc.security.ciphertext_only import CiphertextOnlyResult, ciphertext_only_attack
 from mmseg_ppenc.security.common import permute_image, recovery_stats, unpermute_image
 from mmseg_ppenc.security.known_plaintext import KnownPlaintextResult, known_plaintext_attack
-from mmseg_ppenc.security.metrics import (adjacent_correlation, block_mean_thumbnail,
-                                          histogram_entropy, leakage_metrics, luminance, psnr, ssim)
+from mmseg_ppenc.security.metrics import (
+                                          adjacent_correlation,
+                                          block_mean_thumbnail,
+                                          histogram_entropy,
+                                          leakage_metrics,
+                                          luminance,
+                                          psnr,
+                                          ssim,
+)
 from mmseg_ppenc.security.weights import sorted_column_attack, weight_matching_attack
 
 __all__ = [

@@ -9,9 +9,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from mmseg_ppenc.security.metrics import luminance, psnr, ssim
 from ppenc.cipher import decrypt_image, encrypt_image
 from ppenc.keys import InvalidKeyError, SecretKey
-from mmseg_ppenc.security.metrics import luminance, psnr, ssim
 
 __all__ = ['scan_work_dir', 'key_file_mode', 'wrong_key_check', 'corrupt_key_checks']
 

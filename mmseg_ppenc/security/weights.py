@@ -49,9 +49,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from mmseg_ppenc.convert import MMSEG_MARKER, TIMM_MARKER, locate_vit
-from ppenc.errors import CheckpointReadError
 from mmseg_ppenc.core.checkpoint import read_checkpoint, read_weights, state_dict_of
 from mmseg_ppenc.security.common import blocks_of
+from ppenc.errors import CheckpointReadError
 from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attack',

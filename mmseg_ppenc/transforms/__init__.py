@@ -7,9 +7,8 @@
 - :mod:`.policy`: the allow-list that keyless runs are checked against.
 """
 from mmseg_ppenc.transforms.block_scramble import BlockScramble
+from mmseg_ppenc.transforms.keyless import EncryptedPhotoMetric, EncryptedRandomFlip, GridRandomCrop
 from mmseg_ppenc.transforms.pad import PACK_META_KEYS, PadToGrid
-from mmseg_ppenc.transforms.keyless import (EncryptedPhotoMetric, EncryptedRandomFlip,
-                                            GridRandomCrop)
 from mmseg_ppenc.transforms.policy import ALLOWED_TRANSFORMS, ALTERNATIVES, check_keyless_pipeline
 
 __all__ = ['BlockScramble', 'PadToGrid', 'PACK_META_KEYS', 'GridRandomCrop',

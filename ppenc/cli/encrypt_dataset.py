@@ -110,8 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         int: The exit status (see the module docstring).
     """
     args = build_parser().parse_args(argv)
-    from ppenc.errors import DatasetWriteError, PpencError
     from ppenc.dataset import check_output_format, encrypt_dataset
+    from ppenc.errors import DatasetWriteError, PpencError
     from ppenc.keys import resolve_key
     try:
         check_output_format(args.out_format)

@@ -15,8 +15,14 @@ imported when a run needs them).
 """
 from ppenc.dataset.images import DEFAULT_MAX_PIXELS, LOSSY_FORMATS, check_output_format
 from ppenc.dataset.manifest import MANIFEST_NAME, TIME_FIELDS, read_manifest
-from ppenc.dataset.plan import (IMAGE_EXTENSIONS, LAYOUTS, DatasetPlan, SkippedFile,
-                                WorkItem, plan_dataset)
+from ppenc.dataset.plan import (
+                                IMAGE_EXTENSIONS,
+                                LAYOUTS,
+                                DatasetPlan,
+                                SkippedFile,
+                                WorkItem,
+                                plan_dataset,
+)
 from ppenc.dataset.report import EncryptionSummary
 from ppenc.dataset.writer import encrypt_dataset
 from ppenc.errors import DatasetEncryptionError, DatasetWriteError

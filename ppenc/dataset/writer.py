@@ -49,14 +49,36 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from ppenc.cipher import get_cipher
 from ppenc.dataset.images import DEFAULT_MAX_PIXELS, check_output_format
-from ppenc.dataset.manifest import (MANIFEST_NAME, build_manifest, check_existing_manifest,
-                                    journal_line, read_journal, read_manifest,
-                                    write_manifest)
-from ppenc.dataset.paths import (CONTROL_FILES, JOURNAL_NAME, LOCK_NAME, TMP_RE,
-                                 check_dirs, check_dst_links, inside, remove_output,
-                                 remove_stale, walk)
-from ppenc.dataset.plan import (IMAGE_EXTENSIONS, DatasetPlan, SkippedFile, WorkItem,
-                                listing, plan_dataset, resolve_follow)
+from ppenc.dataset.manifest import (
+    MANIFEST_NAME,
+    build_manifest,
+    check_existing_manifest,
+    journal_line,
+    read_journal,
+    read_manifest,
+    write_manifest,
+)
+from ppenc.dataset.paths import (
+    CONTROL_FILES,
+    JOURNAL_NAME,
+    LOCK_NAME,
+    TMP_RE,
+    check_dirs,
+    check_dst_links,
+    inside,
+    remove_output,
+    remove_stale,
+    walk,
+)
+from ppenc.dataset.plan import (
+    IMAGE_EXTENSIONS,
+    DatasetPlan,
+    SkippedFile,
+    WorkItem,
+    listing,
+    plan_dataset,
+    resolve_follow,
+)
 from ppenc.dataset.pool import WorkerContext, results, sha256_file
 from ppenc.dataset.report import EncryptionSummary, progress_bar
 from ppenc.errors import DatasetEncryptionError, DatasetWriteError
