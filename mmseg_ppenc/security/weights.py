@@ -58,7 +58,7 @@ __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attac
            'sorted_column_attack', 'add_noise_to_patch_embedding',
            'withhold_patch_embedding', 'permute_hidden_channels', 'load_state_dict',
            'pca_patch_embedding', 'backbone_features', 'relative_change', 'recovery_of',
-           'noise_sweep', 'replay_initial_model', 'replay_initialisation_attack',
+           'replay_initial_model', 'replay_initialisation_attack',
            'replay_attack_work_dir', 'pretrained_start', 'pretrained_start_of_work_dir']
 
 # Key-using model components and what an attacker without the key builds instead: the
@@ -276,18 +276,6 @@ def relative_change(reference: torch.Tensor, other: torch.Tensor) -> float:
 def recovery_of(est: np.ndarray, true: np.ndarray) -> float:
     """Fraction of positions with ``est[k] == true[k]``."""
     return float(np.mean(np.asarray(est) == np.asarray(true)))
-
-
-def noise_sweep(plain: np.ndarray, enc_state: Mapping[str, torch.Tensor],
-                true_perm: np.ndarray, levels: Sequence[float],
-                seed: int = 0) -> Dict[float, float]:
-    """Recovery of :func:`weight_matching_attack` for each relative noise level."""
-    out = {}
-    for lvl in levels:
-        noisy = add_noise_to_patch_embedding(enc_state, lvl, seed)
-        out[float(lvl)] = recovery_of(
-            weight_matching_attack(plain, patch_embedding_matrix(noisy)), true_perm)
-    return out
 
 
 # ------------------------------------------------------------------ initialisation replay
