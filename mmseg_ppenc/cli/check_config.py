@@ -4,14 +4,14 @@ Prints ``ok`` or one line per refusal, and writes nothing: no work_dir, no log, 
 dump. Run it before submitting a cluster job; the same checks run again when the job
 starts (:class:`mmseg_ppenc.runner.PPEncRunner`).
 
-mmengine and mmseg are imported inside :func:`main`, so ``--help`` does not load them.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Optional, Sequence
 
-from mmseg_ppenc.cli.train import _DictAction
+from mmengine.config import DictAction
+
 from ppenc.cli import USAGE_ERROR, fail, missing_environment, user_errors
 
 __all__ = ['build_parser', 'main']
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--skip-paths', action='store_true',
                         help='do not check that data and checkpoint paths exist (for a '
                         'config meant for another machine)')
-    parser.add_argument('--cfg-options', nargs='+', action=_DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
     return parser
 

@@ -1,14 +1,13 @@
-"""``ppenc-test``: evaluate a checkpoint (the flags of mmsegmentation's ``tools/test.py``).
-
-mmengine and mmseg are imported inside :func:`main`, so ``--help`` does not load them.
-"""
+"""``ppenc-test``: evaluate a checkpoint (the flags of mmsegmentation's ``tools/test.py``)."""
 from __future__ import annotations
 
 import argparse
 import os
 from typing import Mapping, Optional, Sequence
 
-from mmseg_ppenc.cli.train import LAUNCHERS, _DictAction
+from mmengine.config import DictAction
+
+from mmseg_ppenc.cli.train import LAUNCHERS
 from ppenc.cli import fail, missing_environment, user_errors
 
 __all__ = ['build_parser', 'format_metrics', 'main']
@@ -27,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='directory to save predicted label maps')
-    parser.add_argument('--cfg-options', nargs='+', action=_DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
                         help='job launcher')

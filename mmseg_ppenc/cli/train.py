@@ -1,27 +1,17 @@
-"""``ppenc-train``: train a segmentor (the flags of mmsegmentation's ``tools/train.py``).
-
-mmengine and mmseg are imported inside :func:`main`, so ``--help`` does not load them.
-"""
+"""``ppenc-train``: train a segmentor (the flags of mmsegmentation's ``tools/train.py``)."""
 from __future__ import annotations
 
 import argparse
 import os
 from typing import Optional, Sequence
 
+from mmengine.config import DictAction
+
 from ppenc.cli import fail, missing_environment, user_errors
 
 __all__ = ['build_parser', 'main']
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
-
-
-class _DictAction(argparse.Action):
-    """mmengine's ``DictAction`` (``key=value`` pairs), imported only when used."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from mmengine.config import DictAction
-        DictAction(self.option_strings, self.dest, nargs=self.nargs)(
-            parser, namespace, values, option_string)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='resume from the latest checkpoint in the work_dir')
     parser.add_argument('--amp', action='store_true', default=False,
                         help='enable automatic-mixed-precision training')
-    parser.add_argument('--cfg-options', nargs='+', action=_DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
                         help='job launcher')

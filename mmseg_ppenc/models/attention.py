@@ -30,7 +30,7 @@ from mmseg.registry import MODELS
 from torch import nn
 
 __all__ = ['FusedMultiheadAttention', 'FusedTransformerEncoderLayer', 'set_attention_impl',
-           'ATTN_IMPLS']
+           'check_attention_impl', 'ATTN_IMPLS']
 
 #: Accepted values of ``attn_impl``: PyTorch's fused kernels or mmcv's stock path.
 ATTN_IMPLS = ('fused', 'stock')
@@ -70,7 +70,7 @@ class FusedMultiheadAttention(MultiheadAttention):
 
     def __init__(self, *args, impl: str = 'fused', **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.impl = _check_impl(impl)
+        self.impl = check_attention_impl(impl)
 
     def _direct_path_ok(self) -> bool:
         attn = self.attn
@@ -168,7 +168,12 @@ class FusedTransformerEncoderLayer(TransformerEncoderLayer):
         self.attn = FusedMultiheadAttention(**attn_cfg)
 
 
-def _check_impl(impl: str) -> str:
+def check_attention_impl(impl: str) -> str:
+    """``impl`` if it is one of :data:`ATTN_IMPLS`.
+
+    Raises:
+        ValueError: another value; the message lists the accepted ones.
+    """
     if impl not in ATTN_IMPLS:
         raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {impl!r}.')
     return impl
@@ -189,7 +194,7 @@ def set_attention_impl(model: nn.Module, impl: str = 'fused') -> int:
     Raises:
         ValueError: ``impl`` is not one of :data:`ATTN_IMPLS`.
     """
-    _check_impl(impl)
+    check_attention_impl(impl)
     n = 0
     for m in model.modules():
         if isinstance(m, FusedMultiheadAttention):

@@ -9,7 +9,7 @@ from mmseg.registry import MODELS
 
 from mmseg_ppenc.models.attention import (
     FusedTransformerEncoderLayer,
-    _check_impl,
+    check_attention_impl,
     set_attention_impl,
 )
 
@@ -64,7 +64,7 @@ class FastVisionTransformer(VisionTransformer):
     """
 
     def __init__(self, *args, attn_impl: str = 'fused', **kwargs) -> None:
-        _check_impl(attn_impl)
+        check_attention_impl(attn_impl)
         if 'torch_compile' in kwargs:
             # Removed switch: say what replaces it rather than Python's bare "unexpected
             # keyword argument".
