@@ -3,7 +3,6 @@
 Prints ``ok`` or one line per refusal, and writes nothing: no work_dir, no log, no config
 dump. Run it before submitting a cluster job; the same checks run again when the job
 starts (:class:`mmseg_ppenc.runner.PPEncRunner`).
-
 """
 from __future__ import annotations
 
