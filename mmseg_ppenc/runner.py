@@ -12,10 +12,12 @@ the slurm launchers); this project's tools use it for every config.
 """
 from __future__ import annotations
 
+import logging
 import os.path as osp
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
@@ -54,8 +56,10 @@ class PPEncRunner(Runner, BuiltDataloaders):
             PpencError: a start check refused the run; nothing was written.
         """
         from mmseg_ppenc.start_checks import check_before_start
-        check_before_start(cfg if isinstance(cfg, Config) else Config(cfg))
-        return super().from_cfg(cfg)
+        warnings = check_before_start(cfg if isinstance(cfg, Config) else Config(cfg))
+        runner = super().from_cfg(cfg)
+        _log_warnings(warnings)
+        return runner
 
     def built_dataloaders(self, modes: Tuple[str, ...]) -> Iterator[Tuple[str, Any]]:
         """``(mode, dataset)`` of the loops among ``modes`` that are built (never builds
@@ -65,6 +69,12 @@ class PPEncRunner(Runner, BuiltDataloaders):
             loader = getattr(loops.get(mode), 'dataloader', None)
             if loader is not None:
                 yield mode, loader.dataset
+
+
+def _log_warnings(warnings: Sequence[str]) -> None:
+    """Log start warnings into the run's log (the Runner just made its logger current)."""
+    for warning in warnings:
+        print_log(warning, logger='current', level=logging.WARNING)
 
 
 def load_config(config: str, cfg_options: Optional[dict] = None,
@@ -192,12 +202,13 @@ def build_runner(cfg: Config):
     setup_cpu_distributed(cfg, cfg.get('launcher', 'none'))
     runner_type = cfg.get('runner_type') or _RUNNER_TYPE
     cls = RUNNERS.get(runner_type) if isinstance(runner_type, str) else runner_type
-    if not (isinstance(cls, type) and issubclass(cls, PPEncRunner)):
-        from mmseg_ppenc.start_checks import check_before_start
-        check_before_start(cfg)
-    if 'runner_type' not in cfg:
-        return PPEncRunner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
+    if isinstance(cls, type) and issubclass(cls, PPEncRunner):
+        return PPEncRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    from mmseg_ppenc.start_checks import check_before_start
+    warnings = check_before_start(cfg)
+    runner = RUNNERS.build(cfg)
+    _log_warnings(warnings)
+    return runner
 
 
 def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dict] = None,

@@ -10,10 +10,17 @@ the config itself, before a Runner exists:
    work_dir and the experiment name, for every key the run can select;
 3. key selection: every key file the run names (or ``$PPENC_KEY_FILE``) exists and is a
    valid key;
-4. exactness and key consistency, on the segmentor and pipelines built from the config
+4. the backbone, from its config: an encrypted backbone type given another backbone's
+   arguments (the README recipe's type switch on a ResNet, MiT, MSCAN or Swin config), or
+   a patch embedding the adaptation cannot be exact for (:func:`backbone_problems`);
+5. exactness and key consistency, on the segmentor and pipelines built from the config
    (nothing is loaded: no weights, no dataset files) with the same rules that
    :class:`mmseg_ppenc.hooks.KeyManagementHook` applies to the real objects at runner
    start (:func:`check_run`).
+
+A run that encrypts the images but whose backbone is not adapted to the key (the paper's
+"conventional 2" setting) is not refused, but warned about (:func:`setting_warning`)
+unless the config says it is meant: ``ppenc_setting = 'conventional2'``.
 
 :class:`mmseg_ppenc.runner.PPEncRunner` calls :func:`check_before_start` in ``from_cfg``,
 which every entry point uses (``tools/train.py``, ``tools/test.py``, ``mim train``,
@@ -22,18 +29,21 @@ which every entry point uses (``tools/train.py``, ``tools/test.py``, ``mim train
 """
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from mmcv.transforms import TestTimeAug
 
 from mmseg_ppenc.core.exactness import (
+    ADAPTABLE_BACKBONES,
     channel_problems,
+    patch_embedding_problems,
     pipeline_problems,
     preprocessor_pad_problems,
     segmentor_problems,
 )
-from mmseg_ppenc.core.keyed import is_keyed, keyed_components
+from mmseg_ppenc.core.keyed import KeyedComponent, is_keyed, keyed_components
 from mmseg_ppenc.models.data_preprocessor import EncryptedSegDataPreProcessor
 from mmseg_ppenc.transforms.block_scramble import BlockScramble
 from mmseg_ppenc.transforms.pad import PadToGrid
@@ -42,10 +52,16 @@ from ppenc.grid import slide_problems
 from ppenc.keys import KEY_ENV_VAR, SecretKey
 
 __all__ = ['check_before_start', 'start_problems', 'check_run', 'run_keys',
-           'scan_config', 'dataset_pipelines', 'MODES']
+           'scan_config', 'dataset_pipelines', 'backbone_problems', 'setting_warning',
+           'MODES', 'SETTING_KEY', 'SETTINGS']
 
 #: Dataloaders a run may use, in order.
 MODES = ('train', 'val', 'test')
+#: Top-level config key naming the paper's setting a config is meant for. Only
+#: ``'conventional2'`` changes anything: it silences :func:`setting_warning`.
+SETTING_KEY = 'ppenc_setting'
+#: Its values.
+SETTINGS = ('baseline', 'conventional2', 'proposed')
 
 
 # --------------------------------------------------------------------------- config text
@@ -133,6 +149,177 @@ def scan_config(cfg, keys: Dict[str, SecretKey]) -> None:
                 f'only by file (key_file=PATH or {KEY_ENV_VAR}), and choose a work_dir and '
                 'config name that do not derive from the key. If the config was shared, '
                 'rotate the key.')
+
+
+# --------------------------------------------------------------------------- backbone
+#: Why a backbone family cannot be adapted, by class name (subclasses inherit it).
+_NOT_ADAPTABLE = {
+    'ResNet': 'a convolutional network whose stem convolutions overlap (kernel 3 or 7, '
+              'stride 2)',
+    'MixVisionTransformer': "SegFormer's MiT, whose patch embeddings overlap (kernel 7, "
+                            'stride 4)',
+    'MSCAN': "SegNeXt's MSCAN, whose convolution stem overlaps (kernel 3, stride 2)",
+    'SwinTransformer': 'a Swin Transformer: 4x4 patches, shifted-window attention and '
+                       'patch merging, which EncryptedVisionTransformer does not implement',
+    'PCPVT': 'a Twins transformer, whose position encodings are convolutions across '
+             'neighbouring patches',
+    'BEiT': 'a BEiT/MAE ViT, which EncryptedVisionTransformer does not implement',
+    'TIMMBackbone': 'a timm model wrapper, whose layers EncryptedVisionTransformer does '
+                    'not implement',
+}
+#: mmseg's convolutional backbones: their first convolutions overlap neighbouring blocks.
+_CONVOLUTIONAL = ('BiSeNetV1', 'BiSeNetV2', 'CGNet', 'DDRNet', 'ERFNet', 'FastSCNN', 'HRNet',
+                  'ICNet', 'MobileNetV2', 'MobileNetV3', 'PIDNet', 'STDCNet',
+                  'STDCContextPathNet', 'UNet')
+_BACKBONES_MODULE = 'mmseg.models.backbones'
+
+
+def _accepted_args(cls: type) -> Set[str]:
+    """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up its bases."""
+    names: Set[str] = set()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for klass in cls.__mro__:
+        init = vars(klass).get('__init__')
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            break
+        names |= {n for n, p in params.items() if p.kind in kinds and n != 'self'}
+        if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break
+    return names
+
+
+def _backbones_taking(args: Set[str]) -> List[type]:
+    """mmseg's backbone classes that take every argument in ``args``, the closest first
+    (fewest other arguments), without subclasses that add nothing."""
+    from mmseg.models.backbones import VisionTransformer
+    from mmseg.registry import MODELS
+    fits = []
+    for cls in set(MODELS.module_dict.values()):
+        if not isinstance(cls, type) or not cls.__module__.startswith(_BACKBONES_MODULE) \
+                or issubclass(cls, VisionTransformer):
+            continue
+        accepted = _accepted_args(cls)
+        if args <= accepted:
+            fits.append((len(accepted), cls.__name__, cls))
+    if not fits:
+        return []
+    best = min(n for n, _, _ in fits)
+    return [cls for n, _, cls in sorted(fits, key=lambda f: f[:2]) if n == best]
+
+
+def _why_not_adaptable(classes: Sequence[type]) -> str:
+    for klass in classes[0].__mro__:
+        if klass.__name__ in _NOT_ADAPTABLE:
+            return _NOT_ADAPTABLE[klass.__name__]
+        if klass.__name__ in _CONVOLUTIONAL:
+            return ('a convolutional network, whose first convolutions overlap '
+                    'neighbouring blocks')
+    return 'not a ViT that EncryptedVisionTransformer implements'
+
+
+def _backbone_class(cfg) -> Optional[type]:
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    backbone = (cfg.get('model') or {}).get('backbone')
+    kind = backbone.get('type') if isinstance(backbone, dict) else None
+    if isinstance(kind, type):
+        return kind
+    if not isinstance(kind, str):
+        return None
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmseg')):
+        return MODELS.get(kind)
+
+
+def backbone_problems(cfg) -> List[str]:
+    """Why the config's key-adapted backbone cannot be built exact, read from the config.
+
+    Applies to a backbone type that is a keyed ``VisionTransformer``
+    (``EncryptedVisionTransformer`` and its subclasses): refused are arguments of another
+    backbone (the README recipe's type switch applied to a ResNet, MiT, MSCAN or Swin
+    config, which would otherwise fail in the build with Python's "unexpected keyword
+    argument"), ``in_channels`` other than 3, and ``patch_norm=True`` without
+    ``patch_bias``.
+
+    Args:
+        cfg (mmengine.Config): The run config.
+
+    Returns:
+        list[str]: One sentence per problem, with the fix; empty when none.
+    """
+    from mmseg.models.backbones import VisionTransformer
+    cls = _backbone_class(cfg)
+    if not (isinstance(cls, type) and issubclass(cls, VisionTransformer) and
+            issubclass(cls, KeyedComponent)):
+        return []
+    backbone = {k: v for k, v in cfg.model.backbone.items() if k not in ('type', '_scope_')}
+    where, name = 'model.backbone', cls.__name__
+    unknown = set(backbone) - _accepted_args(cls)
+    if unknown:
+        args = ', '.join(sorted(unknown))
+        others = _backbones_taking(set(backbone))
+        if others:
+            names = [c.__name__ for c in others]
+            names = ', '.join(names[:-1]) + ' or ' + names[-1] if len(names) > 1 \
+                else names[0]
+            whose = (f'this config\'s backbone is {names}, {_why_not_adaptable(others)}; '
+                     'it cannot be adapted to the key')
+        else:
+            whose = f'{name} does not take them, and no mmseg backbone takes them all'
+        return [f'{where} has type={name!r} but arguments of another backbone ({args}): '
+                f'{whose}. The key adaptation is exact only for {ADAPTABLE_BACKBONES}. '
+                'Keep the config\'s own backbone type (a plain model; with BlockScramble '
+                'that is the "conventional 2" setting) or start from a ViT config '
+                '(docs/generality.md)']
+    defaults = inspect.signature(VisionTransformer.__init__).parameters
+    value = {k: backbone.get(k, defaults[k].default)
+             for k in ('in_channels', 'patch_norm', 'patch_bias')}
+    return patch_embedding_problems(where, value['in_channels'], bool(value['patch_norm']),
+                                    bool(value['patch_bias']))
+
+
+def setting_warning(cfg, model: Any, datasets: Sequence[Tuple[str, Any]]) -> Optional[str]:
+    """The warning for a run that encrypts images for a backbone not adapted to the key.
+
+    Such a run (the paper's "conventional 2": a plain model trained and tested on
+    encrypted images) is valid but much less accurate than the adapted one, and usually a
+    mistake (the recipe's backbone type switch forgotten, or a backbone that cannot be
+    adapted). A config that means it says so with ``ppenc_setting = 'conventional2'``.
+
+    Args:
+        cfg (mmengine.Config | dict): The run config (for :data:`SETTING_KEY`).
+        model (nn.Module): The (unwrapped) segmentor.
+        datasets (Sequence[tuple[str, Any]]): ``(mode, dataset)`` of the run.
+
+    Returns:
+        str | None: One line, or None when the images are not encrypted here, the
+        backbone is adapted, or the config says conventional 2 is meant.
+
+    Raises:
+        ConfigError: :data:`SETTING_KEY` has a value not in :data:`SETTINGS`.
+    """
+    setting = cfg.get(SETTING_KEY)
+    if setting is not None and setting not in SETTINGS:
+        raise ConfigError(f'{SETTING_KEY}={setting!r} is not a setting: use one of '
+                          f'{", ".join(map(repr, SETTINGS))} (or leave it unset).')
+    backbone = getattr(model, 'backbone', None)
+    if setting == 'conventional2' or backbone is None or \
+            any(is_keyed(m) for m in backbone.modules()):
+        return None
+    encrypting = list(dict.fromkeys(where for where, _, _ in keyed_components(model, datasets)))
+    if not encrypting:
+        return None
+    return (f'This run encrypts the images ({", ".join(encrypting)}) but its backbone '
+            f'{type(backbone).__name__} is not adapted to the key: a plain model on '
+            'encrypted images, the paper\'s "conventional 2" setting, which is much less '
+            'accurate than the adapted one. For the adapted ("proposed") setting use '
+            "backbone type='EncryptedVisionTransformer' (ViT backbones only); if "
+            f"conventional 2 is meant, set {SETTING_KEY} = 'conventional2' in the config.")
 
 
 # --------------------------------------------------------------------------- built objects
@@ -322,8 +509,9 @@ def _hook_fingerprints(cfg) -> List[str]:
 
 
 # --------------------------------------------------------------------------- entry points
-def _stages(cfg, modes: Optional[Sequence[str]]):
-    """The checks in order, each a callable that raises a user error."""
+def _stages(cfg, modes: Optional[Sequence[str]], warnings: Optional[List[str]] = None):
+    """The checks in order, each a callable that raises a user error; warnings (one line
+    each) are appended to ``warnings``."""
     state: Dict[str, Any] = {}
 
     def leak():
@@ -332,36 +520,48 @@ def _stages(cfg, modes: Optional[Sequence[str]]):
     def keys():
         state['hook_fps'] = _hook_fingerprints(cfg)
 
+    def backbone():
+        problems = backbone_problems(cfg)
+        if problems:
+            raise ConfigError('; '.join(problems) + '.')
+
     def run():
         from mmseg_ppenc.models.encrypted_vit import bind_normalization
         model, datasets = _build_probe(cfg, _active_modes(cfg, modes))
         bind_normalization(model)
         fps = state.get('hook_fps') or [None]
         check_run(model, datasets, fps[0])
+        warning = setting_warning(cfg, model, datasets)
+        if warning and warnings is not None:
+            warnings.append(warning)
 
-    return [leak, keys, run]
+    return [leak, keys, backbone, run]
 
 
-def start_problems(cfg, modes: Optional[Sequence[str]] = None) -> List[PpencError]:
+def start_problems(cfg, modes: Optional[Sequence[str]] = None,
+                   warnings: Optional[List[str]] = None) -> List[PpencError]:
     """Every refusal :func:`check_before_start` would raise, collected.
 
     Args:
         cfg (mmengine.Config): The run config (``work_dir`` set as the tool sets it).
         modes (Sequence[str], optional): Dataloaders to check. Defaults to None (those
             with a dataloader and a loop config).
+        warnings (list[str], optional): Receives the start warnings (one line each).
+            Defaults to None (not collected).
 
     Returns:
         list[PpencError]: The refusals, in the order the checks run; empty when the run
-        may start. A refusal of the config text or of a key stops the checks that need it.
+        may start. A refusal of the config text, of a key or of the backbone stops the
+        checks that need it.
     """
     problems: List[PpencError] = []
-    for stage in _stages(cfg, modes):
+    for stage in _stages(cfg, modes, warnings):
         try:
             stage()
         except PpencError as e:
             problems.append(e)
             if isinstance(e, (KeyLeakError, InvalidKeyError)) or \
-                    stage.__name__ == 'leak':
+                    stage.__name__ in ('leak', 'backbone'):
                 break
         except Exception as e:  # noqa: BLE001 - the Runner would fail on it the same way
             problems.append(ConfigError(
@@ -370,7 +570,7 @@ def start_problems(cfg, modes: Optional[Sequence[str]] = None) -> List[PpencErro
     return problems
 
 
-def check_before_start(cfg, modes: Optional[Sequence[str]] = None) -> None:
+def check_before_start(cfg, modes: Optional[Sequence[str]] = None) -> List[str]:
     """Run every start check on ``cfg``; raise the first refusal. Writes nothing.
 
     Args:
@@ -378,9 +578,15 @@ def check_before_start(cfg, modes: Optional[Sequence[str]] = None) -> None:
         modes (Sequence[str], optional): Dataloaders to check. Defaults to None (those
             with a dataloader and a loop config).
 
+    Returns:
+        list[str]: Warnings for a run that may start (one line each,
+        :func:`setting_warning`); the caller logs them.
+
     Raises:
         PpencError: the first refusal (:class:`ConfigError`, :class:`KeyLeakError`,
             :class:`InvalidKeyError`, :class:`GridError`), naming the problem and the fix.
     """
-    for stage in _stages(cfg, modes):
+    warnings: List[str] = []
+    for stage in _stages(cfg, modes, warnings):
         stage()
+    return warnings

@@ -5,6 +5,8 @@
 # The key comes from $PPENC_KEY_FILE; configs never contain key material.
 _base_ = './setr_vit-b_naive_cityscapes_conventional2.py'
 
+ppenc_setting = 'proposed'  # overrides the base's 'conventional2'
+
 model = dict(backbone=dict(type='EncryptedVisionTransformer'))
 # Checks that every component uses one key and that none leaks into the run's files.
 custom_hooks = [dict(type='KeyManagementHook')]

@@ -4,6 +4,9 @@
 # The key comes from $PPENC_KEY_FILE; configs never contain key material.
 _base_ = './setr_vit-b_pup_cityscapes_baseline.py'
 
+# Meant: a plain backbone on encrypted images (no start warning; docs/generality.md).
+ppenc_setting = 'conventional2'
+
 # Same pipelines as the baseline with BlockScramble right before PackSegInputs; the
 # top-level `test_pipeline` (read by mmseg's inference API) is the encrypted one too.
 train_pipeline = {{_base_.ppenc_encrypted_train_pipeline}}

@@ -1,12 +1,14 @@
 """``ppenc-check``: run every start check of a config without starting a run.
 
-Prints ``ok`` or one line per refusal, and writes nothing: no work_dir, no log, no config
+Prints ``ok`` or one line per refusal (and ``warning: ...`` lines on stderr, e.g. for a
+plain backbone on encrypted images), and writes nothing: no work_dir, no log, no config
 dump. Run it before submitting a cluster job; the same checks run again when the job
 starts (:class:`mmseg_ppenc.runner.PPEncRunner`).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
 from mmengine.config import DictAction
@@ -62,13 +64,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cfg = load_config(args.config, args.cfg_options, args.work_dir)
     except user_errors() as e:
         return fail(e)
-    problems = [str(e) for e in start_problems(cfg, args.mode)]
+    warnings: list = []
+    problems = [str(e) for e in start_problems(cfg, args.mode, warnings)]
     if not args.skip_paths:
         modes = tuple(args.mode or [m for m in MODES if cfg.get(f'{m}_dataloader')])
         try:
             check_config_paths(cfg, modes)
         except user_errors() as e:
             problems.append(str(e))
+    for warning in warnings:
+        print(f'warning: {warning}', file=sys.stderr)
     if problems:
         for problem in problems:
             fail(problem)

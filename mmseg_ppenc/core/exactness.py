@@ -23,7 +23,8 @@ from ppenc.meta import same_values
 
 __all__ = ['EXACT_SEGMENTORS', 'REFUSED_SEGMENTORS', 'RESIZE_TRANSFORMS',
            'segmentor_problems', 'channel_problems', 'preprocessor_pad_problems',
-           'pipeline_problems', 'normalization_problem', 'PADDING_META_KEY']
+           'pipeline_problems', 'normalization_problem', 'patch_embedding_problems',
+           'ADAPTABLE_BACKBONES', 'PADDING_META_KEY']
 
 #: Segmentor types proven exact: only the backbone reads the image; necks and heads read
 #: backbone features. Anything else is refused until proven (an allow-list, so a new
@@ -42,6 +43,11 @@ REFUSED_SEGMENTORS: Dict[str, str] = {
 #: Transforms that resize (the output size depends on the input image).
 RESIZE_TRANSFORMS = ('Resize', 'RandomResize', 'RandomChoiceResize', 'ResizeShortestEdge',
                      'ResizeToMultiple')
+#: The backbones the key adaptation is exact for, as refusals state it.
+ADAPTABLE_BACKBONES = (
+    "a ViT-family backbone with a non-overlapping patch embedding: mmseg's "
+    'VisionTransformer as in its ViT, DeiT, SETR, Segmenter and DPT configs (kernel = '
+    'stride = patch_size, in_channels=3)')
 #: Meta key that mmseg's ``postprocess_result`` reads to crop a pad off the prediction.
 PADDING_META_KEY = 'img_padding_size'
 
@@ -242,3 +248,31 @@ def normalization_problem(given: _Norm, model_norm: _Norm,
                     f'remove {name} from {where} (it follows the data preprocessor) or '
                     'make them equal')
     return None
+
+
+def patch_embedding_problems(where: str, in_channels: int, patch_norm: bool,
+                             patch_bias: bool) -> List[str]:
+    """Patch-embedding settings the key adaptation cannot be exact for.
+
+    Args:
+        where (str): The backbone, as the config names it (``'model.backbone'``).
+        in_channels (int): The ViT's ``in_channels``.
+        patch_norm (bool): The ViT's ``patch_norm`` (a LayerNorm after the projection).
+        patch_bias (bool): The ViT's ``patch_bias`` (a bias on the projection).
+
+    Returns:
+        list[str]: One sentence per problem, with the fix; empty when adaptable.
+    """
+    problems = []
+    if in_channels != 3:
+        problems.append(
+            f'{where}.in_channels={in_channels}: the cipher encrypts 3-channel images '
+            'and the adaptation permutes the 3 x patch x patch values of each block, so '
+            'an encrypted backbone takes RGB input only: set in_channels=3')
+    if patch_norm and not patch_bias:
+        problems.append(
+            f'{where} has patch_norm=True and patch_bias=False: the LayerNorm after the '
+            'projection would see the adaptation\'s offset, which must therefore go into '
+            'the projection bias: set patch_bias=True (it starts at zero when the '
+            'pre-trained checkpoint has none) or patch_norm=False')
+    return problems

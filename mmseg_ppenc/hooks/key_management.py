@@ -17,7 +17,7 @@ from mmseg_ppenc.core.keyed import (
     unwrap_model,
 )
 from mmseg_ppenc.models.encrypted_vit import bind_normalization
-from mmseg_ppenc.start_checks import check_run
+from mmseg_ppenc.start_checks import check_run, setting_warning
 from ppenc.errors import ConfigError, InvalidKeyError, KeyLeakError
 from ppenc.keys import SecretKey, resolve_key
 from ppenc.leak_scan import find_bytes_values, find_key_material, text_contains_key
@@ -38,6 +38,10 @@ class KeyManagementHook(Hook):
       order matches the preprocessor's ``bgr_to_rgb``, image sizes reaching the ViT stay
       on the block grid (resizing, slide windows), the data preprocessor never pads an
       encrypted batch, and a test-time pad reaches mmseg's post-processing.
+    - A run whose images are encrypted but whose backbone is not adapted to the key
+      ("conventional 2") is warned about in the log, unless the config sets
+      ``ppenc_setting = 'conventional2'`` (``PPEncRunner`` does this at start, before
+      the hook runs; with another runner the hook does it at the first loop).
     - Before training / validation / testing: every key-using component (pipelines'
       ``BlockScramble``, the ``EncryptedVisionTransformer``) must have this hook's key
       fingerprint, and every cipher block size must equal the backbone's patch size.
@@ -68,6 +72,7 @@ class KeyManagementHook(Hook):
         self.fingerprint = self._key().fingerprint
         # (config id, key fingerprint, block sizes) of the last config found clean.
         self._clean_cfg: Optional[tuple] = None
+        self._setting_warned = False
 
     def _key(self) -> SecretKey:
         return resolve_key(self.key_file)
@@ -138,11 +143,25 @@ class KeyManagementHook(Hook):
         self._scan(runner)
 
     def _check_loops(self, runner, modes: Tuple[str, ...]) -> None:
-        # With PPEncRunner the data were checked at before_run already; these loops are
-        # built now, so any runner's can be read.
+        # With PPEncRunner the data were checked at before_run already (and a plain
+        # backbone on encrypted images warned about in its log); these loops are built
+        # now, so any runner's can be read.
         if not knows_built_dataloaders(runner):
             self._check_exact(runner, modes)
+            self._warn_setting(runner, modes)
         self._check_components(runner, modes)
+
+    def _warn_setting(self, runner, modes: Tuple[str, ...]) -> None:
+        """Log, once per run, that the backbone is not adapted to the key although the
+        images are encrypted (:func:`mmseg_ppenc.start_checks.setting_warning`)."""
+        if self._setting_warned:
+            return
+        warning = setting_warning(getattr(runner, 'cfg', None) or {},
+                                  unwrap_model(runner.model),
+                                  list(run_dataloaders(runner, modes)))
+        if warning:
+            self._setting_warned = True
+            print_log(warning, logger='current', level=30)
 
     # ----------------------------------------------------------------- checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

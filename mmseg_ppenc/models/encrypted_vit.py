@@ -9,7 +9,7 @@ from mmseg.registry import MODELS
 
 from mmseg_ppenc.adaptation import encrypt_vit_state_dict
 from mmseg_ppenc.core.checkpoint import check_checkpoint, read_checkpoint
-from mmseg_ppenc.core.exactness import normalization_problem
+from mmseg_ppenc.core.exactness import normalization_problem, patch_embedding_problems
 from mmseg_ppenc.core.keyed import KeyedComponent
 from mmseg_ppenc.models.fast_vit import FastVisionTransformer
 from ppenc.errors import ConfigError
@@ -93,10 +93,14 @@ class EncryptedVisionTransformer(FastVisionTransformer, KeyedComponent):
         if mean is not None and (len(mean) != 3 or len(std) != 3):
             raise ConfigError(f'mean and std need 3 values, got {list(mean)} and '
                               f'{list(std)}.')
-        if self.patch_embed.norm is not None and self.patch_embed.projection.bias is None:
-            raise ValueError('EncryptedVisionTransformer with patch_norm=True needs '
-                             'patch_bias=True: the exact offset goes into the projection '
-                             'bias. Set patch_bias=True (or patch_norm=False).')
+        # The start checks refuse these from the config already (with the config's
+        # names); this covers a backbone built directly.
+        proj = self.patch_embed.projection
+        problems = patch_embedding_problems(
+            'EncryptedVisionTransformer', proj.in_channels,
+            patch_norm=self.patch_embed.norm is not None, patch_bias=proj.bias is not None)
+        if problems:
+            raise ConfigError('; '.join(problems) + '.')
         self.key_file = key_file
         # None until bound to the data preprocessor (see bind_normalization).
         self.norm_mean = None if mean is None else tuple(float(v) for v in mean)

@@ -247,3 +247,24 @@ def test_loaded_checkpoint_is_checked_against_the_run(key_env, tmp_path):
         load(cipher='block-shuffle-v0')
     with pytest.raises(InvalidKeyError, match=r'normalisation mean=\[0\.0, 0\.0, 0\.0\]'):
         load(mean=[0.0] * 3)
+
+
+@pytest.mark.parametrize('flag', [None, 'conventional2'])
+def test_plain_backbone_on_encrypted_images_is_logged(key_env, tmp_path, flag):
+    """With mmengine's own Runner (no start checks) the hook logs, once, that the backbone
+    is not adapted to the key, unless the config says conventional 2 is meant."""
+    from mmengine.logging import MMLogger
+    cfg = _cfg(tmp_path / 'wd', setting='conventional2', iters=1)
+    cfg.ppenc_setting = flag
+    cfg.custom_hooks = [dict(type='KeyManagementHook')]
+    cfg.experiment_name = f'hook_conventional2_{flag}'
+    cfg.visualizer.name = f'hook_conventional2_{flag}'
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    for handler in MMLogger.get_current_instance().handlers:
+        handler.flush()
+    with open(osp.join(runner.log_dir, f'{runner.timestamp}.log')) as f:
+        lines = [line for line in f if '"conventional 2"' in line]
+    assert len(lines) == (1 if flag is None else 0)
+    if lines:
+        assert 'WARNING' in lines[0] and 'is not adapted to the key' in lines[0]

@@ -4,6 +4,8 @@
 # The key comes from $PPENC_KEY_FILE; configs never contain key material.
 _base_ = './setr_vit-l_mla_ade20k_conventional2.py'
 
+ppenc_setting = 'proposed'  # overrides the base's 'conventional2'
+
 model = dict(backbone=dict(type='EncryptedVisionTransformer'))
 # Checks at start that the run is exact (grid, padding, channel order, normalisation)
 # and that every component uses one key, and that none leaks into the run's files.

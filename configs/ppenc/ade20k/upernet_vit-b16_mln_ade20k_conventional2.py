@@ -3,6 +3,9 @@
 # The key comes from $PPENC_KEY_FILE; configs never contain key material.
 _base_ = './upernet_vit-b16_mln_ade20k_baseline.py'
 
+# Meant: a plain backbone on encrypted images (no start warning; docs/generality.md).
+ppenc_setting = 'conventional2'
+
 # The baseline's pipelines with BlockScramble right before PackSegInputs.
 train_pipeline = {{_base_.ppenc_encrypted_train_pipeline}}
 test_pipeline = {{_base_.ppenc_encrypted_test_pipeline}}

@@ -1,6 +1,9 @@
 # Conventional 2: plain model fine-tuned and tested on encrypted images.
 _base_ = './setr_tiny_naive_synthetic_baseline.py'
 
+# Meant: a plain backbone on encrypted images (no start warning; docs/generality.md).
+ppenc_setting = 'conventional2'
+
 # The top-level pipelines are what mmseg's inference API reads: the encrypted ones.
 train_pipeline = {{_base_.ppenc_encrypted_train_pipeline}}
 test_pipeline = {{_base_.ppenc_encrypted_test_pipeline}}

@@ -2,5 +2,7 @@
 # tested on encrypted images. The key comes from $PPENC_KEY_FILE.
 _base_ = './setr_tiny_naive_synthetic_conventional2.py'
 
+ppenc_setting = 'proposed'  # overrides the base's 'conventional2'
+
 model = dict(backbone=dict(type='EncryptedVisionTransformer'))
 custom_hooks = [dict(type='KeyManagementHook')]
