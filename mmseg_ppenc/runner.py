@@ -27,7 +27,7 @@ from mmseg_ppenc.core.keyed import BuiltDataloaders
 from ppenc.errors import ConfigError
 
 __all__ = ['PPEncRunner', 'load_config', 'check_config_paths',
-           'build_runner', 'train', 'test']
+           'build_runner', 'train', 'test', 'use_tta']
 
 _RUNNER_TYPE = 'PPEncRunner'
 
@@ -242,9 +242,39 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[dic
     return runner
 
 
+def use_tta(cfg: Config) -> Config:
+    """Switch ``cfg`` to test-time augmentation, as mmseg's ``tools/test.py --tta`` does.
+
+    The test dataset runs ``cfg.tta_pipeline`` and the model becomes ``cfg.tta_model``
+    (``SegTTAModel``) around ``cfg.model``. The start checks and ``KeyManagementHook``
+    then check the segmentor inside and every branch of the pipeline.
+
+    Args:
+        cfg (Config): The run config; changed in place.
+
+    Returns:
+        Config: ``cfg``.
+
+    Raises:
+        ConfigError: the config has no ``tta_pipeline`` or ``tta_model``.
+    """
+    missing = [k for k in ('tta_pipeline', 'tta_model') if not cfg.get(k)]
+    if missing:
+        raise ConfigError(
+            f'--tta needs {" and ".join(missing)} in the config, and this one has none: '
+            'add them (the shipped Cityscapes, ADE20K and tiny configs have them; keyless '
+            'server configs have none, since resizing encrypted images does not commute '
+            'with the cipher), or test without --tta.')
+    # mmseg 1.2.2's tools/test.py, line for line.
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+    return cfg
+
+
 def test(config: str, checkpoint: str, work_dir: Optional[str] = None,
          cfg_options: Optional[dict] = None, launcher: str = 'none',
-         out: Optional[str] = None) -> dict:
+         out: Optional[str] = None, tta: bool = False) -> dict:
     """Evaluate a checkpoint, as mmseg's ``tools/test.py`` does.
 
     Args:
@@ -254,6 +284,8 @@ def test(config: str, checkpoint: str, work_dir: Optional[str] = None,
         cfg_options (dict, optional): Config overrides. Defaults to None.
         launcher (str): Job launcher. Defaults to ``'none'``.
         out (str, optional): Directory for predicted label maps. Defaults to None.
+        tta (bool): Test-time augmentation with the config's ``tta_pipeline`` and
+            ``tta_model`` (:func:`use_tta`). Defaults to False.
 
     Returns:
         dict: The metrics (aAcc, mIoU, mAcc).
@@ -262,6 +294,8 @@ def test(config: str, checkpoint: str, work_dir: Optional[str] = None,
     if not osp.isfile(checkpoint):
         raise ConfigError(f'Checkpoint {checkpoint!r} does not exist.')
     cfg.load_from = checkpoint
+    if tta:
+        use_tta(cfg)
     if out is not None:
         cfg.test_evaluator['output_dir'] = out
         cfg.test_evaluator['keep_results'] = True

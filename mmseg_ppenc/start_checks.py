@@ -43,7 +43,7 @@ from mmseg_ppenc.core.exactness import (
     preprocessor_pad_problems,
     segmentor_problems,
 )
-from mmseg_ppenc.core.keyed import KeyedComponent, is_keyed, keyed_components
+from mmseg_ppenc.core.keyed import KeyedComponent, is_keyed, keyed_components, unwrap_model
 from mmseg_ppenc.models.data_preprocessor import EncryptedSegDataPreProcessor
 from mmseg_ppenc.transforms.block_scramble import BlockScramble
 from mmseg_ppenc.transforms.pad import PadToGrid
@@ -52,8 +52,8 @@ from ppenc.grid import slide_problems
 from ppenc.keys import KEY_ENV_VAR, SecretKey
 
 __all__ = ['check_before_start', 'start_problems', 'check_run', 'run_keys',
-           'scan_config', 'dataset_pipelines', 'backbone_problems', 'setting_warning',
-           'MODES', 'SETTING_KEY', 'SETTINGS']
+           'scan_config', 'dataset_pipelines', 'pipeline_branches', 'segmentor_cfg',
+           'backbone_problems', 'setting_warning', 'MODES', 'SETTING_KEY', 'SETTINGS']
 
 #: Dataloaders a run may use, in order.
 MODES = ('train', 'val', 'test')
@@ -103,8 +103,25 @@ def run_keys(cfg) -> Dict[str, SecretKey]:
     return keys
 
 
+def segmentor_cfg(cfg) -> dict:
+    """The segmentor's config in a run config: ``cfg.model``, or the ``module`` of a
+    test-time augmentation model (``tools/test.py --tta`` sets ``cfg.model =
+    cfg.tta_model`` with ``module`` the original model).
+
+    Args:
+        cfg (mmengine.Config): The run config.
+    """
+    model = cfg.get('model') or {}
+    for _ in range(8):  # wrappers nest a few levels at most
+        inner = model.get('module') if isinstance(model, dict) else None
+        if not isinstance(inner, dict):
+            break
+        model = inner
+    return model if isinstance(model, dict) else {}
+
+
 def _block_sizes(cfg) -> Tuple[int, ...]:
-    backbone = (cfg.get('model') or {}).get('backbone') or {}
+    backbone = segmentor_cfg(cfg).get('backbone') or {}
     patch = backbone.get('patch_size') if isinstance(backbone, dict) else None
     return tuple(sorted({16} | ({int(patch)} if isinstance(patch, int) else set())))
 
@@ -350,7 +367,14 @@ def _leaf_datasets(ds: Any, depth: int = 0) -> Iterator[dict]:
 def _active_modes(cfg, modes: Optional[Sequence[str]]) -> List[str]:
     if modes is not None:
         return [m for m in modes if cfg.get(f'{m}_dataloader')]
-    return [m for m in MODES if cfg.get(f'{m}_dataloader') and cfg.get(f'{m}_cfg')]
+    candidates = MODES
+    model = cfg.get('model')
+    if isinstance(model, dict) and isinstance(model.get('module'), dict):
+        # A test-time augmentation model (tools/test.py --tta) only tests: it cannot
+        # train, and its data preprocessor comes from the top-level config, so the
+        # training rules would be checked against settings that never run.
+        candidates = ('test',)
+    return [m for m in candidates if cfg.get(f'{m}_dataloader') and cfg.get(f'{m}_cfg')]
 
 
 def _build_probe(cfg, modes: Sequence[str]):
@@ -387,8 +411,10 @@ def check_run(model: Any, datasets: Sequence[Tuple[str, Any]],
     :class:`mmseg_ppenc.hooks.KeyManagementHook` (the runner's own objects).
 
     Args:
-        model (nn.Module): The (unwrapped) segmentor; its backbone's normalisation must
-            already be bound (:func:`mmseg_ppenc.models.encrypted_vit.bind_normalization`).
+        model (nn.Module): The segmentor, possibly wrapped (DDP, or the ``SegTTAModel``
+            of ``tools/test.py --tta``: the segmentor inside is checked); its backbone's
+            normalisation must already be bound
+            (:func:`mmseg_ppenc.models.encrypted_vit.bind_normalization`).
         datasets (Sequence[tuple[str, Any]]): ``(mode, dataset)`` of the dataloaders in use.
         fingerprint (str, optional): The key every component must use. Defaults to None
             (all components must agree with each other).
@@ -399,6 +425,9 @@ def check_run(model: Any, datasets: Sequence[Tuple[str, Any]],
         GridError: slide inference would leave the block grid.
         ConfigError: the run would not be exact.
     """
+    # The segmentor inside a TTA (or DDP) wrapper: the wrapper has no backbone and a
+    # default data preprocessor that never runs.
+    model = unwrap_model(model)
     comps = keyed_components(model, datasets)
     want = fingerprint or (comps[0][1] if comps else None)
     problems = [f'{where} uses key {fp}' for where, fp, _ in comps if fp != want]
@@ -420,25 +449,39 @@ def check_run(model: Any, datasets: Sequence[Tuple[str, Any]],
     pre = getattr(model, 'data_preprocessor', None)
     bgr_to_rgb = bool(getattr(pre, 'channel_conversion', False))
     modes = {mode for mode, _ in datasets}
+    tta_refused = False
     for mode, dataset in datasets:
-        for i, transforms in enumerate(dataset_pipelines(dataset)):
-            where = f'{mode}_pipeline' + (f'[{i}]' if i else '')
+        branches = pipeline_branches(dataset)
+        plain = [aug for aug, transforms in branches
+                 if not any(isinstance(t, BlockScramble) for t in transforms)]
+        if plain and is_keyed(backbone) and not is_keyed(pre) and \
+                getattr(dataset, 'manifest', None) is None:
+            # e.g. tools/test.py --tta with a config's stock tta_pipeline: one sentence
+            # for all branches, naming the first.
+            some = (f' ({len(plain)} of {len(branches)} TestTimeAug branches, e.g. '
+                    f'{plain[0]})' if plain[0] else '')
+            problems.append(
+                f'{mode}_pipeline{some} has no BlockScramble, so the encrypted backbone '
+                'would get plain images: end the pipeline with BlockScramble before '
+                'PackSegInputs (for --tta, in every branch of tta_pipeline)')
+            tta_refused |= bool(plain[0])
+        for aug, transforms in branches:
+            # One name for all branches: their BlockScramble is usually one object, and
+            # equal messages are merged below.
+            where = f'{mode}_pipeline' + ('.TestTimeAug' if aug else '')
             scrambles = [(f'{where}.BlockScramble', t) for t in transforms
                          if isinstance(t, BlockScramble)]
-            if not scrambles and is_keyed(backbone) and not is_keyed(pre) and \
-                    getattr(dataset, 'manifest', None) is None:
-                # e.g. tools/test.py --tta with a config's stock tta_pipeline.
-                problems.append(
-                    f'{where} has no BlockScramble, so the encrypted backbone would get '
-                    'plain images: end the pipeline with BlockScramble before '
-                    'PackSegInputs (for --tta, in every branch of tta_pipeline)')
-            problems += channel_problems(scrambles, bgr_to_rgb)
-            problems += pipeline_problems(mode, transforms, block)
+            found = channel_problems(scrambles, bgr_to_rgb)
+            found += pipeline_problems(mode, transforms, block)
             if scrambles:
                 enc = transforms.index(scrambles[0][1])
                 pads = [t for t in transforms[:enc] if isinstance(t, PadToGrid)]
-                problems += preprocessor_pad_problems(pre, pads, block,
-                                                      training=mode == 'train')
+                found += preprocessor_pad_problems(pre, pads, block,
+                                                   training=mode == 'train')
+            problems += found
+            tta_refused |= bool(found and aug)
+    if tta_refused:
+        problems.append(TTA_FIX)
     if isinstance(pre, EncryptedSegDataPreProcessor):
         # EncryptedSegDataPreProcessor pads raw pixels to its size before encrypting when
         # pad_to_grid=True; without it the parent would pad the encrypted batch.
@@ -454,6 +497,18 @@ def check_run(model: Any, datasets: Sequence[Tuple[str, Any]],
                           + '; '.join(grid + problems) + '.')
 
 
+#: The fix for a refused ``tta_pipeline``: the shape of one that is exact.
+TTA_FIX = (
+    'for tools/test.py --tta, every branch of tta_pipeline must resize and flip first, '
+    'then pad to the grid and encrypt: tta_pipeline = [dict(type=\'LoadImageFromFile\'), '
+    'dict(type=\'TestTimeAug\', transforms=[[dict(type=\'Resize\', scale_factor=r, '
+    'keep_ratio=True) for r in ratios], [dict(type=\'RandomFlip\', prob=0.0), '
+    'dict(type=\'RandomFlip\', prob=1.0)], [dict(type=\'PadToGrid\')], '
+    '[dict(type=\'LoadAnnotations\')], [dict(type=\'BlockScramble\')], '
+    '[dict(type=\'PackSegInputs\', meta_keys=mmseg_ppenc.transforms.PACK_META_KEYS)]])] '
+    '(as the shipped proposed configs do)')
+
+
 class _SizePad:
     """Stands for the raw pad of ``EncryptedSegDataPreProcessor(pad_to_grid=True)``."""
 
@@ -461,34 +516,71 @@ class _SizePad:
         self.size = size
 
 
+#: Transform settings that tell test-time augmentation branches apart, for messages.
+_BRANCH_ATTRS = ('scale', 'scale_factor', 'keep_ratio', 'prob', 'direction')
+
+
+def _describe(transforms: Sequence[Any]) -> str:
+    """``Resize(scale_factor=0.5, keep_ratio=True), RandomFlip(prob=1.0)``-style text."""
+    parts = []
+    for t in transforms:
+        args = ', '.join(f'{a}={getattr(t, a)!r}' for a in _BRANCH_ATTRS
+                         if getattr(t, a, None) is not None)
+        parts.append(f'{type(t).__name__}({args})')
+    return ', '.join(parts)
+
+
+def pipeline_branches(dataset: Any, depth: int = 0) -> List[Tuple[str, List[Any]]]:
+    """``(augmentation, transforms)`` of every leaf dataset's pipeline, one per
+    ``TestTimeAug`` branch.
+
+    A ``TestTimeAug`` runs every combination of its transform lists on each image
+    (``tools/test.py --tta``); each combination, with the transforms before and after
+    the ``TestTimeAug``, is one full pipeline that must be exact on its own.
+
+    Args:
+        dataset: A dataset, dataset wrapper or :class:`_Pipeline`.
+        depth (int): Recursion depth (wrappers nest). Defaults to 0.
+
+    Returns:
+        list[tuple[str, list]]: ``augmentation`` is ``''`` for a pipeline without
+        ``TestTimeAug``, else the branch's own transforms, e.g. ``'Resize(scale_factor=0.5,
+        keep_ratio=True), RandomFlip(prob=1.0), ...'``, for messages.
+    """
+    if dataset is None or depth > 8:
+        return []
+    out: List[Tuple[str, List[Any]]] = []
+    for attr in ('dataset', 'datasets'):
+        sub = getattr(dataset, attr, None)
+        if sub is not None:
+            for d in (sub if isinstance(sub, (list, tuple)) else [sub]):
+                out += pipeline_branches(d, depth + 1)
+    transforms = getattr(getattr(dataset, 'pipeline', None), 'transforms', None)
+    if isinstance(transforms, (list, tuple)):
+        # (transforms, the TestTimeAug transforms that make this branch)
+        branches: List[Tuple[List[Any], List[Any]]] = [([], [])]
+        for t in transforms:
+            subs = getattr(t, 'subroutines', None)
+            if isinstance(t, TestTimeAug) and subs:
+                # Each subroutine is one full augmented branch.
+                branches = [(b + list(getattr(sub, 'transforms', sub)),
+                             aug + list(getattr(sub, 'transforms', sub)))
+                            for b, aug in branches for sub in subs]
+            else:
+                branches = [(b + [t], aug) for b, aug in branches]
+        out += [(_describe(aug), b) for b, aug in branches]
+    return out
+
+
 def dataset_pipelines(dataset: Any, depth: int = 0) -> List[List[Any]]:
-    """The transform lists of every leaf dataset, one per ``TestTimeAug`` branch.
+    """The transform lists of every leaf dataset, one per ``TestTimeAug`` branch
+    (:func:`pipeline_branches` without the labels).
 
     Args:
         dataset: A dataset, dataset wrapper or :class:`_Pipeline`.
         depth (int): Recursion depth (wrappers nest). Defaults to 0.
     """
-    if dataset is None or depth > 8:
-        return []
-    out: List[List[Any]] = []
-    for attr in ('dataset', 'datasets'):
-        sub = getattr(dataset, attr, None)
-        if sub is not None:
-            for d in (sub if isinstance(sub, (list, tuple)) else [sub]):
-                out += dataset_pipelines(d, depth + 1)
-    transforms = getattr(getattr(dataset, 'pipeline', None), 'transforms', None)
-    if isinstance(transforms, (list, tuple)):
-        branches: List[List[Any]] = [[]]
-        for t in transforms:
-            subs = getattr(t, 'subroutines', None)
-            if isinstance(t, TestTimeAug) and subs:
-                # Each subroutine is one full augmented branch.
-                branches = [b + list(getattr(sub, 'transforms', sub)) for b in branches
-                            for sub in subs]
-            else:
-                branches = [b + [t] for b in branches]
-        out += branches
-    return out
+    return [t for _, t in pipeline_branches(dataset, depth)]
 
 
 def _hook_fingerprints(cfg) -> List[str]:

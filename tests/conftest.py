@@ -85,3 +85,42 @@ def key_env(monkeypatch, session_key_file, synthetic_root):
     monkeypatch.setenv(KEY_ENV_VAR, session_key_file)
     monkeypatch.setenv('PPENC_DATA_ROOT', synthetic_root)
     return SecretKey.load(session_key_file)
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoints(tmp_path_factory, session_key_file):
+    """A tiny plain SETR-MLA segmentor (random weights) and the same model encrypted for
+    the session key (``tools/encrypt_model.py``'s adaptation), as mmseg checkpoints.
+
+    Returns:
+        dict[str, str]: ``{'baseline': path, 'proposed': path}``: the baseline config on
+        plain images and the proposed config on encrypted ones must give the same label
+        maps with them.
+    """
+    import copy
+
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.datasets import CityscapesDataset
+    from mmseg.registry import MODELS
+
+    from mmseg_ppenc.model_encryption import encrypt_model_checkpoint
+
+    root = tmp_path_factory.mktemp('tiny_checkpoints')
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(tiny_config('mla', 'baseline'))
+    torch.manual_seed(0)
+    model = MODELS.build(copy.deepcopy(cfg.model))
+    model.init_weights()
+    # Sharper classifiers: random heads give near-ties whose argmax would flip on float
+    # rounding, which would make label comparisons say little.
+    sd = {k: (v * 20 if 'conv_seg' in k else v) for k, v in model.state_dict().items()}
+    plain, enc = str(root / 'plain.pth'), str(root / 'proposed.pth')
+    # mmseg's init_model reads the classes from meta['dataset_meta'].
+    torch.save({'state_dict': sd,
+                'meta': {'dataset_meta': dict(CityscapesDataset.METAINFO)}}, plain)
+    pre = cfg.model.data_preprocessor
+    encrypt_model_checkpoint(plain, enc, SecretKey.load(session_key_file),
+                             mean=list(pre.mean), std=list(pre.std))
+    return {'baseline': plain, 'proposed': enc}

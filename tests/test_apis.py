@@ -178,3 +178,27 @@ def test_infer_tool(served, tmp_path, capsys):
                        served['ckpt'], '--out', out, '--key-file', served['key_file']],
                       capsys)
     assert code == 2 and std.err.startswith('error: ') and 'nope.png' in std.err
+
+
+def test_mmseg_inference_api_pads_off_grid_images_on_tiny_configs(tiny_checkpoints,
+                                                                   key_env):
+    """mmseg's init_model + inference_model (no hook, no start check) read the tiny
+    configs' top-level test_pipeline: a 70x100 image is padded in uint8 to 80x112 before
+    BlockScramble, the pad is cut off the prediction, and the proposed checkpoint gives
+    the baseline's label map (float32 rounding aside: at most 0.1 % of the labels may
+    differ, where the two best classes tie within 1e-5)."""
+    from mmseg.apis import inference_model, init_model
+    from conftest import tiny_config
+    img = np.random.default_rng(5).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    preds = {s: inference_model(init_model(tiny_config('mla', s), tiny_checkpoints[s],
+                                           device='cpu'), img.copy())
+             for s in ('baseline', 'proposed')}
+    b, p = preds['baseline'], preds['proposed']
+    for pred in (b, p):
+        assert tuple(pred.pred_sem_seg.data.shape[-2:]) == (70, 100)
+        assert tuple(pred.metainfo['img_shape']) == (80, 112)
+        assert tuple(pred.metainfo['img_padding_size']) == (0, 12, 0, 10)
+    assert rel(b.seg_logits.data, p.seg_logits.data) <= 1e-5
+    labels_b, labels_p = b.pred_sem_seg.data, p.pred_sem_seg.data
+    assert len(torch.unique(labels_b)) >= 3
+    assert (labels_b != labels_p).float().mean().item() <= 1e-3

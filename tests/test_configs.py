@@ -6,6 +6,7 @@
    bf16 mixed precision).
 2. Every config builds and runs a forward pass once shrunk to a tiny width.
 3. The ViT-L MLA proposed config builds at full size.
+4. Every shipped config passes the start checks under ``tools/test.py --tta``.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from mmseg.registry import MODELS, TRANSFORMS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
 from mmseg_ppenc.models.encrypted_vit import bind_normalization
+from mmseg_ppenc.transforms import PACK_META_KEYS
 from ppenc.keys import InvalidKeyError, SecretKey  # noqa: E402
 from mmseg_ppenc.models import (EncryptedVisionTransformer,  # noqa: E402
                                 FusedMultiheadAttention)
@@ -117,6 +119,21 @@ def encrypted(pipeline: List[dict], **scramble_kwargs) -> List[dict]:
     assert pipeline[-1]['type'] == 'PackSegInputs'
     return list(pipeline[:-1]) + [dict(type='BlockScramble', **scramble_kwargs),
                                   pipeline[-1]]
+
+
+def padded_tta(stock_tta: List[dict], encrypt: bool) -> List[dict]:
+    """A stock ``tta_pipeline`` as the shipped configs change it: in every branch the
+    uint8 ``PadToGrid`` after the resize and flip (the pad kept for mmseg's
+    post-processing), and ``BlockScramble`` right before ``PackSegInputs`` when
+    ``encrypt``."""
+    load, aug = copy.deepcopy(stock_tta)
+    lists = aug['transforms']
+    assert [types_of(b) for b in lists[1:]] == [['RandomFlip', 'RandomFlip'],
+                                                ['LoadAnnotations'], ['PackSegInputs']]
+    lists = (lists[:2] + [[dict(type='PadToGrid')]] + lists[2:-1]
+             + ([[dict(type='BlockScramble')]] if encrypt else [])
+             + [[dict(type='PackSegInputs', meta_keys=PACK_META_KEYS)]])
+    return [load, dict(aug, transforms=lists)]
 
 
 def expected_model(arch: str, decoder: str, setting: str) -> dict:
@@ -227,6 +244,8 @@ def test_config_parses(arch: str, decoder: str, setting: str) -> None:
             assert 'BlockScramble' not in names
     for pipeline in (val, test):
         assert not any('Resize' in n for n in types_of(pipeline))
+    # tools/test.py --tta: the stock TTA branches, padded to the grid and encrypted.
+    assert plain(cfg.tta_pipeline) == padded_tta(plain(stock.tta_pipeline), encrypt)
     # The rest of the data settings are the stock ones.
     for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         ours, theirs = plain(cfg[name]), plain(stock[name])
@@ -263,7 +282,7 @@ def test_config_parses(arch: str, decoder: str, setting: str) -> None:
     # Everything else is the stock config.
     allowed = {'model', 'train_dataloader', 'val_dataloader', 'test_dataloader',
                'train_pipeline', 'test_pipeline', 'custom_imports', 'custom_hooks', 'runner_type',
-               'optim_wrapper'}
+               'optim_wrapper', 'tta_pipeline'}
     ours = {k: v for k, v in plain(cfg.to_dict()).items()
             if k not in allowed and not k.startswith('ppenc_')}
     theirs = {k: v for k, v in plain(stock.to_dict()).items() if k not in allowed}
@@ -478,8 +497,11 @@ def test_server_config_is_its_model_config_plus_keyless_data(name: str,
     assert ours['custom_hooks'] == [dict(type='KeylessServerHook')]
 
     # Everything else is the reference config's.
+    # No tta_pipeline: a keyless server cannot rescale ciphertext.
+    assert ours['tta_pipeline'] is None
     changed = {'model', 'train_dataloader', 'val_dataloader', 'test_dataloader',
-               'custom_hooks', 'data_root', 'crop_size', 'train_pipeline', 'test_pipeline'}
+               'custom_hooks', 'data_root', 'crop_size', 'train_pipeline', 'test_pipeline',
+               'tta_pipeline'}
     assert ({k: v for k, v in ours.items() if k not in changed and
              not k.startswith('ppenc_server_')} ==
             {k: v for k, v in theirs.items() if k not in changed})
@@ -537,3 +559,48 @@ def test_top_level_test_pipeline_is_the_loaders(path: Path, server_env: dict) ->
     encrypted_model = cfg['model']['backbone']['type'] == 'EncryptedVisionTransformer'
     if encrypted_model:
         assert 'BlockScramble' in types_of(test)
+
+
+def _tta_marks(path: Path) -> tuple:
+    """Full-size models take seconds to build: the tiny configs and one proposed config
+    per family and decoder run by default, the others with the slow tests."""
+    quick = (path.parent.name == 'tiny' or path.parent.name == 'server'
+             or (path.stem.endswith('_proposed')
+                 and (path.parent.name == 'ade20k' or '_vit-b_' in path.stem)))
+    return () if quick else (pytest.mark.slow,)
+
+
+@pytest.mark.parametrize('path', [pytest.param(p, marks=_tta_marks(p)) for p in SHIPPED],
+                         ids=[p.stem for p in SHIPPED])
+def test_shipped_tta_passes_the_start_checks(path: Path, server_env: dict,
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tools/test.py --tta`` on every shipped config: the TTA model (``SegTTAModel``
+    around the config's model) and the ``tta_pipeline`` pass every start check. In the
+    encrypted settings every branch resizes and flips, then pads to the grid and
+    encrypts. Keyless server configs have no ``tta_pipeline`` (rescaling ciphertext does
+    not commute with the cipher) and ``--tta`` refuses them with the reason."""
+    from mmseg_ppenc.runner import use_tta
+    from mmseg_ppenc.start_checks import start_problems
+    from ppenc.errors import ConfigError
+    key = tmp_path / 'ppenc.key'
+    SecretKey.generate().save(key)
+    monkeypatch.setenv('PPENC_KEY_FILE', str(key))
+    cfg = Config.fromfile(str(path))
+    cfg.work_dir = str(tmp_path / 'work_dir')
+    if path.parent.name == 'server':
+        assert cfg.get('tta_pipeline') is None
+        with pytest.raises(ConfigError, match='--tta needs tta_pipeline'):
+            use_tta(cfg)
+        return
+    use_tta(cfg)
+    assert cfg.model.type == 'SegTTAModel'
+    tta = plain(cfg.test_dataloader.dataset.pipeline)
+    branches = tta[1]['transforms']
+    assert types_of(tta) == ['LoadImageFromFile', 'TestTimeAug']
+    assert [types_of(b) for b in branches[:3]] == [
+        ['Resize'] * len(branches[0]), ['RandomFlip', 'RandomFlip'], ['PadToGrid']]
+    encrypted = path.stem.endswith(('_proposed', '_conventional2'))
+    assert (['BlockScramble'] in [types_of(b) for b in branches]) == encrypted
+    assert branches[-1] == [dict(type='PackSegInputs', meta_keys=PACK_META_KEYS)]
+    assert start_problems(cfg) == []

@@ -3,7 +3,8 @@
 1. Every config is its stock mmseg config plus only what the method needs: the uint8
    ``PadToGrid`` of every setting, ``BlockScramble`` (encrypted settings),
    ``EncryptedVisionTransformer`` and ``KeyManagementHook`` (proposed), an on-grid slide
-   stride (SETR); the top-level ``test_pipeline`` is the loaders'.
+   stride (SETR); the top-level ``test_pipeline`` is the loaders'; the stock
+   ``tta_pipeline`` with the pad (and the cipher) in every branch.
 2. Shrunk (32-wide ViT, 64-pixel crops) through ``cfg_options``-style overrides of the
    shipped config, the three settings train through the mmengine Runner on a generated
    ADE20K-format folder and are tested with the stock IoU metric. From the same plain
@@ -34,7 +35,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmseg_ppenc.compat import replace_syncbn  # noqa: E402
 from mmseg_ppenc.transforms import PACK_META_KEYS  # noqa: E402
-from test_configs import plain, types_of, walk  # noqa: E402  (one copy of the helpers)
+from test_configs import padded_tta, plain, types_of, walk  # noqa: E402  (one copy)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ADE_DIR = REPO_ROOT / 'configs' / 'ppenc' / 'ade20k'
@@ -124,6 +125,8 @@ def test_config_is_stock_plus_method(family: str, setting: str) -> None:
     # What mmseg's init_model / inference_model and MMSegInferencer read.
     assert cfg['test_pipeline'] == test
     assert cfg['train_pipeline'] == train
+    # tools/test.py --tta: the stock TTA branches, padded to the grid (and encrypted).
+    assert cfg['tta_pipeline'] == padded_tta(stock['tta_pipeline'], encrypt)
     for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         ours, theirs = copy.deepcopy(cfg[name]), copy.deepcopy(stock[name])
         ours['dataset'].pop('pipeline')
@@ -138,7 +141,7 @@ def test_config_is_stock_plus_method(family: str, setting: str) -> None:
     # Everything else is the stock config.
     changed = {'model', 'train_dataloader', 'val_dataloader', 'test_dataloader',
                'train_pipeline', 'test_pipeline', 'custom_imports', 'custom_hooks',
-               'runner_type'}
+               'runner_type', 'tta_pipeline'}
     assert ({k: v for k, v in cfg.items() if k not in changed and
              not k.startswith('ppenc_')} ==
             {k: v for k, v in stock.items() if k not in changed})

@@ -32,6 +32,9 @@ optim_wrapper = dict(type='BF16AmpOptimWrapper')
 # val_dataloader was resolved in the stock config, so it is reassigned here.
 train_pipeline = {{_base_.ppenc_train_pipeline}}
 test_pipeline = {{_base_.ppenc_test_pipeline}}
+# tools/test.py --tta (the stock SegTTAModel): the stock TTA pipeline plus the uint8 pad
+# of every setting.
+tta_pipeline = {{_base_.ppenc_tta_pipeline}}
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Returns:
         argparse.ArgumentParser: Parser for ``CONFIG CHECKPOINT [--work-dir DIR]
-        [--out DIR] [--cfg-options K=V ...] [--launcher L] [--local-rank N]``.
+        [--out DIR] [--tta] [--cfg-options K=V ...] [--launcher L] [--local-rank N]``.
     """
     parser = argparse.ArgumentParser(
         description='Test (and evaluate) a segmentor')
@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save logs and metrics')
     parser.add_argument('--out', help='directory to save predicted label maps')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (the config\'s tta_pipeline and '
+                        'tta_model)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
     parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
@@ -66,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from mmseg_ppenc.runner import test
     try:
         metrics = test(args.config, args.checkpoint, args.work_dir, args.cfg_options,
-                       args.launcher, args.out)
+                       args.launcher, args.out, tta=args.tta)
     except user_errors() as e:
         return fail(e)
     if metrics:

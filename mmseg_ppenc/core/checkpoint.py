@@ -14,6 +14,7 @@ import os
 from collections import OrderedDict
 from typing import Any, List, Mapping, Optional, Sequence, Tuple, Type
 
+from mmseg_ppenc.core.keyed import unwrap_model
 from ppenc.errors import CheckpointReadError, CheckpointRecordError, InvalidKeyError, PpencError
 from ppenc.meta import (
     META_KEY,
@@ -392,8 +393,10 @@ def normalization_of(model: Any) -> Tuple[Optional[list], Optional[list]]:
     preprocessor's, else ``(None, None)``.
 
     Args:
-        model (nn.Module): A segmentor or a backbone.
+        model (nn.Module): A segmentor (possibly wrapped: DDP, ``SegTTAModel``) or a
+            backbone.
     """
+    model = unwrap_model(model)
     backbone = getattr(model, 'backbone', model)
     mean, std = getattr(backbone, 'norm_mean', None), getattr(backbone, 'norm_std', None)
     if mean is None or std is None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from mmseg.datasets.transforms import PackSegInputs
-from mmseg.models.segmentors import SegTTAModel
 
+from mmseg_ppenc.core.keyed import unwrap_model
 from mmseg_ppenc.transforms.block_scramble import BlockScramble
 from mmseg_ppenc.transforms.pad import PadToGrid
 from ppenc.grid import off_grid_hint, to_pair
@@ -56,10 +56,9 @@ def segmentor_problems(model: Any) -> List[str]:
     """Problems of a segmentor type for encrypted inputs (empty when it is exact).
 
     Args:
-        model (nn.Module): The (unwrapped) segmentor; a ``SegTTAModel`` is looked into.
+        model (nn.Module): The segmentor, possibly wrapped (DDP, ``SegTTAModel``).
     """
-    if isinstance(model, SegTTAModel):
-        model = model.module
+    model = unwrap_model(model)
     name = type(model).__name__
     # Check the class and its bases by name: a user subclass of EncoderDecoder that
     # overrides nothing is fine, one that overrides ``extract_feat`` is not proven.

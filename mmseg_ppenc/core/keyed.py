@@ -91,9 +91,31 @@ def is_keyed(obj: Any) -> bool:
 
 
 def unwrap_model(model: Any) -> Any:
-    """The model inside an mmengine model wrapper (DDP, FSDP, ...), else ``model``."""
-    from mmengine.model import is_model_wrapper
-    return model.module if is_model_wrapper(model) else model
+    """The segmentor that a run's model holds.
+
+    Looks through mmengine's model wrappers (DDP, FSDP, ...) and test-time augmentation
+    models (``SegTTAModel`` and any ``BaseTTAModel``, which ``tools/test.py --tta``
+    builds), in any nesting (a TTA model in DDP). The segmentor inside is what reads the
+    images: its backbone, its data preprocessor and its test settings are the ones every
+    check must see. A TTA wrapper has a default data preprocessor of its own that never
+    runs, and no backbone, so reading the wrapper instead silently skips checks or
+    reports wrong ones.
+
+    Args:
+        model (nn.Module): A segmentor, possibly wrapped; other objects are returned as
+            they are.
+
+    Returns:
+        nn.Module: The innermost model.
+    """
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+    # A bounded loop: wrappers nest a few levels at most.
+    for _ in range(8):
+        if is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+            model = model.module
+        else:
+            break
+    return model
 
 
 def iter_transforms(obj: Any, depth: int = 0) -> Iterator[Any]:

@@ -10,7 +10,7 @@ from mmseg.registry import MODELS
 from mmseg_ppenc.adaptation import encrypt_vit_state_dict
 from mmseg_ppenc.core.checkpoint import check_checkpoint, read_checkpoint
 from mmseg_ppenc.core.exactness import normalization_problem, patch_embedding_problems
-from mmseg_ppenc.core.keyed import KeyedComponent
+from mmseg_ppenc.core.keyed import KeyedComponent, unwrap_model
 from mmseg_ppenc.models.fast_vit import FastVisionTransformer
 from ppenc.errors import ConfigError
 from ppenc.keys import SecretKey, resolve_key
@@ -193,12 +193,15 @@ def bind_normalization(model) -> None:
     preprocessor's; one built with other values is refused.
 
     Args:
-        model (nn.Module): A segmentor (unwrapped).
+        model (nn.Module): A segmentor, possibly wrapped (DDP, ``SegTTAModel``): the
+            segmentor inside is bound to its own data preprocessor.
 
     Raises:
         ConfigError: an explicit ``mean``/``std`` differs from the preprocessor's, or
             neither the backbone nor the preprocessor states a normalisation.
     """
+    # A TTA wrapper's own data preprocessor never runs and has no mean/std.
+    model = unwrap_model(model)
     pre = getattr(model, 'data_preprocessor', None)
     pmean, pstd = getattr(pre, 'mean', None), getattr(pre, 'std', None)
     pre_norm = (None, None)

@@ -42,3 +42,47 @@ ppenc_encrypted_test_pipeline = ppenc_test_pipeline[:-1] + [
     dict(type='BlockScramble'),
     dict(type='PackSegInputs'),
 ]
+# Test-time augmentation (tools/test.py --tta): the stock `tta_pipeline` of mmseg's
+# `_base_/datasets/cityscapes.py` (keep-ratio rescaling, both flips, labels at the
+# original size). Its ratios keep 2048x1024 images on the 16-pixel grid; every branch
+# still pads to the grid after the resize and flip (for images of other sizes), records
+# the pad for mmseg's post-processing, and in the encrypted settings ends with
+# BlockScramble: resizing or flipping an encrypted image would not be the encryption of
+# any image. The baseline pads too, so that the three settings see the same pixels.
+ppenc_tta_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+# mmseg's default meta keys plus 'img_padding_size' (written out: mmengine turns an
+# import in a config into a lazy reference; mmseg_ppenc.transforms.PACK_META_KEYS).
+ppenc_tta_pack_inputs = dict(
+    type='PackSegInputs',
+    meta_keys=('img_path', 'seg_map_path', 'ori_shape', 'img_shape', 'pad_shape',
+               'scale_factor', 'flip', 'flip_direction', 'reduce_zero_label',
+               'img_padding_size'))
+ppenc_tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale_factor=r, keep_ratio=True)
+             for r in ppenc_tta_ratios],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='PadToGrid')],
+            [dict(type='LoadAnnotations')],
+            [ppenc_tta_pack_inputs],
+        ]),
+]
+ppenc_encrypted_tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale_factor=r, keep_ratio=True)
+             for r in ppenc_tta_ratios],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='PadToGrid')],
+            [dict(type='LoadAnnotations')],
+            [dict(type='BlockScramble')],
+            [ppenc_tta_pack_inputs],
+        ]),
+]

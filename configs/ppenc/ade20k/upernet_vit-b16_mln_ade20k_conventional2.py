@@ -9,6 +9,8 @@ ppenc_setting = 'conventional2'
 # The baseline's pipelines with BlockScramble right before PackSegInputs.
 train_pipeline = {{_base_.ppenc_encrypted_train_pipeline}}
 test_pipeline = {{_base_.ppenc_encrypted_test_pipeline}}
+# tools/test.py --tta: BlockScramble ends every branch, after the resize, flip and pad.
+tta_pipeline = {{_base_.ppenc_encrypted_tta_pipeline}}
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -34,6 +34,10 @@ train_pipeline = [
 ]
 # Unresized 2048x1024 images; slide windows (768, stride 512) start on the 16-pixel grid.
 test_pipeline = {{_base_.ppenc_server_test_pipeline}}
+# No test-time augmentation (this project's tools/test.py --tta says so): rescaling an
+# encrypted image does not commute with the cipher, so a keyless server cannot run the
+# multi-scale branches of the model config's tta_pipeline.
+tta_pipeline = None
 train_dataloader = dict(
     dataset=dict(
         _delete_=True,

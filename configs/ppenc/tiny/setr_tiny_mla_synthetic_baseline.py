@@ -33,6 +33,8 @@ model = dict(
 # The top-level pipelines are what mmseg's inference API reads (test_pipeline).
 train_pipeline = {{_base_.ppenc_train_pipeline}}
 test_pipeline = {{_base_.ppenc_test_pipeline}}
+# tools/test.py --tta (the stock SegTTAModel): the plain form of the encrypted settings'.
+tta_pipeline = {{_base_.ppenc_tta_pipeline}}
 train_dataloader = dict(
     batch_size=8, num_workers=2,
     dataset=dict(data_root=data_root, pipeline=train_pipeline))

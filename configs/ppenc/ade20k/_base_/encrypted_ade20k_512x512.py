@@ -53,3 +53,40 @@ ppenc_encrypted_test_pipeline = ppenc_test_pipeline[:-1] + [
     dict(type='BlockScramble'),
     ppenc_test_pipeline[-1],
 ]
+# Test-time augmentation (tools/test.py --tta): the stock `tta_pipeline` of mmseg's
+# `_base_/datasets/ade20k.py` (keep-ratio rescaling of the original image, both flips,
+# labels at the original size) with, in every branch, the uint8 PadToGrid of the test
+# pipeline after the resize and flip (their sizes are off the 16-pixel grid), the pad
+# recorded for mmseg's post-processing, and in the encrypted settings BlockScramble last:
+# resizing or flipping an encrypted image would not be the encryption of any image. The
+# baseline pads too, so that the three settings see the same pixels.
+ppenc_tta_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+ppenc_tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale_factor=r, keep_ratio=True)
+             for r in ppenc_tta_ratios],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='PadToGrid')],
+            [dict(type='LoadAnnotations')],
+            [ppenc_test_pipeline[-1]],
+        ]),
+]
+ppenc_encrypted_tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(
+        type='TestTimeAug',
+        transforms=[
+            [dict(type='Resize', scale_factor=r, keep_ratio=True)
+             for r in ppenc_tta_ratios],
+            [dict(type='RandomFlip', prob=0., direction='horizontal'),
+             dict(type='RandomFlip', prob=1., direction='horizontal')],
+            [dict(type='PadToGrid')],
+            [dict(type='LoadAnnotations')],
+            [dict(type='BlockScramble')],
+            [ppenc_test_pipeline[-1]],
+        ]),
+]
