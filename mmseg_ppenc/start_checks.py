@@ -90,6 +90,9 @@ def run_keys(cfg) -> Dict[str, SecretKey]:
 def _block_sizes(cfg) -> Tuple[int, ...]:
     backbone = (cfg.get('model') or {}).get('backbone') or {}
     patch = backbone.get('patch_size') if isinstance(backbone, dict) else None
+    sizes = backbone.get('patch_sizes') if isinstance(backbone, dict) else None
+    if patch is None and isinstance(sizes, (list, tuple)) and sizes:
+        patch = sizes[0]  # Twins: the first stage's patch embedding meets the image
     return tuple(sorted({16} | ({int(patch)} if isinstance(patch, int) else set())))
 
 
