@@ -1,4 +1,5 @@
-"""Exact adaptation of a Vision Transformer to block-encrypted images (derivation: docs/method.md).
+"""Exact adaptation of a patch-projection backbone to block-encrypted images (derivation:
+docs/method.md).
 
 Write ``E`` for the patch-embedding weight flattened to ``(D, n)`` in (channel, y, x)
 order, ``pi`` for the block permutation (``enc[k] = plain[pi[k]]``) and ``m``, ``s`` for
@@ -13,12 +14,17 @@ when a LayerNorm sits between projection and position embedding). The research c
 ``E[:, pi]`` is only approximate because a cross-channel shuffle does not commute with
 per-channel normalisation.
 
-The result is a stock ``VisionTransformer`` state dict: a server loads it without this
-package and without the key.
+:func:`adapt_state_dict` is the one implementation, for any backbone whose first layer is
+a non-overlapping patch projection; a :class:`ProjectionSite` says where the projection
+and the tensor taking ``delta`` are (:func:`vit_site` for mmseg's ``VisionTransformer``,
+:func:`mmseg_ppenc.models.patch_adaptation.input_projection` for a built backbone).
+The result is a stock state dict: a server loads it without this package and without
+the key.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,11 +35,11 @@ from ppenc.keys import SecretKey
 from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'encrypt_vit_state_dict',
-           'decrypt_vit_state_dict', 'find_vit_prefix', 'adapt_patch_embedding']
-
-#: mmseg's normalisation (RGB order), used by every SETR config.
+           'decrypt_vit_state_dict', 'find_vit_prefix', 'adapt_patch_embedding',
+           'ProjectionSite', 'adapt_state_dict', 'vit_site']
 
 _PROJ = 'patch_embed.projection.weight'
+_BIAS = 'patch_embed.projection.bias'
 
 
 def find_vit_prefix(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -95,39 +101,112 @@ def adapt_patch_embedding(weight: torch.Tensor, perm: np.ndarray, mean: Sequence
             delta)
 
 
-def _transform(state_dict, key: SecretKey, mean, std, prefix: Optional[str],
-               inverse: bool) -> 'OrderedDict[str, torch.Tensor]':
-    if prefix is None:
-        prefix = find_vit_prefix(state_dict)
+@dataclass(frozen=True)
+class ProjectionSite:
+    """Where a backbone's input patch projection, and the tensor that takes its offset,
+    live in a state dict (keys relative to the backbone).
+
+    The one description the adaptation needs, whatever the backbone: ViT/DeiT, BEiT, MAE,
+    Swin and Twins all start with a non-overlapping ``Conv2d(3, D, b, b)``.
+
+    Attributes:
+        weight (str): Key of the ``(D, 3, b, b)`` projection weight.
+        offset (str): Key of the tensor ``delta`` is added to: the projection bias
+            (shape ``(D,)``), or an absolute position embedding (shape ``(1, N, D)``) that
+            is added right after the projection.
+        offset_skip (int): Leading entries of a position embedding that do not belong to
+            patch tokens (the class token's). Defaults to 0.
+    """
+
+    weight: str
+    offset: str
+    offset_skip: int = 0
+
+
+def _add_offset(t: torch.Tensor, delta: torch.Tensor, skip: int, name: str) -> torch.Tensor:
+    """``t`` with ``delta`` added to every patch-token entry (computed in float64)."""
+    d = delta.to(t.device)
+    if t.dim() == 1 and t.shape[0] == d.shape[0]:
+        return (t.detach().double() + d).to(t.dtype)
+    if t.dim() == 3 and t.shape[-1] == d.shape[0]:
+        out = t.detach().clone()
+        out[:, skip:] = (out[:, skip:].double() + d).to(t.dtype)
+        return out
+    raise ValueError(f'{name!r} has shape {tuple(t.shape)}; the patch-projection offset '
+                     f'({d.shape[0]} values) goes into a bias of shape ({d.shape[0]},) or a '
+                     f'position embedding of shape (1, N, {d.shape[0]}).')
+
+
+def adapt_state_dict(state_dict: Mapping[str, torch.Tensor], key: SecretKey,
+                     site: ProjectionSite, mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD, prefix: str = '',
+                     inverse: bool = False) -> 'OrderedDict[str, torch.Tensor]':
+    """Adapt (or, with ``inverse``, un-adapt) the input patch projection of any backbone.
+
+    The one implementation of the exact adaptation: the projection's columns are permuted
+    and rescaled (:func:`adapt_patch_embedding`) and ``delta`` is added to
+    ``site.offset`` (subtracted with ``inverse``). Every other entry is kept.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): Backbone or segmentor weights. Not modified.
+        key (SecretKey): The key the images are encrypted with.
+        site (ProjectionSite): Where the projection and its offset are.
+        mean (Sequence[float]): The data preprocessor's mean (RGB).
+        std (Sequence[float]): The data preprocessor's std (RGB).
+        prefix (str): Key prefix of the backbone (``'backbone.'`` in a segmentor).
+            Defaults to ``''``.
+        inverse (bool): Undo the adaptation. Defaults to False.
+
+    Returns:
+        OrderedDict[str, Tensor]: A new state dict with the stock key names.
+    """
     out = OrderedDict(state_dict)
-    wkey = prefix + _PROJ
-    if wkey not in out:
-        raise KeyError(f'{wkey!r} not found in the state dict.')
+    wkey, okey = prefix + site.weight, prefix + site.offset
+    for k in (wkey, okey):
+        if k not in out:
+            raise KeyError(f'{k!r} not found in the state dict.')
     weight = out[wkey]
+    if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
+        raise ValueError(f'{wkey!r} has shape {tuple(weight.shape)}; expected a square '
+                         'patch projection (D, C, b, b).')
     perm = key.block_permutation(weight.shape[-1], weight.shape[1])
     new_w, delta = adapt_patch_embedding(weight, perm, mean, std, inverse=inverse)
-    sign = -1.0 if inverse else 1.0
     out[wkey] = new_w
-    norm_key = prefix + 'patch_embed.norm.weight'
-    bias_key = prefix + 'patch_embed.projection.bias'
-    pos_key = prefix + 'pos_embed'
-    if norm_key in out or pos_key not in out:
-        # A LayerNorm between projection and position embedding (patch_norm=True) sees
-        # the offset, so it must go into the projection bias.
-        if bias_key not in out:
+    out[okey] = _add_offset(out[okey], -delta if inverse else delta, site.offset_skip, okey)
+    return out
+
+
+def vit_site(state_dict: Mapping[str, torch.Tensor], prefix: str = '') -> ProjectionSite:
+    """The :class:`ProjectionSite` of an mmseg ``VisionTransformer`` state dict.
+
+    ``delta`` goes into the spatial entries of ``pos_embed`` (entry 0 belongs to the
+    class token, which does not pass through the projection), unless a LayerNorm sits
+    between projection and position embedding (``patch_norm=True``): that one sees the
+    offset, so it goes into the projection bias.
+
+    Raises:
+        ValueError: ``patch_norm=True`` (or no ``pos_embed``) without a projection bias.
+    """
+    if prefix + 'patch_embed.norm.weight' in state_dict or prefix + 'pos_embed' not in \
+            state_dict:
+        if prefix + _BIAS not in state_dict:
             raise ValueError(
                 'This ViT has patch_norm=True (or no pos_embed) but no patch-embedding '
                 'bias, so the exact offset has nowhere to go. Build it with '
                 'patch_bias=True (the bias starts at zero when absent from the '
                 'pre-trained checkpoint).')
-        b = out[bias_key]
-        out[bias_key] = (b.detach().double() + sign * delta.to(b.device)).to(b.dtype)
-    else:
-        pe = out[pos_key].detach().clone()
-        # Entry 0 belongs to the cls token, which does not pass through the projection.
-        pe[:, 1:] = (pe[:, 1:].double() + sign * delta.to(pe.device)).to(pe.dtype)
-        out[pos_key] = pe
-    return out
+        return ProjectionSite(_PROJ, _BIAS)
+    return ProjectionSite(_PROJ, 'pos_embed', offset_skip=1)
+
+
+def _transform(state_dict, key: SecretKey, mean, std, prefix: Optional[str],
+               inverse: bool) -> 'OrderedDict[str, torch.Tensor]':
+    if prefix is None:
+        prefix = find_vit_prefix(state_dict)
+    if prefix + _PROJ not in state_dict:
+        raise KeyError(f'{prefix + _PROJ!r} not found in the state dict.')
+    return adapt_state_dict(state_dict, key, vit_site(state_dict, prefix), mean, std,
+                            prefix=prefix, inverse=inverse)
 
 
 def encrypt_vit_state_dict(state_dict: Mapping[str, torch.Tensor], key: SecretKey,

@@ -26,7 +26,9 @@ from mmseg.structures import SegDataSample
 
 from mmseg_ppenc.core.checkpoint import check_checkpoint, normalization_of, read_checkpoint
 from mmseg_ppenc.models.encrypted_vit import bind_normalization
+from mmseg_ppenc.models.patch_adaptation import input_projection
 from ppenc.cipher import get_cipher
+from ppenc.errors import PpencError
 from ppenc.grid import check_image_on_grid, pad_to_grid
 from ppenc.keys import SecretKey
 from ppenc.meta import check_meta
@@ -36,9 +38,17 @@ __all__ = ['encrypt_for_upload', 'predict_encrypted', 'inference_encrypted', 'co
 
 
 def model_block_size(model: torch.nn.Module) -> int:
-    """The cipher block size a segmentor expects: its backbone's patch size (else 16)."""
+    """The cipher block size a segmentor expects: its backbone's patch size, else the
+    kernel of its input patch projection (a stock Swin or Twins stores no patch size),
+    else 16."""
     backbone = getattr(model, 'backbone', None)
-    return int(getattr(backbone, 'patch_size', 16))
+    patch = getattr(backbone, 'patch_size', None)
+    if patch is None and isinstance(backbone, torch.nn.Module):
+        try:
+            patch = input_projection(backbone).block_size
+        except PpencError:
+            patch = None
+    return int(patch if patch is not None else 16)
 
 
 def encrypt_for_upload(img_rgb: np.ndarray, key: SecretKey, block_size: int = 16,

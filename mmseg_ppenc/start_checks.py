@@ -123,6 +123,9 @@ def segmentor_cfg(cfg) -> dict:
 def _block_sizes(cfg) -> Tuple[int, ...]:
     backbone = segmentor_cfg(cfg).get('backbone') or {}
     patch = backbone.get('patch_size') if isinstance(backbone, dict) else None
+    sizes = backbone.get('patch_sizes') if isinstance(backbone, dict) else None
+    if patch is None and isinstance(sizes, (list, tuple)) and sizes:
+        patch = sizes[0]  # Twins: the first stage's patch embedding meets the image
     return tuple(sorted({16} | ({int(patch)} if isinstance(patch, int) else set())))
 
 
@@ -176,11 +179,12 @@ _NOT_ADAPTABLE = {
     'MixVisionTransformer': "SegFormer's MiT, whose patch embeddings overlap (kernel 7, "
                             'stride 4)',
     'MSCAN': "SegNeXt's MSCAN, whose convolution stem overlaps (kernel 3, stride 2)",
-    'SwinTransformer': 'a Swin Transformer: 4x4 patches, shifted-window attention and '
-                       'patch merging, which EncryptedVisionTransformer does not implement',
-    'PCPVT': 'a Twins transformer, whose position encodings are convolutions across '
-             'neighbouring patches',
-    'BEiT': 'a BEiT/MAE ViT, which EncryptedVisionTransformer does not implement',
+    'SwinTransformer': 'a Swin Transformer: use its own encrypted variant, '
+                       "type='EncryptedSwinTransformer' (block size 4)",
+    'PCPVT': "a Twins transformer: use its own encrypted variant, type='EncryptedPCPVT' "
+             "or 'EncryptedSVT' (block size 4)",
+    'BEiT': "a BEiT/MAE ViT: use its own encrypted variant, type='EncryptedBEiT' or "
+            "'EncryptedMAE'",
     'TIMMBackbone': 'a timm model wrapper, whose layers EncryptedVisionTransformer does '
                     'not implement',
 }

@@ -34,9 +34,9 @@ STOCK = {
     'segnext-mscan-t': ('segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py',
                         'MSCAN', 'convolution stem overlaps'),
     'upernet-swin-t': ('swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_'
-                       'ade20k-512x512.py', 'SwinTransformer', 'does not implement'),
+                       'ade20k-512x512.py', 'SwinTransformer', "type='EncryptedSwinTransformer'"),
 }
-ADAPTABLE = 'a ViT-family backbone with a non-overlapping patch embedding'
+ADAPTABLE = 'a backbone whose input layer is a non-overlapping patch projection'
 CONV2 = '"conventional 2"'
 
 

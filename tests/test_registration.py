@@ -15,7 +15,8 @@ from conftest import REPO
 
 COMPONENTS = {
     'MODELS': ['EncryptedVisionTransformer', 'FastVisionTransformer',
-               'EncryptedSegDataPreProcessor', 'FusedMultiheadAttention'],
+               'EncryptedSegDataPreProcessor', 'FusedMultiheadAttention', 'EncryptedBEiT',
+               'EncryptedMAE', 'EncryptedSwinTransformer', 'EncryptedPCPVT', 'EncryptedSVT'],
     'TRANSFORMS': ['BlockScramble', 'PadToGrid', 'GridRandomCrop', 'EncryptedPhotoMetric',
                    'EncryptedRandomFlip'],
     'HOOKS': ['KeyManagementHook', 'KeylessServerHook', 'ChannelsLastHook', 'CompileModelHook',

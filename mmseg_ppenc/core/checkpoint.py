@@ -31,8 +31,10 @@ __all__ = ['state_dict_of', 'read_checkpoint', 'read_weights', 'unsafe_checkpoin
            'permutation_smoothness', 'check_checkpoint', 'check_patch_embed_digest',
            'normalization_of']
 
-# Names of the patch-embedding weight: mmseg's VisionTransformer, timm's (convert.py).
-_PATCH_KEYS = ('patch_embed.projection.weight', 'patch_embed.proj.weight')
+# Names of the input patch-embedding weight: mmseg's VisionTransformer, BEiT, MAE and
+# SwinTransformer, timm's (convert.py), and Twins' first stage (later stages see features).
+_PATCH_KEYS = ('patch_embed.projection.weight', 'patch_embed.proj.weight',
+               'patch_embeds.0.projection.weight')
 # What every refusal of a record that does not belong to its weights ends with.
 _RECORD_FIX = ('The record was copied from another checkpoint, or the weights were changed '
                'after encryption, so they must not be used as encrypted weights. Encrypt '
@@ -226,8 +228,8 @@ def patch_embed_digest(weight: Any) -> str:
 
 
 def patch_embed_keys(state_dict: Mapping) -> List[str]:
-    """The keys of every ViT patch-embedding weight in a state dict (mmseg or timm names,
-    any prefix)."""
+    """The keys of every input patch-embedding weight in a state dict (mmseg's ViT, BEiT,
+    MAE, Swin and Twins names, or timm's; any prefix)."""
     return [k for k in state_dict if isinstance(k, str) and any(
         k == name or k.endswith('.' + name) for name in _PATCH_KEYS)]
 

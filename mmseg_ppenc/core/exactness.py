@@ -45,9 +45,10 @@ RESIZE_TRANSFORMS = ('Resize', 'RandomResize', 'RandomChoiceResize', 'ResizeShor
                      'ResizeToMultiple')
 #: The backbones the key adaptation is exact for, as refusals state it.
 ADAPTABLE_BACKBONES = (
-    "a ViT-family backbone with a non-overlapping patch embedding: mmseg's "
-    'VisionTransformer as in its ViT, DeiT, SETR, Segmenter and DPT configs (kernel = '
-    'stride = patch_size, in_channels=3)')
+    'a backbone whose input layer is a non-overlapping patch projection (kernel = stride '
+    '= patch size, in_channels=3): EncryptedVisionTransformer for mmseg\'s '
+    'VisionTransformer (ViT, DeiT, SETR, Segmenter, DPT configs), EncryptedBEiT, '
+    'EncryptedMAE, EncryptedSwinTransformer, EncryptedPCPVT, EncryptedSVT')
 #: Meta key that mmseg's ``postprocess_result`` reads to crop a pad off the prediction.
 PADDING_META_KEY = 'img_padding_size'
 

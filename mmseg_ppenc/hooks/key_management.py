@@ -31,8 +31,9 @@ class KeyManagementHook(Hook):
     """Checks that a run uses one key consistently and never leaks it.
 
     - At runner start (``before_run``, which mmengine calls before it initialises the
-      weights): an ``EncryptedVisionTransformer`` without ``mean``/``std`` takes them
-      from the data preprocessor, and an explicit one that differs is refused. Then
+      weights): an encrypted backbone (``EncryptedVisionTransformer``,
+      ``EncryptedSwinTransformer``, ...) without ``mean``/``std`` takes them from the
+      data preprocessor, and an explicit one that differs is refused. Then
       the run must be exact or is refused (:mod:`mmseg_ppenc.core.exactness`): the
       segmentor type is on the allow-list (SAN is refused), ``BlockScramble``'s channel
       order matches the preprocessor's ``bgr_to_rgb``, image sizes reaching the ViT stay
@@ -43,7 +44,7 @@ class KeyManagementHook(Hook):
       ``ppenc_setting = 'conventional2'`` (``PPEncRunner`` does this at start, before
       the hook runs; with another runner the hook does it at the first loop).
     - Before training / validation / testing: every key-using component (pipelines'
-      ``BlockScramble``, the ``EncryptedVisionTransformer``) must have this hook's key
+      ``BlockScramble``, the encrypted backbone) must have this hook's key
       fingerprint, and every cipher block size must equal the backbone's patch size.
     - Every checkpoint's ``meta['ppenc']`` records the key fingerprint and cipher
       parameters (never the key).

@@ -65,6 +65,11 @@ __all__ = ['find_patch_weight', 'patch_embedding_matrix', 'weight_matching_attac
 # same modules with the same random-number consumption, minus the key arguments.
 _KEYLESS_TWINS = {
     'EncryptedVisionTransformer': ('FastVisionTransformer', ('key_file', 'mean', 'std')),
+    'EncryptedBEiT': ('BEiT', ('key_file', 'mean', 'std')),
+    'EncryptedMAE': ('MAE', ('key_file', 'mean', 'std')),
+    'EncryptedSwinTransformer': ('SwinTransformer', ('key_file', 'mean', 'std')),
+    'EncryptedPCPVT': ('PCPVT', ('key_file', 'mean', 'std')),
+    'EncryptedSVT': ('SVT', ('key_file', 'mean', 'std')),
     'EncryptedSegDataPreProcessor': ('SegDataPreProcessor',
                                      ('key_file', 'block_size', 'pad_to_grid',
                                       'grid_pad_val')),
