@@ -278,7 +278,7 @@ def test_patch_norm_with_bias_passes(key_env, tmp_path, capsys):
 def test_encrypted_vit_built_directly_raises_config_error(key_env):
     from mmseg_ppenc.models import EncryptedVisionTransformer
     kw = dict(img_size=32, embed_dims=32, num_layers=1, num_heads=2)
-    with pytest.raises(ConfigError, match='set in_channels=3'):
+    with pytest.raises(ConfigError, match='has 4 input channels, not 3'):
         EncryptedVisionTransformer(in_channels=4, **kw)
-    with pytest.raises(ConfigError, match='set patch_bias=True'):
+    with pytest.raises(ConfigError, match='Set patch_bias=True'):
         EncryptedVisionTransformer(patch_norm=True, **kw)
