@@ -5,6 +5,8 @@ import os.path as osp
 import sys
 from types import ModuleType
 
+import mmcv
+import numpy as np
 import pytest
 
 # The tests use mmseg directly (datasets, registries, checkpoints), as a training script
@@ -69,6 +71,25 @@ def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('cityscapes')
     make_synthetic_cityscapes(root, num_train=8, num_val=3, height=64, width=128, seed=0,
                               overwrite=True)
+    return str(root) + os.sep
+
+
+@pytest.fixture(scope='session')
+def ade_root(tmp_path_factory):
+    """A tiny ADE20K-format tree with off-grid image sizes (70x100) and labels 0..4."""
+    root = tmp_path_factory.mktemp('ade')
+    rng = np.random.default_rng(0)
+    for split, n in (('training', 4), ('validation', 2)):
+        os.makedirs(root / 'images' / split)
+        os.makedirs(root / 'annotations' / split)
+        for i in range(n):
+            lab = np.zeros((70, 100), np.uint8)
+            for c in range(1, 5):  # blocky regions so that the image is learnable
+                y, x = rng.integers(0, 60), rng.integers(0, 90)
+                lab[y:y + 30, x:x + 40] = c
+            img = (lab[..., None] * 50 + rng.integers(0, 40, (70, 100, 3))).astype(np.uint8)
+            mmcv.imwrite(img, str(root / 'images' / split / f'ADE_{i:04d}.jpg'))
+            mmcv.imwrite(lab, str(root / 'annotations' / split / f'ADE_{i:04d}.png'))
     return str(root) + os.sep
 
 

@@ -31,6 +31,7 @@ from mmseg.utils import register_all_modules  # noqa: E402
 
 from mmseg_ppenc.models.encrypted_vit import bind_normalization
 from mmseg_ppenc.transforms import PACK_META_KEYS
+from recipe import scramble
 from ppenc.keys import InvalidKeyError, SecretKey  # noqa: E402
 from mmseg_ppenc.models import (EncryptedVisionTransformer,  # noqa: E402
                                 FusedMultiheadAttention)
@@ -121,17 +122,17 @@ def encrypted(pipeline: List[dict], **scramble_kwargs) -> List[dict]:
                                   pipeline[-1]]
 
 
-def padded_tta(stock_tta: List[dict], encrypt: bool) -> List[dict]:
+def padded_tta(stock_tta: List[dict], encrypt: bool, block_size: int = 16) -> List[dict]:
     """A stock ``tta_pipeline`` as the shipped configs change it: in every branch the
     uint8 ``PadToGrid`` after the resize and flip (the pad kept for mmseg's
-    post-processing), and ``BlockScramble`` right before ``PackSegInputs`` when
-    ``encrypt``."""
+    post-processing), and ``BlockScramble`` (of ``block_size``) right before
+    ``PackSegInputs`` when ``encrypt``."""
     load, aug = copy.deepcopy(stock_tta)
     lists = aug['transforms']
     assert [types_of(b) for b in lists[1:]] == [['RandomFlip', 'RandomFlip'],
                                                 ['LoadAnnotations'], ['PackSegInputs']]
     lists = (lists[:2] + [[dict(type='PadToGrid')]] + lists[2:-1]
-             + ([[dict(type='BlockScramble')]] if encrypt else [])
+             + ([[scramble(block_size)]] if encrypt else [])
              + [[dict(type='PackSegInputs', meta_keys=PACK_META_KEYS)]])
     return [load, dict(aug, transforms=lists)]
 

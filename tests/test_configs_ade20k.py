@@ -1,10 +1,12 @@
-"""The ADE20K configs of mmseg's ViT families: ``configs/ppenc/ade20k/*_{setting}.py``.
+"""The ADE20K configs of mmseg's ViT, Swin, BEiT and MAE families:
+``configs/ppenc/ade20k/*_{setting}.py``.
 
 1. Every config is its stock mmseg config plus only what the method needs: the uint8
-   ``PadToGrid`` of every setting, ``BlockScramble`` (encrypted settings),
-   ``EncryptedVisionTransformer`` and ``KeyManagementHook`` (proposed), an on-grid slide
-   stride (SETR); the top-level ``test_pipeline`` is the loaders'; the stock
-   ``tta_pipeline`` with the pad (and the cipher) in every branch.
+   ``PadToGrid`` of every setting, ``BlockScramble`` with the patch size as block size
+   (encrypted settings), the backbone's encrypted variant and ``KeyManagementHook``
+   (proposed), an on-grid slide stride (SETR, BEiT, MAE), 512x512 crops (BEiT); the
+   top-level ``test_pipeline`` is the loaders'; the stock ``tta_pipeline`` with the pad
+   (and the cipher) in every branch.
 2. Shrunk (32-wide ViT, 64-pixel crops) through ``cfg_options``-style overrides of the
    shipped config, the three settings train through the mmengine Runner on a generated
    ADE20K-format folder and are tested with the stock IoU metric. From the same plain
@@ -35,6 +37,7 @@ from mmengine.runner import Runner  # noqa: E402
 
 from mmseg_ppenc.compat import replace_syncbn  # noqa: E402
 from mmseg_ppenc.transforms import PACK_META_KEYS  # noqa: E402
+from recipe import ENCRYPTED, assert_same_labels, scramble, shrink_family_backbone
 from test_configs import padded_tta, plain, types_of, walk  # noqa: E402  (one copy)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,12 +51,21 @@ FAMILIES = {
     'segmenter_vit-s_mask_ade20k':
         'segmenter/segmenter_vit-s_mask_8xb1-160k_ade20k-512x512.py',
     'dpt_vit-b16_ade20k': 'dpt/dpt_vit-b16_8xb2-160k_ade20k-512x512.py',
+    'upernet_swin-t_ade20k':
+        'swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
+    'upernet_beit-b16_ade20k': 'beit/beit-base_upernet_8xb2-160k_ade20k-640x640.py',
+    'upernet_mae-b16_ade20k': 'mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py',
 }
+#: Cipher block size = the backbone's input patch size (16 unless listed).
+BLOCK = {'upernet_swin-t_ade20k': 4}
+#: Stock recipes at 640x640 that the shipped configs train at 512x512.
+AT_512 = {'upernet_beit-b16_ade20k'}
 SETTINGS = ('baseline', 'conventional2', 'proposed')
 GRID = [(f, s) for f in FAMILIES for s in SETTINGS]
 GRID_IDS = [f'{f}-{s}' for f, s in GRID]
-#: The on-grid slide strides the configs set (the stock SETR stride is 341).
-STRIDES = {'setr_vit-l_mla_ade20k': (336, 336)}
+#: The on-grid slide strides the configs set (stock: 341 at 512, 426 at 640).
+STRIDES = {'setr_vit-l_mla_ade20k': (336, 336), 'upernet_mae-b16_ade20k': (336, 336),
+           'upernet_beit-b16_ade20k': (336, 336)}
 CUSTOM_IMPORTS = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
 
 CROP = (64, 64)
@@ -73,8 +85,27 @@ def load_stock(family: str) -> Config:
     return Config.fromfile(str(STOCK_DIR / FAMILIES[family]))
 
 
-def with_scramble(pipeline: List[dict]) -> List[dict]:
-    return list(pipeline[:-1]) + [dict(type='BlockScramble'), pipeline[-1]]
+def stock_at_512(stock: dict) -> dict:
+    """A 640x640 stock config as the shipped configs move it to 512x512: the crop, the
+    backbone's image size, the slide window, and mmseg's 512x512 ADE20K pipelines."""
+    stock = copy.deepcopy(stock)
+    data = plain(Config.fromfile(str(STOCK_DIR / '_base_/datasets/ade20k.py')).to_dict())
+    crop = (512, 512)
+    stock['crop_size'] = crop
+    stock['data_preprocessor']['size'] = crop
+    model = stock['model']
+    model['data_preprocessor']['size'] = crop
+    model['backbone']['img_size'] = crop
+    model['test_cfg']['crop_size'] = crop
+    for name in ('train_pipeline', 'test_pipeline', 'tta_pipeline'):
+        stock[name] = data[name]
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        stock[name]['dataset'] = data[name]['dataset']
+    return stock
+
+
+def with_scramble(pipeline: List[dict], block_size: int = 16) -> List[dict]:
+    return list(pipeline[:-1]) + [scramble(block_size), pipeline[-1]]
 
 
 # --------------------------------------------------------------------------- parsing
@@ -87,25 +118,28 @@ def test_all_configs_written() -> None:
 def test_config_is_stock_plus_method(family: str, setting: str) -> None:
     cfg = plain(Config.fromfile(str(config_path(family, setting))).to_dict())
     stock = plain(load_stock(family).to_dict())
+    if family in AT_512:
+        stock = stock_at_512(stock)
     encrypt = setting != 'baseline'
+    block = BLOCK.get(family, 16)
     assert cfg['custom_imports'] == CUSTOM_IMPORTS
     assert cfg['runner_type'] == 'PPEncRunner'
 
     # Model: the stock one; the proposed backbone type, an on-grid stride (SETR).
     model = copy.deepcopy(stock['model'])
     if setting == 'proposed':
-        model['backbone']['type'] = 'EncryptedVisionTransformer'
+        model['backbone']['type'] = ENCRYPTED[model['backbone']['type']]
     if family in STRIDES:
-        assert stock['model']['test_cfg']['stride'] == (341, 341)
+        assert stock['model']['test_cfg']['stride'] in ((341, 341), (426, 426))
         model['test_cfg']['stride'] = STRIDES[family]
     assert cfg['model'] == model
     backbone = cfg['model']['backbone']
     # The backbone follows the data preprocessor's normalisation (Segmenter: 127.5).
     assert 'mean' not in backbone and 'std' not in backbone
-    patch = backbone.get('patch_size', 16)
+    assert backbone.get('patch_size', 4 if 'Swin' in backbone['type'] else 16) == block
     test_cfg = cfg['model']['test_cfg']
     if test_cfg['mode'] == 'slide':
-        assert all(v % patch == 0 for v in (*test_cfg['crop_size'], *test_cfg['stride']))
+        assert all(v % 16 == 0 for v in (*test_cfg['crop_size'], *test_cfg['stride']))
 
     # Pipelines: the stock ones plus the uint8 pad (and the cipher).
     stock_train = stock['train_dataloader']['dataset']['pipeline']
@@ -118,7 +152,7 @@ def test_config_is_stock_plus_method(family: str, setting: str) -> None:
     # Labels are loaded after the pad, so they stay at the original image size.
     assert types_of(test).index('PadToGrid') < types_of(test).index('LoadAnnotations')
     if encrypt:
-        train, test = with_scramble(train), with_scramble(test)
+        train, test = with_scramble(train, block), with_scramble(test, block)
     assert cfg['train_dataloader']['dataset']['pipeline'] == train
     assert cfg['val_dataloader']['dataset']['pipeline'] == test
     assert cfg['test_dataloader']['dataset']['pipeline'] == test
@@ -126,7 +160,7 @@ def test_config_is_stock_plus_method(family: str, setting: str) -> None:
     assert cfg['test_pipeline'] == test
     assert cfg['train_pipeline'] == train
     # tools/test.py --tta: the stock TTA branches, padded to the grid (and encrypted).
-    assert cfg['tta_pipeline'] == padded_tta(stock['tta_pipeline'], encrypt)
+    assert cfg['tta_pipeline'] == padded_tta(stock['tta_pipeline'], encrypt, block)
     for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         ours, theirs = copy.deepcopy(cfg[name]), copy.deepcopy(stock[name])
         ours['dataset'].pop('pipeline')
@@ -189,13 +223,11 @@ def _small_model(model: dict) -> dict:
     m = copy.deepcopy(model)
     replace_syncbn(m)
     bb = m['backbone']
-    bb.update(img_size=CROP, embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2,
-              drop_path_rate=0.0)
-    if isinstance(bb.get('out_indices'), (tuple, list)):
-        bb['out_indices'] = (0, 1, 2, 3)
     head = m['decode_head']
     kind = head['type']
-    if kind == 'SETRMLAHead':  # after MLANeck (4 x 32 channels)
+    if 'VisionTransformer' not in bb['type']:  # BEiT, MAE, Swin (UperNet)
+        head.update(in_channels=shrink_family_backbone(m), channels=16, dropout_ratio=0.0)
+    elif kind == 'SETRMLAHead':  # after MLANeck (4 x 32 channels)
         m['neck'].update(in_channels=[32] * 4, out_channels=32)
         head.update(in_channels=(32,) * 4, mla_channels=8, channels=32)
     elif kind == 'UPerHead':  # after MultiLevelNeck
@@ -208,6 +240,11 @@ def _small_model(model: dict) -> dict:
                     post_process_channels=[8, 16, 32, 32])
     else:
         raise AssertionError(f'no shrink rule for {kind}')
+    if 'VisionTransformer' in bb['type']:
+        bb.update(img_size=CROP, embed_dims=32, num_layers=4, num_heads=2, mlp_ratio=2,
+                  drop_path_rate=0.0)
+        if isinstance(bb.get('out_indices'), (tuple, list)):
+            bb['out_indices'] = (0, 1, 2, 3)
     m['auxiliary_head'] = None
     m['data_preprocessor']['size'] = CROP
     if m['test_cfg'].get('mode') == 'slide':  # on the grid, as the shipped strides
@@ -296,18 +333,6 @@ def run_setting(family: str, setting: str, root: str, weights: Tuple[str, str],
     return loss, metrics, outs, opts
 
 
-def assert_same_labels(logits, plain_labels, enc_labels, tol) -> None:
-    """Identical label maps except where the plain model's two best classes tie within
-    float32 precision (the keyed model sums in another order)."""
-    diff = plain_labels != enc_labels
-    if not diff.any():
-        return
-    top2 = logits.topk(2, dim=0).values
-    gap = (top2[0] - top2[1])[diff[0]]
-    assert (gap <= tol).all(), f'labels differ where the plain model is decided: {gap}'
-    assert diff.float().mean() < 1e-3
-
-
 # --------------------------------------------------------------------------- running
 @pytest.mark.parametrize('family', [
     pytest.param(f, marks=() if f in FAST else pytest.mark.slow) for f in FAMILIES])
@@ -349,7 +374,8 @@ def test_shrunk_settings_train_and_proposed_is_exact(family, key_env, ade_root, 
 
 @pytest.mark.parametrize('family', [
     'segmenter_vit-s_mask_ade20k',
-    pytest.param('upernet_vit-b16_mln_ade20k', marks=pytest.mark.slow)])
+    pytest.param('upernet_vit-b16_mln_ade20k', marks=pytest.mark.slow),
+    pytest.param('upernet_swin-t_ade20k', marks=pytest.mark.slow)])
 def test_mmseg_inference_api_on_shipped_proposed_config(family, key_env, ade_root,
                                                         tmp_path):
     """mmseg's init_model + inference_model (no hook runs) on the shipped configs,

@@ -33,12 +33,12 @@ from mmseg_ppenc.core.exactness import segmentor_problems
 from ppenc.meta import build_meta
 from mmseg_ppenc.model_encryption import (ModelEncryptionError, encrypt_model_checkpoint,
                                           normalization_from_config)
-from mmseg_ppenc.transforms import PACK_META_KEYS, PadToGrid
+from mmseg_ppenc.transforms import PadToGrid
 
-CROP = (64, 64)
-#: Test-time Resize that moves both data sets' images off the 16-pixel grid
-#: (64x128 -> 60x120, 70x100 -> 60x86).
-TEST_SCALE = (120, 60)
+from recipe import CROP, apply_recipe, assert_same_labels, pipelines, save_weights
+from recipe import stock_config as _stock
+from recipe import train_and_test as _run
+
 
 #: id -> (stock config, data set kind). The ids name the families of the README table.
 CASES = {
@@ -55,47 +55,6 @@ FAST = {'setr-mla-cityscapes', 'segmenter-mask'}
 
 
 # ----------------------------------------------------------------------------- data
-@pytest.fixture(scope='session')
-def ade_root(tmp_path_factory):
-    """A tiny ADE20K-format tree with off-grid image sizes (70x100) and labels 0..4."""
-    root = tmp_path_factory.mktemp('ade')
-    rng = np.random.default_rng(0)
-    for split, n in (('training', 4), ('validation', 2)):
-        os.makedirs(root / 'images' / split)
-        os.makedirs(root / 'annotations' / split)
-        for i in range(n):
-            lab = np.zeros((70, 100), np.uint8)
-            for c in range(1, 5):  # blocky regions so that the image is learnable
-                y, x = rng.integers(0, 60), rng.integers(0, 90)
-                lab[y:y + 30, x:x + 40] = c
-            img = (lab[..., None] * 50 + rng.integers(0, 40, (70, 100, 3))).astype(np.uint8)
-            mmcv.imwrite(img, str(root / 'images' / split / f'ADE_{i:04d}.jpg'))
-            mmcv.imwrite(lab, str(root / 'annotations' / split / f'ADE_{i:04d}.png'))
-    return str(root) + os.sep
-
-
-def _stock(name: str, tmp_path) -> Config:
-    path = tmp_path / f'stock_{abs(hash(name))}.py'
-    path.write_text(f"_base_ = 'mmseg::{name}'\n")
-    return Config.fromfile(str(path))
-
-
-def _pipelines(kind: str, encrypted: bool):
-    ann = dict(type='LoadAnnotations', reduce_zero_label=kind == 'ade')
-    enc = [dict(type='BlockScramble')] if encrypted else []
-    # Resize below the crop size: every training image is padded to the crop.
-    train = [dict(type='LoadImageFromFile'), ann,
-             dict(type='Resize', scale=(96, 48), keep_ratio=True),
-             dict(type='RandomCrop', crop_size=CROP),
-             dict(type='RandomFlip', prob=0.5),
-             dict(type='PadToGrid', size=CROP), *enc, dict(type='PackSegInputs')]
-    test = [dict(type='LoadImageFromFile'),
-            dict(type='Resize', scale=TEST_SCALE, keep_ratio=True), ann,
-            dict(type='PadToGrid'), *enc,
-            dict(type='PackSegInputs', meta_keys=PACK_META_KEYS)]
-    return train, test
-
-
 def _shrink(cfg: Config, kind: str, data_root: str, work_dir: str) -> Config:
     """The stock config at toy scale; architecture types and wiring unchanged."""
     m = cfg.model
@@ -139,7 +98,7 @@ def _shrink(cfg: Config, kind: str, data_root: str, work_dir: str) -> Config:
     cfg.data_preprocessor = m.data_preprocessor
     if m.test_cfg.get('mode') == 'slide':
         m.test_cfg.update(crop_size=CROP, stride=(32, 32))
-    train, test = _pipelines(kind, encrypted=False)
+    train, test = pipelines(kind)
     if kind == 'city':
         prefix = dict(img_path='leftImg8bit/{}', seg_map_path='gtFine/{}')
         splits = ('train', 'val')
@@ -169,73 +128,6 @@ def _shrink(cfg: Config, kind: str, data_root: str, work_dir: str) -> Config:
     return cfg
 
 
-def apply_recipe(cfg: Config) -> Config:
-    """The README recipe, and nothing else."""
-    cfg = copy.deepcopy(cfg)
-    cfg.custom_imports = dict(imports=['mmseg_ppenc'], allow_failed_imports=False)
-    cfg.runner_type = 'PPEncRunner'
-    cfg.model.backbone.type = 'EncryptedVisionTransformer'
-    for pipe in (cfg.train_dataloader.dataset.pipeline, cfg.train_pipeline,
-                 cfg.test_dataloader.dataset.pipeline, cfg.test_pipeline):
-        pipe.insert(len(pipe) - 1, dict(type='BlockScramble'))
-    hooks = list(cfg.get('custom_hooks') or [])
-    cfg.custom_hooks = hooks + [dict(type='KeyManagementHook')]
-    return cfg
-
-
-def _weights(plain_cfg: Config, out_dir) -> Config:
-    """Save a plain backbone ("pre-trained") and heads; point ``plain_cfg`` at them."""
-    from mmseg.registry import MODELS
-    torch.manual_seed(0)
-    model = MODELS.build(copy.deepcopy(plain_cfg.model))
-    model.init_weights()
-    sd = model.state_dict()
-    backbone = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
-    # Sharper classifiers: random heads give near-ties whose argmax would flip on noise.
-    heads = {k: (v * 20 if 'conv_seg' in k else v) for k, v in sd.items()
-             if not k.startswith('backbone.')}
-    pre, head = osp.join(out_dir, 'pretrained_vit.pth'), osp.join(out_dir, 'heads.pth')
-    torch.save({'state_dict': backbone}, pre)
-    torch.save({'state_dict': heads}, head)
-    plain_cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=pre)
-    # Loads only head keys; the backbone keeps its (adapted) pre-trained weights.
-    plain_cfg.model.init_cfg = dict(type='Pretrained', checkpoint=head)
-    return plain_cfg
-
-
-def _run(cfg: Config):
-    """Train one step (lr 0), test, and return (first loss, [(logits, labels)], runner)."""
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    loss = runner.message_hub.get_scalar('train/loss').current()
-    runner.test()
-    model = runner.model.eval()
-    out = []
-    with torch.no_grad():
-        for batch in runner.test_dataloader:
-            for s in model.test_step(batch):
-                out.append((s.seg_logits.data.clone(), s.pred_sem_seg.data.clone(),
-                            s.metainfo))
-    return float(loss), out, runner
-
-
-def _assert_same_labels(logits, plain, enc, tol):
-    """Label maps are identical except where the plain model itself is undecided.
-
-    Float32 reorders sums under the key, so logits agree to ~1e-6 relative, not bit
-    for bit; a pixel whose two best plain logits differ by less than that (a tie on a
-    class border of the upsampled logits) may take either label. Every other pixel
-    must match, and ties must stay rare.
-    """
-    diff = plain != enc
-    if not diff.any():
-        return
-    top2 = logits.topk(2, dim=0).values
-    gap = (top2[0] - top2[1])[diff[0]]
-    assert (gap <= tol).all(), f'labels differ where the plain model is decided: {gap}'
-    assert diff.float().mean() < 1e-3
-
-
 @pytest.fixture
 def roots(synthetic_root, ade_root):
     return dict(city=synthetic_root, ade=ade_root)
@@ -244,7 +136,7 @@ def roots(synthetic_root, ade_root):
 def _pair(case, tmp_path, roots):
     name, kind = CASES[case]
     plain = _shrink(_stock(name, tmp_path), kind, roots[kind], str(tmp_path / 'plain'))
-    plain = _weights(plain, str(tmp_path))
+    plain = save_weights(plain, str(tmp_path))
     return plain, apply_recipe(plain)
 
 
@@ -268,7 +160,7 @@ def test_recipe_is_exact(case, key_env, tmp_path, roots):
         assert tuple(pp.shape[-2:]) == tuple(pe.shape[-2:]) == tuple(meta['ori_shape'][:2])
         scale = lp.abs().max()
         assert ((le - lp).abs().max() / scale).item() <= 1e-5
-        _assert_same_labels(lp, pp, pe, tol=2e-5 * scale)
+        assert_same_labels(lp, pp, pe, tol=2e-5 * scale)
     # The normalisation the backbone follows is the data preprocessor's (Segmenter:
     # 127.5) and is recorded in the checkpoint.
     meta = torch.load(osp.join(enc_cfg.work_dir, 'iter_1.pth'), map_location='cpu',
@@ -299,7 +191,7 @@ def test_mmseg_inference_api_on_recipe_config(case, key_env, tmp_path, roots):
     assert preds[0].pred_sem_seg.data.shape[-2:] == (h, w)
     lp, le = preds[0].seg_logits.data, preds[1].seg_logits.data
     assert ((le - lp).abs().max() / lp.abs().max()).item() <= 1e-5
-    _assert_same_labels(lp, preds[0].pred_sem_seg.data, preds[1].pred_sem_seg.data,
+    assert_same_labels(lp, preds[0].pred_sem_seg.data, preds[1].pred_sem_seg.data,
                         tol=2e-5 * lp.abs().max())
 
 

@@ -45,12 +45,23 @@ ppenc_test_pipeline = [
 ]
 # The encrypted variants: BlockScramble after every transform that changes pixels, right
 # before packing. The key comes from $PPENC_KEY_FILE: configs never carry key material.
+# The block size is the backbone's input patch size: 16 for ViT, DeiT, BEiT and MAE,
+# 4 for Swin and Twins (`ppenc_patch4_*`). The uint8 pad stays on the 16-pixel grid in
+# every setting (a multiple of 4 too), so that all families see the same pixels.
 ppenc_encrypted_train_pipeline = ppenc_train_pipeline[:-1] + [
     dict(type='BlockScramble'),
     ppenc_train_pipeline[-1],
 ]
 ppenc_encrypted_test_pipeline = ppenc_test_pipeline[:-1] + [
     dict(type='BlockScramble'),
+    ppenc_test_pipeline[-1],
+]
+ppenc_patch4_encrypted_train_pipeline = ppenc_train_pipeline[:-1] + [
+    dict(type='BlockScramble', block_size=4),
+    ppenc_train_pipeline[-1],
+]
+ppenc_patch4_encrypted_test_pipeline = ppenc_test_pipeline[:-1] + [
+    dict(type='BlockScramble', block_size=4),
     ppenc_test_pipeline[-1],
 ]
 # Test-time augmentation (tools/test.py --tta): the stock `tta_pipeline` of mmseg's
@@ -61,32 +72,27 @@ ppenc_encrypted_test_pipeline = ppenc_test_pipeline[:-1] + [
 # resizing or flipping an encrypted image would not be the encryption of any image. The
 # baseline pads too, so that the three settings see the same pixels.
 ppenc_tta_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+ppenc_tta_branches = [
+    [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in ppenc_tta_ratios],
+    [dict(type='RandomFlip', prob=0., direction='horizontal'),
+     dict(type='RandomFlip', prob=1., direction='horizontal')],
+    [dict(type='PadToGrid')],
+    [dict(type='LoadAnnotations')],
+]
 ppenc_tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True)
-             for r in ppenc_tta_ratios],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='PadToGrid')],
-            [dict(type='LoadAnnotations')],
-            [ppenc_test_pipeline[-1]],
-        ]),
+    dict(type='TestTimeAug',
+         transforms=ppenc_tta_branches + [[ppenc_test_pipeline[-1]]]),
 ]
 ppenc_encrypted_tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True)
-             for r in ppenc_tta_ratios],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='PadToGrid')],
-            [dict(type='LoadAnnotations')],
-            [dict(type='BlockScramble')],
-            [ppenc_test_pipeline[-1]],
-        ]),
+    dict(type='TestTimeAug',
+         transforms=ppenc_tta_branches + [[dict(type='BlockScramble')],
+                                          [ppenc_test_pipeline[-1]]]),
+]
+ppenc_patch4_encrypted_tta_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=None),
+    dict(type='TestTimeAug',
+         transforms=ppenc_tta_branches + [[dict(type='BlockScramble', block_size=4)],
+                                          [ppenc_test_pipeline[-1]]]),
 ]

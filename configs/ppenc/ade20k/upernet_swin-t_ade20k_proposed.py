@@ -1,0 +1,14 @@
+# UperNet Swin-T (patch 4), ADE20K 512x512 -- proposed: the pre-trained model
+# encrypted with the key (exact adaptation of the input patch projection, for the data
+# preprocessor's normalisation), fine-tuned and tested on block-wise encrypted images.
+# The key comes from $PPENC_KEY_FILE; configs never contain key material. The cipher
+# block size is the backbone's input patch size, 4 (a 4x4 block leaks more than
+# a 16x16 one: SECURITY.md, 'Block size').
+_base_ = './upernet_swin-t_ade20k_conventional2.py'
+
+ppenc_setting = 'proposed'  # overrides the base's 'conventional2'
+
+model = dict(backbone=dict(type='EncryptedSwinTransformer'))
+# Checks at start that the run is exact (grid, padding, channel order, normalisation)
+# and that every component uses one key, and that none leaks into the run's files.
+custom_hooks = [dict(type='KeyManagementHook')]
