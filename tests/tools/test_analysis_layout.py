@@ -183,7 +183,8 @@ USERS = SHIMS + sorted(p for p in (Path(REPO) / 'tests').rglob('*.py')
 def test_every_command_has_its_shim():
     shims = {p.name for p in SHIMS}
     assert {'benchmark.py', 'benchmark_e2e.py', 'gpu_report.py', 'collect_table.py',
-            'reproduce_table.py', 'analyze_security.py', 'benchmark_leak_scan.py'} <= shims
+            'reproduce_table.py', 'analyze_security.py', 'analyze_block_sizes.py',
+            'benchmark_leak_scan.py'} <= shims
 
 
 @pytest.mark.parametrize('path', SHIMS, ids=[p.name for p in SHIMS])

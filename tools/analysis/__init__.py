@@ -1,5 +1,5 @@
 """Measurement drivers behind the scripts in ``tools/`` (benchmark, profile, end to end,
-Table I, security report).
+Table I, security report, block-size privacy).
 
 They belong to the repository, not to the installed ``mmseg_ppenc`` package: they read
 the checkout's configs and write reports.
@@ -16,7 +16,8 @@ How it is imported (one way only):
   (:mod:`analysis.benchmark`), ``tools/benchmark_e2e.py`` (:mod:`analysis.e2e`),
   ``tools/gpu_report.py`` (:mod:`analysis.gpu_report`), ``tools/collect_table.py``,
   ``tools/reproduce_table.py``, ``tools/analyze_security.py``
-  (:mod:`analysis.security_report`) and ``tools/benchmark_leak_scan.py``
+  (:mod:`analysis.security_report`), ``tools/analyze_block_sizes.py``
+  (:mod:`analysis.block_size_privacy`) and ``tools/benchmark_leak_scan.py``
   (:mod:`analysis.leak_scan_report`).
 - Tests do the same: ``sys.path.insert(0, 'tools')``, then ``from analysis import X``.
 

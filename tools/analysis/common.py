@@ -11,7 +11,8 @@ tables.
   (:func:`stock_setr_config_path`);
 - timing: :func:`time_interleaved`, :func:`time_sequential`, :func:`summarize`,
   :func:`summary`;
-- output: :func:`markdown_table`, :func:`fmt`, :func:`write_json`;
+- output: :func:`markdown_table`, :func:`fmt`, :func:`number`, :func:`percent`,
+  :func:`write_json`;
 - small run helpers: :func:`temp_key_file`, :func:`quiet_mmengine`.
 
 torch is imported only inside the functions that need it, so that the light drivers
@@ -34,7 +35,8 @@ __all__ = [
     'SETTING_TITLES', 'TITLES', 'PAPER_TABLE1', 'SWITCHES', 'parse_variant', 'variant_name',
     'default_config_dir', 'tiny_config_path', 'load_config', 'stock_setr_config_path',
     'TIMERS', 'sync', 'default_timer', 'time_interleaved', 'time_sequential', 'summarize',
-    'summary', 'markdown_table', 'fmt', 'write_json', 'temp_key_file', 'quiet_mmengine'
+    'summary', 'markdown_table', 'fmt', 'number', 'percent', 'write_json', 'temp_key_file',
+    'quiet_mmengine'
 ]
 
 # --------------------------------------------------------------------------- paths
@@ -361,6 +363,17 @@ def fmt(v: Optional[float], digits: int = 2) -> str:
     if v is None:
         return '-'
     return f'{v:.{digits}f}'
+
+
+def number(v: Optional[float], spec: str = '.3f', none: str = 'inf') -> str:
+    """``v`` formatted with ``spec``; ``none`` for None (a PSNR of identical images,
+    stored as None in strict JSON)."""
+    return none if v is None else format(v, spec)
+
+
+def percent(v: Optional[float]) -> str:
+    """A fraction as a percentage with one decimal, ``'-'`` for None."""
+    return '-' if v is None else f'{100 * v:.1f} %'
 
 
 def write_json(report: dict, path: str) -> str:

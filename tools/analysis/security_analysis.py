@@ -48,7 +48,9 @@ from mmseg_ppenc.security.known_plaintext import known_plaintext_attack  # noqa:
 from mmseg_ppenc.security.metrics import (leakage_metrics, luminance,  # noqa: E402
                                           mean_metrics, psnr, ssim)
 
-__all__ = ['AnalysisConfig', 'run_analysis', 'load_user_images', 'analysis_key', 'VARIANTS']
+__all__ = ['AnalysisConfig', 'run_analysis', 'load_user_images', 'analysis_key', 'VARIANTS',
+           'synthetic_images', 'restore_quality', 'leakage_section', 'known_plaintext_section',
+           'ciphertext_only_section', 'jsonable']
 
 #: Cipher variants the project offers: name -> flip_compatible.
 VARIANTS: Dict[str, bool] = {'shuffle': False, 'flip-compatible': True}
@@ -147,24 +149,39 @@ def load_user_images(paths: Sequence[str], block_size: int = 16,
     return out
 
 
-def _synthetic(cfg: AnalysisConfig, tmp: str) -> Tuple[List[np.ndarray], List[np.ndarray]]:
-    """Generate the data set on disk exactly as users do and read it back."""
+def synthetic_images(cfg: AnalysisConfig) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """The analysis images: generated on disk exactly as users do, and read back.
+
+    Args:
+        cfg (AnalysisConfig): ``num_val``, ``num_pool``, ``height``, ``width`` and
+            ``seed`` are used.
+
+    Returns:
+        tuple[list[np.ndarray], list[np.ndarray]]: ``(val, pool)``: the held-out images
+        (the metrics, and what attacks decrypt) and the attacks' pool, HxWx3 uint8 RGB.
+    """
     from PIL import Image
 
     from ppenc.synthetic import make_synthetic_cityscapes
-    make_synthetic_cityscapes(tmp, num_train=cfg.num_pool, num_val=cfg.num_val,
-                              height=cfg.height, width=cfg.width, seed=cfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_synthetic_cityscapes(tmp, num_train=cfg.num_pool, num_val=cfg.num_val,
+                                  height=cfg.height, width=cfg.width, seed=cfg.seed)
 
-    def read(split):
-        root = osp.join(tmp, 'leftImg8bit', split)
-        paths = sorted(osp.join(d, f) for d, _, fs in os.walk(root) for f in fs)
-        return [np.asarray(Image.open(p).convert('RGB')) for p in paths]
-    return read('val'), read('train')
+        def read(split):
+            root = osp.join(tmp, 'leftImg8bit', split)
+            paths = sorted(osp.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+            return [np.asarray(Image.open(p).convert('RGB')) for p in paths]
+        return read('val'), read('train')
 
 
-def _restore_quality(est: np.ndarray, plains: Sequence[np.ndarray],
-                     encs: Sequence[np.ndarray], block_size: int) -> Dict[str, float]:
-    """Mean PSNR/SSIM of images decrypted with an estimated permutation."""
+def restore_quality(est: np.ndarray, plains: Sequence[np.ndarray],
+                    encs: Sequence[np.ndarray], block_size: int) -> Dict[str, float]:
+    """Mean PSNR/SSIM of images decrypted with an estimated permutation.
+
+    Returns:
+        dict: ``psnr``, ``ssim_luma`` and ``ssim_grey`` (SSIM of the channel means,
+        blind to the channel order), averaged over the images.
+    """
     rows = []
     for p, e in zip(plains, encs):
         r = unpermute_image(e, est, block_size)
@@ -176,7 +193,9 @@ def _restore_quality(est: np.ndarray, plains: Sequence[np.ndarray],
 
 
 # ------------------------------------------------------------------------ sections
-def _leakage(keys, datasets, b) -> Dict[str, Dict[str, Dict[str, float]]]:
+def leakage_section(keys, datasets, b) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Section 1: mean :func:`leakage_metrics` per key (name -> key) and data set (name
+    -> images) at block size ``b``; empty data sets are left out."""
     out = {}
     for vname, key in keys.items():
         out[vname] = {}
@@ -188,7 +207,9 @@ def _leakage(keys, datasets, b) -> Dict[str, Dict[str, Dict[str, float]]]:
     return out
 
 
-def _kpa(keys, pool, val, user, cfg) -> Dict[str, List[Dict[str, float]]]:
+def known_plaintext_section(keys, pool, val, user, cfg) -> Dict[str, List[Dict[str, float]]]:
+    """Section 2: the known-plaintext attack with ``cfg.kpa_pairs`` pool images (and the
+    first user photo), per key; held-out ``val`` images are decrypted with the result."""
     b = cfg.block_size
     out = {}
     for vname, key in keys.items():
@@ -204,13 +225,17 @@ def _kpa(keys, pool, val, user, cfg) -> Dict[str, List[Dict[str, float]]]:
                    'determined': res.fraction_determined}
             row.update(recovery_stats(res.perm, pi, b))
             row.update({f'heldout_{m}': v for m, v in
-                        _restore_quality(res.perm, val, val_enc, b).items()})
+                        restore_quality(res.perm, val, val_enc, b).items()})
             rows.append(row)
         out[vname] = rows
     return out
 
 
-def _coa(keys, pool, val, user, cfg) -> Dict[str, List[Dict[str, float]]]:
+def ciphertext_only_section(keys, pool, val, user, cfg) -> Dict[str, List[Dict[str, float]]]:
+    """Section 3: the ciphertext-only attack on the first ``cfg.coa_counts`` encrypted pool
+    images (and on each user photo alone), per key, at block size ``cfg.block_size``.
+    Rows hold :func:`recovery_stats` and the ``restored_*`` quality of the ``val`` images
+    decrypted with the estimate."""
     b = cfg.block_size
     counts = sorted(set(cfg.coa_counts))
     out = {}
@@ -229,7 +254,7 @@ def _coa(keys, pool, val, user, cfg) -> Dict[str, List[Dict[str, float]]]:
                    'seconds': time.time() - t0}
             row.update(recovery_stats(res.perm, pi, b))
             row.update({f'restored_{m}': v for m, v in
-                        _restore_quality(res.perm, val, val_enc, b).items()})
+                        restore_quality(res.perm, val, val_enc, b).items()})
             rows.append(row)
         for name, img in user:
             t0 = time.time()
@@ -239,7 +264,7 @@ def _coa(keys, pool, val, user, cfg) -> Dict[str, List[Dict[str, float]]]:
                    'seconds': time.time() - t0}
             row.update(recovery_stats(res.perm, pi, b))
             row.update({f'restored_{m}': v for m, v in
-                        _restore_quality(res.perm, [img], [enc], b).items()})
+                        restore_quality(res.perm, [img], [enc], b).items()})
             rows.append(row)
         out[vname] = rows
     return out
@@ -390,8 +415,7 @@ def run_analysis(cfg: Optional[AnalysisConfig] = None, log=print) -> Dict[str, o
                              'lower the counts.')
     keys = {name: analysis_key(cfg.seed, VARIANTS[name]) for name in cfg.variants}
     main_key = keys.get('shuffle', next(iter(keys.values())))
-    with tempfile.TemporaryDirectory() as tmp:
-        val, pool = _synthetic(cfg, tmp)
+    val, pool = synthetic_images(cfg)
     user = load_user_images(cfg.user_images, b, cfg.max_side) if cfg.user_images else []
     log(f'data: {len(val)} + {len(pool)} synthetic {cfg.height}x{cfg.width} images, '
         f'{len(user)} photos; analysis keys ' +
@@ -412,21 +436,23 @@ def run_analysis(cfg: Optional[AnalysisConfig] = None, log=print) -> Dict[str, o
         log(f'[{name}] done in {timings[name]:.1f} s')
 
     datasets = {'synthetic': val, 'photos': [im for _, im in user]}
-    step('leakage', lambda: _leakage(keys, datasets, b))
-    step('known_plaintext', lambda: _kpa(keys, pool, val, user, cfg))
-    step('ciphertext_only', lambda: _coa(keys, pool, val, user, cfg))
+    step('leakage', lambda: leakage_section(keys, datasets, b))
+    step('known_plaintext', lambda: known_plaintext_section(keys, pool, val, user, cfg))
+    step('ciphertext_only', lambda: ciphertext_only_section(keys, pool, val, user, cfg))
     step('weights', lambda: _weights(main_key, pool + [im for _, im in user], val[:4], cfg))
     step('key_handling', lambda: _key_handling(main_key, val[:4], cfg))
     timings['total'] = time.time() - t_start
     results['seconds'] = timings
-    return _jsonable(results)
+    return jsonable(results)
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """``obj`` with NumPy scalars as Python numbers, tuples as lists, and ``inf``/``nan``
+    as None (strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
         return f if math.isfinite(f) else None

@@ -31,7 +31,7 @@ from ppenc.keys import InvalidKeyError, resolve_key  # noqa: E402
 from mmseg_ppenc.security.weights import (load_state_dict,  # noqa: E402
                                           patch_embedding_matrix, weight_matching_attack)
 
-from .common import markdown_table  # noqa: E402
+from .common import markdown_table, number, percent  # noqa: E402
 
 __all__ = ['AnalysisConfig', 'run_analysis', 'format_report', 'load_user_images',
            'analysis_key', 'VARIANTS', 'attack_checkpoints', 'build_parser', 'parse_args',
@@ -39,14 +39,6 @@ __all__ = ['AnalysisConfig', 'run_analysis', 'format_report', 'load_user_images'
 
 
 # --------------------------------------------------------------------------- report
-def _f(v, fmt='.3f', none='inf'):
-    return none if v is None else format(v, fmt)
-
-
-def _pct(v):
-    return '-' if v is None else f'{100 * v:.1f} %'
-
-
 def format_report(res: Dict[str, object]) -> str:
     """Markdown tables of a :func:`run_analysis` result.
 
@@ -58,9 +50,9 @@ def format_report(res: Dict[str, object]) -> str:
     rows, rows2 = [], []
     for v, per in leak.items():
         for d, m in per.items():
-            rows.append([v, f"{d} ({m['num_images']})", _f(m['psnr'], '.2f'),
-                         _f(m['ssim_luma']), _f(m['ssim_r']), _f(m['ssim_g']),
-                         _f(m['ssim_b']), _f(m['thumb_ssim'])])
+            rows.append([v, f"{d} ({m['num_images']})", number(m['psnr'], '.2f'),
+                         number(m['ssim_luma']), number(m['ssim_r']), number(m['ssim_g']),
+                         number(m['ssim_b']), number(m['thumb_ssim'])])
             rows2.append([v, f"{d} ({m['num_images']})"] +
                          [f"{m[f'corr_{x}_plain']:.3f} / {m[f'corr_{x}_enc']:.3f}"
                           for x in ('horizontal', 'vertical', 'diagonal')] +
@@ -77,9 +69,9 @@ def format_report(res: Dict[str, object]) -> str:
     rows = []
     for v, lst in res['known_plaintext'].items():
         for r in lst:
-            rows.append([v, f"{r['pairs']} {r['source']}", r['blocks'], _pct(r['determined']),
-                         _pct(r['exact']), _f(r['heldout_psnr'], '.2f'),
-                         _f(r['heldout_ssim_luma'])])
+            rows.append([v, f"{r['pairs']} {r['source']}", r['blocks'], percent(r['determined']),
+                         percent(r['exact']), number(r['heldout_psnr'], '.2f'),
+                         number(r['heldout_ssim_luma'])])
     parts.append('### 2. Known-plaintext attack\n\n' + markdown_table(
         ['cipher', 'known pairs', 'blocks', 'positions determined', 'key recovered (exact)',
          'held-out images decrypted: PSNR dB', 'SSIM Y'], rows, align=False))
@@ -87,10 +79,10 @@ def format_report(res: Dict[str, object]) -> str:
     rows = []
     for v, lst in res['ciphertext_only'].items():
         for r in lst:
-            rows.append([v, f"{r['images']} {r['source']}", r['blocks'], _pct(r['exact']),
-                         _pct(r['pixel']), _pct(r['near']), _pct(r['channel']),
-                         _f(r['restored_psnr'], '.2f'), _f(r['restored_ssim_luma']),
-                         _f(r['restored_ssim_grey']), f"{r['seconds']:.1f}"])
+            rows.append([v, f"{r['images']} {r['source']}", r['blocks'], percent(r['exact']),
+                         percent(r['pixel']), percent(r['near']), percent(r['channel']),
+                         number(r['restored_psnr'], '.2f'), number(r['restored_ssim_luma']),
+                         number(r['restored_ssim_grey']), f"{r['seconds']:.1f}"])
     chance = 100.0 / (3 * res['config']['block_size'] ** 2)
     parts.append('### 3. Ciphertext-only attack\n\n' + markdown_table(
         ['cipher', 'encrypted images', 'blocks', 'exact', 'right pixel (any channel)',
@@ -104,7 +96,7 @@ def format_report(res: Dict[str, object]) -> str:
             continue
         m = res['weights'][model]
         for r in m['rows']:
-            rows.append([m['embedding'], r['mitigation'], _pct(r['recovered']),
+            rows.append([m['embedding'], r['mitigation'], percent(r['recovered']),
                          '-' if r['output_change'] is None else f"{r['output_change']:.2e}"])
     parts.append('### 4. Model-weight attack (public plain weights vs uploaded encrypted '
                  'weights)\n\n' + markdown_table(['patch embedding', 'mitigation before upload',
@@ -118,7 +110,7 @@ def format_report(res: Dict[str, object]) -> str:
     rows = [['decrypt with a wrong key',
              f"PSNR {wk['wrong_psnr']:.2f} dB, SSIM Y {wk['wrong_ssim_luma']:.3f} "
              f"(ciphertext: {wk['enc_psnr']:.2f} dB, {wk['enc_ssim_luma']:.3f}; right key: "
-             f"{_f(wk['right_psnr'], '.2f')} dB)"],
+             f"{number(wk['right_psnr'], '.2f')} dB)"],
             ['new key file permissions', ck['saved_mode']]]
     for name in ('flipped_bit', 'truncated', 'wrong_header', 'missing'):
         rows.append([f'load a key file: {name.replace("_", " ")}',
@@ -138,8 +130,8 @@ def format_report(res: Dict[str, object]) -> str:
                          _replay_not_applicable(ra, res)])
         elif ra.get('max_recovery') is not None:
             rows.append(['key from checkpoints by replaying the initialisation',
-                         f"{_pct(ra['max_recovery'])} of the permutation (chance "
-                         f"{_pct(ra['chance'])}): " + ('at chance level' if ra['at_chance']
+                         f"{percent(ra['max_recovery'])} of the permutation (chance "
+                         f"{percent(ra['chance'])}): " + ('at chance level' if ra['at_chance']
                                                        else 'KEY EXPOSED')])
         if 'key_file' in wd:
             rows.append(['key file permissions', f"{wd['key_file']['mode']} (" +
@@ -156,7 +148,7 @@ def _replay_not_applicable(replay: Dict[str, object], res: Dict[str, object]) ->
     ``--plain-checkpoint`` was passed, else section 4's)."""
     attack = res.get('checkpoint_attack')
     if attack and 'recovered' in attack:
-        figure = (f"{_pct(attack['recovered'])} of key {attack['key_fingerprint']} "
+        figure = (f"{percent(attack['recovered'])} of key {attack['key_fingerprint']} "
                   'recovered from the given --plain-checkpoint and --encrypted-checkpoint')
     elif attack:
         figure = ('matched columns of the given --plain-checkpoint and '
@@ -164,7 +156,7 @@ def _replay_not_applicable(replay: Dict[str, object], res: Dict[str, object]) ->
                   f"{attack['matched_cosine_min']:.4f} (1.0: the key is recovered)")
     else:
         rows = (res.get('weights') or {}).get('tiny', {}).get('rows') or [{}]
-        figure = (f"{_pct(rows[0].get('recovered'))} recovered without mitigation in "
+        figure = (f"{percent(rows[0].get('recovered'))} recovered without mitigation in "
                   'section 4; measure this run with --plain-checkpoint PUBLIC_WEIGHTS '
                   '--encrypted-checkpoint CHECKPOINT')
     return (f"not applicable: the run starts from pre-trained weights "
