@@ -186,7 +186,9 @@ _NOT_ADAPTABLE = {
     'BEiT': "a BEiT/MAE ViT: use its own encrypted variant, type='EncryptedBEiT' or "
             "'EncryptedMAE'",
     'TIMMBackbone': 'a timm model wrapper, whose layers EncryptedVisionTransformer does '
-                    'not implement',
+                    'not implement (convert a timm ViT with tools/convert_timm_vit.py)',
+    'VPD': "VPD's diffusion model, whose VAE encoder starts with overlapping 3x3 "
+           'convolutions',
 }
 #: mmseg's convolutional backbones: their first convolutions overlap neighbouring blocks.
 _CONVOLUTIONAL = ('BiSeNetV1', 'BiSeNetV2', 'CGNet', 'DDRNet', 'ERFNet', 'FastSCNN', 'HRNet',

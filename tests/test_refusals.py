@@ -12,6 +12,7 @@
   config, with the fix.
 """
 import copy
+import importlib
 import os
 import os.path as osp
 import subprocess
@@ -282,3 +283,20 @@ def test_encrypted_vit_built_directly_raises_config_error(key_env):
         EncryptedVisionTransformer(in_channels=4, **kw)
     with pytest.raises(ConfigError, match='Set patch_bias=True'):
         EncryptedVisionTransformer(patch_norm=True, **kw)
+
+
+#: mmseg's backbones that have an encrypted variant (exact), by the variant's stock type.
+ADAPTED = {'VisionTransformer', 'BEiT', 'MAE', 'SwinTransformer', 'PCPVT', 'SVT'}
+
+
+@pytest.mark.parametrize('name', sorted(
+    set(importlib.import_module('mmseg.models.backbones').__all__) - ADAPTED))
+def test_every_other_mmseg_backbone_is_refused_with_its_reason(name):
+    """The README family table's "refused" rows: each of mmseg's other backbones gets a
+    reason of its own (why its first layer cannot be adapted), never the generic
+    fallback; a new mmseg backbone fails here until the table and the reasons say why."""
+    from mmseg_ppenc import start_checks
+    cls = getattr(importlib.import_module('mmseg.models.backbones'), name)
+    why = start_checks._why_not_adaptable([cls])
+    assert why != start_checks._why_not_adaptable([object])
+    assert 'overlap' in why or 'timm' in why
