@@ -57,32 +57,20 @@ ppenc_tta_pack_inputs = dict(
     meta_keys=('img_path', 'seg_map_path', 'ori_shape', 'img_shape', 'pad_shape',
                'scale_factor', 'flip', 'flip_direction', 'reduce_zero_label',
                'img_padding_size'))
+# The branches both settings share: rescale, flip, pad to the grid, load the labels.
+ppenc_tta_branches = [
+    [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in ppenc_tta_ratios],
+    [dict(type='RandomFlip', prob=0., direction='horizontal'),
+     dict(type='RandomFlip', prob=1., direction='horizontal')],
+    [dict(type='PadToGrid')],
+    [dict(type='LoadAnnotations')],
+]
 ppenc_tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True)
-             for r in ppenc_tta_ratios],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='PadToGrid')],
-            [dict(type='LoadAnnotations')],
-            [ppenc_tta_pack_inputs],
-        ]),
+    dict(type='TestTimeAug', transforms=ppenc_tta_branches + [[ppenc_tta_pack_inputs]]),
 ]
 ppenc_encrypted_tta_pipeline = [
     dict(type='LoadImageFromFile', backend_args=None),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True)
-             for r in ppenc_tta_ratios],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='PadToGrid')],
-            [dict(type='LoadAnnotations')],
-            [dict(type='BlockScramble')],
-            [ppenc_tta_pack_inputs],
-        ]),
+    dict(type='TestTimeAug',
+         transforms=ppenc_tta_branches + [[dict(type='BlockScramble')], [ppenc_tta_pack_inputs]]),
 ]

@@ -50,32 +50,20 @@ ppenc_encrypted_test_pipeline = ppenc_test_pipeline[:-1] + [
 # the grid (any other image size) and, in the encrypted settings, encrypts: resizing or
 # flipping an encrypted image would not be the encryption of any image.
 ppenc_tta_ratios = [0.5, 1.0, 1.5]
+# The branches both settings share: rescale, flip, pad to the grid, load the labels.
+ppenc_tta_branches = [
+    [dict(type='Resize', scale_factor=r, keep_ratio=True) for r in ppenc_tta_ratios],
+    [dict(type='RandomFlip', prob=0., direction='horizontal'),
+     dict(type='RandomFlip', prob=1., direction='horizontal')],
+    [dict(type='PadToGrid')],
+    [dict(type='LoadAnnotations')],
+]
 ppenc_tta_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True)
-             for r in ppenc_tta_ratios],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='PadToGrid')],
-            [dict(type='LoadAnnotations')],
-            [ppenc_pack_inputs],
-        ]),
+    dict(type='TestTimeAug', transforms=ppenc_tta_branches + [[ppenc_pack_inputs]]),
 ]
 ppenc_encrypted_tta_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(
-        type='TestTimeAug',
-        transforms=[
-            [dict(type='Resize', scale_factor=r, keep_ratio=True)
-             for r in ppenc_tta_ratios],
-            [dict(type='RandomFlip', prob=0., direction='horizontal'),
-             dict(type='RandomFlip', prob=1., direction='horizontal')],
-            [dict(type='PadToGrid')],
-            [dict(type='LoadAnnotations')],
-            [dict(type='BlockScramble')],
-            [ppenc_pack_inputs],
-        ]),
+    dict(type='TestTimeAug',
+         transforms=ppenc_tta_branches + [[dict(type='BlockScramble')], [ppenc_pack_inputs]]),
 ]
