@@ -105,6 +105,48 @@ def tta_pipeline(kind: str, ratios=(0.75, 1.25), block_size: Optional[int] = Non
     return [dict(type='LoadImageFromFile'), dict(type='TestTimeAug', transforms=branches)]
 
 
+def toy_run(cfg: Config, kind: str, data_root: str, work_dir: str) -> Config:
+    """Point a shrunk config at the toy data and make its run one step at lr 0, in place.
+
+    lr 0: the weights after the one training step are the initial ones, so a test
+    compares the models the two settings start from.
+
+    Args:
+        cfg (Config): The shrunk stock config.
+        kind (str): ``'city'`` (Cityscapes layout) or ``'ade'`` (ADE20K layout).
+        data_root (str): The generated data set.
+        work_dir (str): The run's work_dir.
+
+    Returns:
+        Config: ``cfg``.
+    """
+    train, test = pipelines(kind)
+    if kind == 'city':
+        prefix = dict(img_path='leftImg8bit/{}', seg_map_path='gtFine/{}')
+        splits = ('train', 'val')
+    else:
+        prefix = dict(img_path='images/{}', seg_map_path='annotations/{}')
+        splits = ('training', 'validation')
+    for loader, split, pipe in ((cfg.train_dataloader, splits[0], train),
+                                (cfg.test_dataloader, splits[1], test)):
+        loader.update(batch_size=2 if pipe is train else 1, num_workers=0,
+                      persistent_workers=False)
+        loader.dataset.update(data_root=data_root, pipeline=pipe,
+                              data_prefix={k: v.format(split) for k, v in prefix.items()})
+    cfg.test_pipeline = test
+    cfg.train_pipeline = train
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=1, val_interval=1000)
+    cfg.optim_wrapper.optimizer.lr = 0.0
+    cfg.param_scheduler = []
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint.update(by_epoch=False, interval=1)
+    cfg.work_dir = work_dir
+    cfg.randomness = dict(seed=0)
+    cfg.log_level = 'WARNING'
+    return cfg
+
+
 def apply_recipe(cfg: Config, block_size: int = 16) -> Config:
     """The README recipe, and nothing else: the plugin, the runner, the backbone's
     encrypted variant, ``BlockScramble`` before packing, ``KeyManagementHook``."""

@@ -24,8 +24,8 @@ from mmengine.runner import Runner
 
 from mmseg_ppenc.compat import replace_syncbn
 from mmseg_ppenc.runner import use_tta
-from recipe import (CROP, apply_recipe, assert_same_predictions, pipelines, predictions,
-                    save_weights, shrink_family_backbone, stock_config, train_and_test,
+from recipe import (CROP, apply_recipe, assert_same_predictions, predictions, save_weights,
+                    shrink_family_backbone, stock_config, toy_run, train_and_test,
                     tta_pipeline)
 
 #: id -> (stock config below mmseg's configs/, cipher block size = input patch size).
@@ -51,27 +51,8 @@ def shrink(cfg: Config, data_root: str, work_dir: str) -> Config:
     cfg.data_preprocessor = m.data_preprocessor
     if m.test_cfg.get('mode') == 'slide':
         m.test_cfg.update(crop_size=CROP, stride=(32, 32))
-    train, test = pipelines('ade')
-    for loader, split, pipe in ((cfg.train_dataloader, 'training', train),
-                                (cfg.test_dataloader, 'validation', test)):
-        loader.update(batch_size=2 if pipe is train else 1, num_workers=0,
-                      persistent_workers=False)
-        loader.dataset.update(data_root=data_root, pipeline=pipe,
-                              data_prefix=dict(img_path=f'images/{split}',
-                                               seg_map_path=f'annotations/{split}'))
-    cfg.train_pipeline, cfg.test_pipeline = train, test
+    toy_run(cfg, 'ade', data_root, work_dir)
     cfg.tta_pipeline = tta_pipeline('ade')
-    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=1, val_interval=1000)
-    # lr 0: the weights after the one training step are the initial ones, so the test
-    # compares the models the two settings start from.
-    cfg.optim_wrapper.optimizer.lr = 0.0
-    cfg.param_scheduler = []
-    cfg.default_hooks.logger.interval = 1
-    cfg.default_hooks.checkpoint.update(by_epoch=False, interval=1)
-    cfg.work_dir = work_dir
-    cfg.randomness = dict(seed=0)
-    cfg.log_level = 'WARNING'
     return cfg
 
 

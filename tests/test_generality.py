@@ -35,7 +35,7 @@ from mmseg_ppenc.model_encryption import (ModelEncryptionError, encrypt_model_ch
                                           normalization_from_config)
 from mmseg_ppenc.transforms import PadToGrid
 
-from recipe import CROP, apply_recipe, assert_same_labels, pipelines, save_weights
+from recipe import CROP, apply_recipe, assert_same_labels, save_weights, toy_run
 from recipe import stock_config as _stock
 from recipe import train_and_test as _run
 
@@ -98,33 +98,8 @@ def _shrink(cfg: Config, kind: str, data_root: str, work_dir: str) -> Config:
     cfg.data_preprocessor = m.data_preprocessor
     if m.test_cfg.get('mode') == 'slide':
         m.test_cfg.update(crop_size=CROP, stride=(32, 32))
-    train, test = pipelines(kind)
-    if kind == 'city':
-        prefix = dict(img_path='leftImg8bit/{}', seg_map_path='gtFine/{}')
-        splits = ('train', 'val')
-    else:
-        prefix = dict(img_path='images/{}', seg_map_path='annotations/{}')
-        splits = ('training', 'validation')
-    for loader, split, pipe in ((cfg.train_dataloader, splits[0], train),
-                                (cfg.test_dataloader, splits[1], test)):
-        loader.update(batch_size=2 if pipe is train else 1, num_workers=0,
-                      persistent_workers=False)
-        loader.dataset.update(data_root=data_root, pipeline=pipe,
-                              data_prefix={k: v.format(split) for k, v in prefix.items()})
-    cfg.test_pipeline = test
-    cfg.train_pipeline = train
-    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=1, val_interval=1000)
-    # lr 0: the weights after the one training step are the initial ones, so the test
-    # below compares the models the two settings start from.
-    cfg.optim_wrapper.optimizer.lr = 0.0
+    toy_run(cfg, kind, data_root, work_dir)
     cfg.optim_wrapper.pop('paramwise_cfg', None)
-    cfg.param_scheduler = []
-    cfg.default_hooks.logger.interval = 1
-    cfg.default_hooks.checkpoint.update(by_epoch=False, interval=1)
-    cfg.work_dir = work_dir
-    cfg.randomness = dict(seed=0)
-    cfg.log_level = 'WARNING'
     return cfg
 
 
