@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping
 
 import torch
 
-__all__ = ['TIMM_MARKER', 'MMSEG_MARKER', 'is_timm_vit', 'locate_vit', 'convert_timm_vit',
-           'strip_prefix', 'PATCH_BIAS_MODES']
+__all__ = ['TIMM_MARKER', 'MMSEG_MARKER', 'is_timm_vit', 'convert_timm_vit', 'strip_prefix',
+           'PATCH_BIAS_MODES']
 
 #: A key only a timm ViT state dict has.
 TIMM_MARKER = 'patch_embed.proj.weight'
@@ -81,38 +81,6 @@ def strip_prefix(state_dict: Mapping[str, torch.Tensor],
 def is_timm_vit(state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Whether ``state_dict`` has timm's ViT key layout (``patch_embed.proj.weight``)."""
     return TIMM_MARKER in state_dict
-
-
-def locate_vit(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
-    """Find the one ViT in a state dict: its key layout and the prefix of its keys.
-
-    Args:
-        state_dict (Mapping[str, Tensor]): A backbone, segmentor or timm state dict.
-
-    Returns:
-        tuple[str, str]: ``(layout, prefix)``: ``('mmseg', '')`` for a backbone,
-        ``('mmseg', 'backbone.')`` (any prefix) for a whole segmentor, ``('timm', '')``
-        for a timm ViT.
-
-    Raises:
-        KeyError: no ViT patch embedding, or several (the message lists what was found).
-    """
-    hits = [('mmseg', k[:-len(MMSEG_MARKER)]) for k in state_dict if k.endswith(MMSEG_MARKER)]
-    if not hits:
-        hits = [('timm', k[:-len(TIMM_MARKER)]) for k in state_dict
-                if k.endswith(TIMM_MARKER)]
-    if len(hits) == 1:
-        return hits[0]
-    if hits:
-        raise KeyError(f'The state dict holds {len(hits)} ViTs (prefixes '
-                       f'{[p for _, p in hits]}); use one with exactly one.')
-    raise KeyError(
-        'Unrecognised checkpoint layout. Expected a timm ViT (keys like '
-        "'patch_embed.proj.weight', 'blocks.0.attn.qkv.weight', 'cls_token', "
-        "'pos_embed') or an mmseg VisionTransformer backbone/segmentor (keys like "
-        "'[backbone.]patch_embed.projection.weight', "
-        "'[backbone.]layers.0.attn.attn.in_proj_weight'); found e.g. "
-        f'{list(state_dict)[:6]}.')
 
 
 def convert_timm_vit(state_dict: Mapping[str, torch.Tensor],

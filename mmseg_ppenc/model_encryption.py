@@ -1,17 +1,29 @@
-"""Client-side model encryption: any supported ViT checkpoint in, keyed mmseg checkpoint out.
+"""Client-side model encryption: a plain checkpoint of any supported backbone family in,
+keyed mmseg checkpoint out.
 
 This is the model creator's step of the paper's workflow (its Fig. 1): the pre-trained
-(or already fine-tuned, "conventional 1") ViT is adapted to the secret key *locally*, and
-only the result is uploaded. The output is an ordinary mmseg checkpoint::
+(or already fine-tuned, "conventional 1") model is adapted to the secret key *locally*,
+and only the result is uploaded. The families are those whose first layer is a
+non-overlapping patch projection (:data:`mmseg_ppenc.adaptation.PATCH_FAMILIES`: ViT/DeiT,
+BEiT, MAE with 16-pixel patches, Swin and Twins PCPVT/SVT with 4-pixel ones), in mmseg's
+key layout (backbone or whole segmentor), or timm's for a ViT. The input projection is
+found, and the family detected (or stated with ``family=``), by
+:func:`mmseg_ppenc.adaptation.locate_projection` and
+:func:`~mmseg_ppenc.adaptation.detect_family`, and adapted by
+:func:`~mmseg_ppenc.adaptation.adapt_state_dict` at the
+:func:`~mmseg_ppenc.adaptation.family_site` that the encrypted variant of the family
+uses too. The output is an ordinary mmseg checkpoint::
 
-    {'state_dict': <stock VisionTransformer (or segmentor) weights>,
-     'meta': {'ppenc': {key_fingerprint, cipher, block_size, flip_compatible, version},
-              'ppenc_model': {source_layout, mean, std, patch_bias},
+    {'state_dict': <stock backbone (or segmentor) weights>,
+     'meta': {'ppenc': {key_fingerprint, cipher, block_size, flip_compatible, version,
+                        mean, std, patch_embed_sha256},
+              'ppenc_model': {source_layout, family, mean, std, patch_bias},
               'dataset_meta': ...}}          # only if the input had one
 
-It loads into a stock ``VisionTransformer`` (``init_cfg=dict(type='Pretrained',
-checkpoint=...)``) without this package and without the key, and
-``EncryptedVisionTransformer`` recognises it as already encrypted (``meta['ppenc']``).
+It loads into the stock backbone (``init_cfg=dict(type='Pretrained',
+checkpoint=...)``) without this package and without the key, and the encrypted variant
+(``EncryptedVisionTransformer``, ``EncryptedSwinTransformer``, ...) recognises it as
+already encrypted (``meta['ppenc']``) and loads it as it is.
 Optimizer state, message hubs and training meta of the input are not copied: they hold
 plain-model statistics (and file paths of the creator's machine) that the server must
 not get and cannot use.
@@ -24,8 +36,14 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from mmseg_ppenc.adaptation import encrypt_vit_state_dict
-from mmseg_ppenc.convert import MMSEG_MARKER, convert_timm_vit, locate_vit, strip_prefix
+from mmseg_ppenc.adaptation import (
+    PatchFamily,
+    adapt_state_dict,
+    detect_family,
+    family_site,
+    locate_projection,
+)
+from mmseg_ppenc.convert import convert_timm_vit, strip_prefix
 from mmseg_ppenc.core.checkpoint import (
     check_checkpoint,
     check_patch_embed_digest,
@@ -38,7 +56,8 @@ from ppenc.files import check_output_path
 from ppenc.keys import SecretKey
 from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD, META_KEY, build_meta
 
-__all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'detect_layout',
+__all__ = ['ModelEncryptionError', 'load_vit_checkpoint', 'load_plain_checkpoint',
+           'detect_layout', 'detect_checkpoint', 'check_block_size',
            'encrypt_model_checkpoint', 'normalization_from_config',
            'patch_embed_digest', 'encrypted_with', 'check_patch_embed_digest']
 
@@ -60,63 +79,88 @@ def encrypted_with(weight: torch.Tensor, key: SecretKey) -> bool:
     return restored > 0.2 and restored > as_is + 0.2
 
 
-def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
-    """The key layout of a ViT state dict.
+def detect_checkpoint(state_dict: Mapping[str, torch.Tensor],
+                      family: Optional[str] = None) -> Tuple[str, str, PatchFamily]:
+    """The key layout, the backbone's key prefix and the family of a plain state dict.
 
     Args:
         state_dict (Mapping[str, Tensor]): The state dict (wrappers removed).
+        family (str, optional): The family the caller states (``'vit'``, ``'beit'``,
+            ``'mae'``, ``'swin'``, ``'twins'``; :func:`mmseg_ppenc.adaptation.
+            patch_family`). Defaults to None (detected from the keys).
+
+    Returns:
+        tuple[str, str, PatchFamily]: ``(layout, prefix, family)``: ``'timm'`` (a ViT)
+        or ``'mmseg'``; ``''`` for a backbone or e.g. ``'backbone.'`` for a whole
+        segmentor; the family.
+
+    Raises:
+        CheckpointLayoutError: (a :class:`ModelEncryptionError`) no supported input
+            projection (an overlapping stem such as MiT's or ResNet's is named, with the
+            supported families and the fix), several, keys that fit several families
+            (pass ``family``) or another family than the stated one.
+    """
+    layout, prefix, patch_embed = locate_projection(state_dict)
+    if layout == 'timm' and prefix:
+        raise ModelEncryptionError(f'The timm ViT keys carry the prefix {prefix!r}; expected '
+                                   'a bare timm state dict.')
+    return layout, prefix, detect_family(state_dict, prefix, patch_embed, layout, family)
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> Tuple[str, str]:
+    """The key layout of a ViT state dict: :func:`detect_checkpoint` for the ``'vit'``
+    family.
 
     Returns:
         tuple[str, str]: ``(layout, prefix)``: ``('timm', '')``, ``('mmseg', '')`` for
         a backbone or ``('mmseg', 'backbone.')`` (any prefix) for a whole segmentor.
 
     Raises:
-        ModelEncryptionError: neither layout, or several ViTs in one state dict.
+        ModelEncryptionError: neither layout, several ViTs, or another family's state dict.
     """
-    try:
-        layout, prefix = locate_vit(state_dict)
-    except KeyError as e:
-        raise ModelEncryptionError(e.args[0]) from None
-    if layout == 'timm' and prefix:
-        raise ModelEncryptionError(f'The timm ViT keys carry the prefix {prefix!r}; expected '
-                                   'a bare timm state dict.')
+    layout, prefix, _ = detect_checkpoint(state_dict, 'vit')
     return layout, prefix
 
 
-def load_vit_checkpoint(path: str, patch_bias: str = 'fold',
-                        key: Optional[SecretKey] = None
-                        ) -> Tuple['OrderedDict[str, torch.Tensor]', dict, str, str]:
-    """Read a timm or mmseg ViT checkpoint and return it in mmseg's layout.
+def load_plain_checkpoint(path: str, patch_bias: str = 'fold',
+                          key: Optional[SecretKey] = None, family: Optional[str] = None
+                          ) -> Tuple['OrderedDict[str, torch.Tensor]', dict, str, str,
+                                     PatchFamily]:
+    """Read a checkpoint of a supported family and return it in mmseg's layout.
 
-    The file is read by :func:`mmseg_ppenc.core.checkpoint.read_checkpoint` (weights only) and
-    checked by :func:`mmseg_ppenc.core.checkpoint.check_checkpoint`: a ``meta['ppenc']`` record
-    copied onto other weights is refused as on every other load path.
+    The file is read by :func:`mmseg_ppenc.core.checkpoint.read_weights` (weights only) and
+    checked by :func:`mmseg_ppenc.core.checkpoint.check_checkpoint`: a ``meta['ppenc']``
+    record copied onto other weights is refused as on every other load path.
 
     Args:
         path (str): Local checkpoint file.
-        patch_bias (str): For timm inputs, see :func:`mmseg_ppenc.convert.convert_timm_vit`.
-            Defaults to ``'fold'``.
+        patch_bias (str): For timm ViT inputs, see
+            :func:`mmseg_ppenc.convert.convert_timm_vit`. Defaults to ``'fold'``.
         key (SecretKey, optional): The key the caller encrypts for: a record of this key
             without a digest is also checked against the weights themselves. Defaults to
             None.
+        family (str, optional): The backbone family (see :func:`detect_checkpoint`).
+            Defaults to None (detected).
 
     Returns:
-        tuple: ``(state_dict, meta, source_layout, prefix)`` where ``source_layout`` is
-        ``'timm'``, ``'mmseg-backbone'`` or ``'mmseg-segmentor'`` and ``prefix`` the ViT's
-        key prefix in ``state_dict``.
+        tuple: ``(state_dict, meta, source_layout, prefix, family)`` where
+        ``source_layout`` is ``'timm'``, ``'mmseg-backbone'`` or ``'mmseg-segmentor'``,
+        ``prefix`` the backbone's key prefix in ``state_dict`` and ``family`` its
+        :class:`~mmseg_ppenc.adaptation.PatchFamily`.
 
     Raises:
-        ModelEncryptionError: unreadable file (:class:`~mmseg_ppenc.core.errors.
-            CheckpointReadError`), a record that does not belong to the weights
-            (:class:`~ppenc.errors.CheckpointRecordError`), unknown layout,
-            unsupported timm variant.
+        ModelEncryptionError: unreadable file (:class:`~ppenc.errors.CheckpointReadError`),
+            a record that does not belong to the weights
+            (:class:`~ppenc.errors.CheckpointRecordError`), unsupported or ambiguous
+            layout (:class:`~ppenc.errors.CheckpointLayoutError`), unsupported timm
+            variant.
     """
     sd, meta = read_weights(path)
     sd = strip_prefix(sd)
     try:
-        layout, prefix = detect_layout(sd)
+        layout, prefix, fam = detect_checkpoint(sd, family)
     except ModelEncryptionError as e:
-        raise ModelEncryptionError(f'{path}: {e}') from None
+        raise type(e)(f'{path}: {e}') from None
     check_checkpoint({'state_dict': sd, 'meta': meta}, f'the checkpoint {path}',
                      adapted_key=key)
     if layout == 'timm':
@@ -124,8 +168,64 @@ def load_vit_checkpoint(path: str, patch_bias: str = 'fold',
             sd = convert_timm_vit(sd, patch_bias=patch_bias)
         except ValueError as e:
             raise ModelEncryptionError(str(e)) from None
-        return sd, meta, 'timm', ''
-    return sd, meta, ('mmseg-backbone' if prefix == '' else 'mmseg-segmentor'), prefix
+        return sd, meta, 'timm', '', fam
+    return sd, meta, ('mmseg-backbone' if prefix == '' else 'mmseg-segmentor'), prefix, fam
+
+
+def load_vit_checkpoint(path: str, patch_bias: str = 'fold',
+                        key: Optional[SecretKey] = None
+                        ) -> Tuple['OrderedDict[str, torch.Tensor]', dict, str, str]:
+    """:func:`load_plain_checkpoint` of a ViT (timm or mmseg layout).
+
+    Returns:
+        tuple: ``(state_dict, meta, source_layout, prefix)``.
+    """
+    return load_plain_checkpoint(path, patch_bias, key, family='vit')[:4]
+
+
+def check_block_size(state_dict: Mapping[str, torch.Tensor], weight_key: str,
+                     family: PatchFamily, block_size: Optional[int] = None) -> int:
+    """Check that the input projection is a ``(D, 3, b, b)`` patch projection whose patch
+    size ``b`` is the key's block size.
+
+    The weights do not record the stride: the stock ViT, BEiT, MAE and Swin tie it to
+    the patch size, Twins takes it separately (its encrypted variant refuses
+    ``strides[0] != patch_sizes[0]`` when it is built).
+
+    Args:
+        state_dict (Mapping[str, Tensor]): The weights.
+        weight_key (str): Key of the projection weight.
+        family (PatchFamily): The backbone's family.
+        block_size (int, optional): The block size the images are encrypted with.
+            Defaults to None (the family's stock patch size: 16 for ViT, BEiT and MAE, 4
+            for Swin and Twins).
+
+    Returns:
+        int: The block size.
+
+    Raises:
+        ModelEncryptionError: another shape, or a patch size other than the block size
+            (the message shows the expected and the actual size, and the fix).
+    """
+    weight = state_dict[weight_key]
+    shape = tuple(weight.shape)
+    if weight.dim() != 4 or shape[1] != 3 or shape[2] != shape[3]:
+        raise ModelEncryptionError(
+            f'The input projection {weight_key} of this {family.title} checkpoint has shape '
+            f'{shape}; expected a square patch projection of RGB images, (D, 3, b, b). '
+            'The cipher encrypts 3-channel images in square blocks.')
+    expected = family.patch_size if block_size is None else int(block_size)
+    if shape[-1] != expected:
+        source = ('as given' if block_size is not None else
+                  f'the stock {family.title} patch size, used when no block size is given')
+        raise ModelEncryptionError(
+            f'Block size mismatch: expected block size {expected} ({source}), actual patch '
+            f'size {shape[-1]} (the input projection {weight_key} of this {family.title} '
+            f'checkpoint has shape {shape}). The cipher block size must equal the patch '
+            f'size: if the images are (or will be) encrypted with {shape[-1]}-pixel blocks, '
+            f'pass --block-size {shape[-1]} (block_size={shape[-1]}); otherwise use a '
+            f'checkpoint with {expected}-pixel patches.')
+    return expected
 
 
 def convert_plain_checkpoint(src: str, dst: str, force: bool = False) -> dict:
@@ -169,13 +269,17 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
                              std: Optional[Sequence[float]] = None,
                              patch_bias: str = 'fold',
                              backbone_only: bool = False,
-                             force: bool = False) -> dict:
-    """Encrypt a plain ViT checkpoint for ``key`` and write an mmseg checkpoint.
+                             force: bool = False,
+                             family: Optional[str] = None,
+                             block_size: Optional[int] = None) -> dict:
+    """Encrypt a plain checkpoint of a supported backbone family for ``key`` and write an
+    mmseg checkpoint.
 
     Args:
-        src (str): Plain checkpoint: timm ViT (``vit_base_patch16_384`` layout), mmseg
-            ``VisionTransformer`` backbone, or whole mmseg segmentor (e.g. a model
-            fine-tuned on plain images).
+        src (str): Plain checkpoint: a timm ViT (``vit_base_patch16_384`` layout), an
+            mmseg ``VisionTransformer``, ``BEiT``, ``MAE``, ``SwinTransformer``,
+            ``PCPVT`` or ``SVT`` backbone, or a whole mmseg segmentor with one of them
+            (e.g. a model fine-tuned on plain images).
         dst (str): Output path; written atomically.
         key (SecretKey): The key the data is (or will be) encrypted with.
         mean (Sequence[float]): The target config's data preprocessor mean (see
@@ -188,13 +292,20 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
             ``init_cfg``) instead of the whole segmentor (for ``load_from``).
             Defaults to False.
         force (bool): Overwrite ``dst``. Defaults to False.
+        family (str, optional): The backbone family (``'vit'``, ``'beit'``, ``'mae'``,
+            ``'swin'``, ``'twins'``). Defaults to None (detected from the keys; a state
+            dict whose keys fit several families is refused).
+        block_size (int, optional): The block size the images are encrypted with; the
+            input projection's patch size must equal it (:func:`check_block_size`).
+            Defaults to None (the family's stock patch size).
 
     Returns:
-        dict: ``source_layout``, ``output`` (``'backbone'``/``'segmentor'``),
+        dict: ``source_layout``, ``family``, ``output`` (``'backbone'``/``'segmentor'``),
         ``num_tensors``, ``key_fingerprint``, ``block_size``, ``dst``.
 
     Raises:
-        ModelEncryptionError: unreadable or unsupported input, an input that is already
+        ModelEncryptionError: unreadable, unsupported (an overlapping stem) or ambiguous
+            input, a patch size other than the block size, an input that is already
             encrypted or whose record does not belong to its weights, ``dst`` exists
             (without ``force``) or equals ``src``.
     """
@@ -205,7 +316,7 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
             f'--mean/--std (mmseg\'s ImageNet values are {list(IMAGENET_MEAN)} / '
             f'{list(IMAGENET_STD)}; Segmenter configs use 127.5 / 127.5).')
     check_output_path(src, dst, force, 'the encrypted model', ModelEncryptionError)
-    sd, meta, layout, prefix = load_vit_checkpoint(src, patch_bias, key)
+    sd, meta, layout, prefix, fam = load_plain_checkpoint(src, patch_bias, key, family)
     if isinstance(meta.get(META_KEY), dict):
         raise ModelEncryptionError(
             f'{src} is already encrypted (meta["{META_KEY}"] records key '
@@ -215,7 +326,12 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
         sd = OrderedDict((k[len(prefix):], v) for k, v in sd.items()
                          if k.startswith(prefix))
         prefix = ''
-    if encrypted_with(sd[prefix + MMSEG_MARKER], key):
+    weight_key = f'{prefix}{fam.projection}.weight'
+    try:
+        block = check_block_size(sd, weight_key, fam, block_size)
+    except ModelEncryptionError as e:
+        raise ModelEncryptionError(f'{src}: {e}') from None
+    if encrypted_with(sd[weight_key], key):
         raise ModelEncryptionError(
             f'{src} has no meta["{META_KEY}"] record, but its patch embedding is already '
             f'encrypted with key {key.fingerprint} (undoing the key\'s permutation makes '
@@ -223,14 +339,15 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
             'Encrypting it again would match no images. Use it as it is, or start from '
             'the plain checkpoint.')
     try:
-        enc = encrypt_vit_state_dict(sd, key, mean, std, prefix=prefix)
+        enc = adapt_state_dict(sd, key, family_site(sd, fam, prefix), mean, std,
+                               prefix=prefix)
     except (KeyError, ValueError) as e:
         raise ModelEncryptionError(f'Cannot adapt {src}: {e}') from None
-    block_size = int(enc[prefix + MMSEG_MARKER].shape[-1])
-    meta_rec = build_meta(key.fingerprint, block_size, key.flip_compatible, mean, std,
-                          patch_embed_sha256=patch_embed_digest(enc[prefix + MMSEG_MARKER]))
+    meta_rec = build_meta(key.fingerprint, block, key.flip_compatible, mean, std,
+                          patch_embed_sha256=patch_embed_digest(enc[weight_key]))
     out_meta = {META_KEY: meta_rec,
-                'ppenc_model': dict(source_layout=layout, mean=[float(v) for v in mean],
+                'ppenc_model': dict(source_layout=layout, family=fam.name,
+                                    mean=[float(v) for v in mean],
                                     std=[float(v) for v in std],
                                     patch_bias=patch_bias if layout == 'timm' else None)}
     if isinstance(meta.get('dataset_meta'), dict):
@@ -238,9 +355,9 @@ def encrypt_model_checkpoint(src: str, dst: str, key: SecretKey,
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
     _atomic_save({'state_dict': enc, 'meta': out_meta}, dst)
-    return dict(source_layout=layout, output='segmentor' if prefix else 'backbone',
-                num_tensors=len(enc), key_fingerprint=key.fingerprint,
-                block_size=block_size, dst=dst)
+    return dict(source_layout=layout, family=fam.name,
+                output='segmentor' if prefix else 'backbone', num_tensors=len(enc),
+                key_fingerprint=key.fingerprint, block_size=block, dst=dst)
 
 
 def normalization_from_config(config) -> Tuple[List[float], List[float]]:

@@ -37,6 +37,7 @@ from mmcv.transforms import TestTimeAug
 
 from mmseg_ppenc.core.exactness import (
     ADAPTABLE_BACKBONES,
+    NOT_ADAPTABLE,
     channel_problems,
     patch_embedding_problems,
     pipeline_problems,
@@ -172,24 +173,6 @@ def scan_config(cfg, keys: Dict[str, SecretKey]) -> None:
 
 
 # --------------------------------------------------------------------------- backbone
-#: Why a backbone family cannot be adapted, by class name (subclasses inherit it).
-_NOT_ADAPTABLE = {
-    'ResNet': 'a convolutional network whose stem convolutions overlap (kernel 3 or 7, '
-              'stride 2)',
-    'MixVisionTransformer': "SegFormer's MiT, whose patch embeddings overlap (kernel 7, "
-                            'stride 4)',
-    'MSCAN': "SegNeXt's MSCAN, whose convolution stem overlaps (kernel 3, stride 2)",
-    'SwinTransformer': 'a Swin Transformer: use its own encrypted variant, '
-                       "type='EncryptedSwinTransformer' (block size 4)",
-    'PCPVT': "a Twins transformer: use its own encrypted variant, type='EncryptedPCPVT' "
-             "or 'EncryptedSVT' (block size 4)",
-    'BEiT': "a BEiT/MAE ViT: use its own encrypted variant, type='EncryptedBEiT' or "
-            "'EncryptedMAE'",
-    'TIMMBackbone': 'a timm model wrapper, whose layers EncryptedVisionTransformer does '
-                    'not implement (convert a timm ViT with tools/convert_timm_vit.py)',
-    'VPD': "VPD's diffusion model, whose VAE encoder starts with overlapping 3x3 "
-           'convolutions',
-}
 #: mmseg's convolutional backbones: their first convolutions overlap neighbouring blocks.
 _CONVOLUTIONAL = ('BiSeNetV1', 'BiSeNetV2', 'CGNet', 'DDRNet', 'ERFNet', 'FastSCNN', 'HRNet',
                   'ICNet', 'MobileNetV2', 'MobileNetV3', 'PIDNet', 'STDCNet',
@@ -236,8 +219,8 @@ def _backbones_taking(args: Set[str]) -> List[type]:
 
 def _why_not_adaptable(classes: Sequence[type]) -> str:
     for klass in classes[0].__mro__:
-        if klass.__name__ in _NOT_ADAPTABLE:
-            return _NOT_ADAPTABLE[klass.__name__]
+        if klass.__name__ in NOT_ADAPTABLE:
+            return NOT_ADAPTABLE[klass.__name__]
         if klass.__name__ in _CONVOLUTIONAL:
             return ('a convolutional network, whose first convolutions overlap '
                     'neighbouring blocks')

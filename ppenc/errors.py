@@ -7,7 +7,8 @@ problem, the expected and the actual value, and the fix; they never contain key 
 
 __all__ = ['PpencError', 'ConfigError', 'InvalidKeyError', 'KeylessPipelineError',
            'GridError', 'ModelEncryptionError', 'DatasetEncryptionError', 'DatasetWriteError',
-           'KeyLeakError', 'CheckpointReadError', 'CheckpointRecordError']
+           'KeyLeakError', 'CheckpointReadError', 'CheckpointRecordError',
+           'CheckpointLayoutError']
 
 
 class PpencError(ValueError):
@@ -47,6 +48,14 @@ class CheckpointReadError(ConfigError, ModelEncryptionError):
 class CheckpointRecordError(InvalidKeyError, ModelEncryptionError):
     """A checkpoint's ``meta['ppenc']`` record does not belong to its weights (it was copied
     from another file, or the weights were changed after encryption)."""
+
+
+class CheckpointLayoutError(ModelEncryptionError, KeyError):
+    """A state dict holds no input patch projection of a supported backbone family, or
+    several, or one of an overlapping stem (:func:`mmseg_ppenc.adaptation.
+    locate_projection`). Also a ``KeyError``, as the key lookups it replaces raised."""
+
+    __str__ = BaseException.__str__  # the message, not KeyError's repr of it
 
 
 class DatasetEncryptionError(PpencError):

@@ -280,6 +280,9 @@ def test_tool(setup, capsys, monkeypatch):
     assert 'same file' in msg
     bad = str(root / 'not_vit.pth')
     torch.save({'state_dict': {'conv1.weight': torch.zeros(2, 3, 3, 3)}}, bad)
+    msg = run_main([bad, str(root / 'x.pth'), '--key-file', key_file])
+    assert 'input layer conv1.weight' in msg and 'the stem of ResNet' in msg
+    torch.save({'state_dict': {'fc.weight': torch.zeros(2, 3)}}, bad)
     assert 'Unrecognised checkpoint layout' in run_main([bad, str(root / 'x.pth'),
                                                          '--key-file', key_file])
     assert 'does not exist' in run_main([str(root / 'missing.pth'), str(root / 'y.pth'),

@@ -1,4 +1,4 @@
-"""Encrypt a plain ViT checkpoint for the secret key (client side).
+"""Encrypt a plain checkpoint (ViT/DeiT, BEiT, MAE, Swin, Twins) for the secret key (client side).
 
 Thin entry point for a checkout; installed, the same command is ``ppenc-encrypt-model``.
 The code is :mod:`mmseg_ppenc.cli.encrypt_model`.

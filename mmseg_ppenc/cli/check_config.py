@@ -3,7 +3,10 @@
 Prints ``ok`` or one line per refusal (and ``warning: ...`` lines on stderr, e.g. for a
 plain backbone on encrypted images), and writes nothing: no work_dir, no log, no config
 dump. Run it before submitting a cluster job; the same checks run again when the job
-starts (:class:`mmseg_ppenc.runner.PPEncRunner`).
+starts (:class:`mmseg_ppenc.runner.PPEncRunner`). With ``--tta`` the config is first
+switched to test-time augmentation exactly as ``tools/test.py --tta`` switches it
+(:func:`mmseg_ppenc.runner.use_tta`: ``tta_model`` around the model, ``tta_pipeline`` as
+the test pipeline), so every branch of the TTA pipeline is checked.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     Returns:
         argparse.ArgumentParser: Parser for ``CONFIG [--work-dir DIR] [--mode M ...]
-        [--skip-paths] [--cfg-options K=V ...]``.
+        [--tta] [--skip-paths] [--cfg-options K=V ...]``.
     """
     parser = argparse.ArgumentParser(
         description='Check a config before a run: bytes or key material in the config, '
@@ -37,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'for key material too); defaults as tools/train.py does')
     parser.add_argument('--mode', nargs='+', choices=MODES, default=None,
                         help='dataloaders to check (default: every one the config sets up)')
+    parser.add_argument('--tta', action='store_true',
+                        help='check the test-time augmentation setup that tools/test.py '
+                        '--tta runs (the config\'s tta_model and tta_pipeline; only the '
+                        'test dataloader, unless --mode says otherwise)')
     parser.add_argument('--skip-paths', action='store_true',
                         help='do not check that data and checkpoint paths exist (for a '
                         'config meant for another machine)')
@@ -58,16 +65,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if missing_environment():
         return 1
-    from mmseg_ppenc.runner import check_config_paths, load_config
+    from mmseg_ppenc.runner import check_config_paths, load_config, use_tta
     from mmseg_ppenc.start_checks import start_problems
     try:
         cfg = load_config(args.config, args.cfg_options, args.work_dir)
+        if args.tta:
+            use_tta(cfg)
     except user_errors() as e:
         return fail(e)
     warnings: list = []
     problems = [str(e) for e in start_problems(cfg, args.mode, warnings)]
     if not args.skip_paths:
-        modes = tuple(args.mode or [m for m in MODES if cfg.get(f'{m}_dataloader')])
+        default = ('test',) if args.tta else MODES  # a TTA model only tests
+        modes = tuple(args.mode or [m for m in default if cfg.get(f'{m}_dataloader')])
         try:
             check_config_paths(cfg, modes)
         except user_errors() as e:

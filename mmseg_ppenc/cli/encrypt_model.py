@@ -1,15 +1,21 @@
-"""``ppenc-encrypt-model``: encrypt a plain ViT checkpoint for the secret key (client side).
+"""``ppenc-encrypt-model``: encrypt a plain checkpoint for the secret key (client side).
 
 Example::
 
     python tools/encrypt_model.py pretrain/vit_large_patch16_384.pth \
         pretrain/vit_large_patch16_384_encrypted.pth --key-file ~/.ppenc/site-a.key
+    python tools/encrypt_model.py pretrain/swin_tiny_patch4_window7_224.pth \
+        pretrain/swin_tiny_encrypted.pth --key-file ~/.ppenc/site-a.key --block-size 4
 
 IN may be a timm ViT checkpoint (vit_base_patch16_384 / vit_large_patch16_384 layout), an
-mmseg VisionTransformer backbone, or a whole mmseg segmentor (e.g. fine-tuned on plain
-images). OUT is an mmseg checkpoint that a stock VisionTransformer loads without this
-package; its meta records the key fingerprint (never the key). OUT is never IN, however it
-is reached (symlink, hard link, another spelling of the path).
+mmseg backbone of a supported family (VisionTransformer, BEiT, MAE, SwinTransformer, Twins
+PCPVT/SVT: the backbones whose first layer is a non-overlapping patch projection), or a
+whole mmseg segmentor with one (e.g. fine-tuned on plain images). The family is detected
+from the keys, or given with --family; the block size (--block-size, default the family's
+patch size: 16 for ViT/BEiT/MAE, 4 for Swin/Twins) must equal the patch size. OUT is an
+mmseg checkpoint that the stock backbone loads without this package, and that the
+encrypted variant loads as it is; its meta records the key fingerprint (never the key).
+OUT is never IN, however it is reached (symlink, hard link, another spelling of the path).
 
 Exit status: 0 done; 2 bad input (the ``error:`` line names the file and the fix);
 1 OUT could not be written (read-only or full disk).
@@ -23,7 +29,6 @@ from ppenc.cli import RUN_FAILED, fail
 from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['build_parser', 'main']
-
 
 
 def _three_floats(text: str) -> List[float]:
@@ -43,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         argparse.ArgumentParser: Parser for ``IN OUT [options]``.
     """
     parser = argparse.ArgumentParser(
-        description='Encrypt a ViT checkpoint (timm or mmseg) for a key, exactly.',
+        description='Encrypt a checkpoint of a patch-projection backbone (ViT/DeiT, BEiT, '
+        'MAE, Swin, Twins; mmseg layout, or timm for a ViT) for a key, exactly.',
         epilog='Exit status: 0 done, 2 bad input, 1 OUT could not be written.')
     parser.add_argument('input', metavar='IN', help='plain checkpoint (local file)')
     parser.add_argument('output', metavar='OUT', help='encrypted mmseg checkpoint to write')
@@ -62,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help='timm inputs: fold the patch-embedding bias into pos_embed '
                         '(for mmseg\'s default patch_bias=False; exact) or keep it (for '
                         'patch_bias=True backbones) (default: fold)')
+    parser.add_argument('--family', metavar='NAME', default=None,
+                        help='backbone family of IN: vit, beit, mae, swin or twins '
+                        '(default: detected from its keys; needed when they fit several)')
+    parser.add_argument('--block-size', type=int, default=None,
+                        help='block size the images are encrypted with; must equal the '
+                        'patch size (default: the family\'s, 16 for ViT/BEiT/MAE, 4 for '
+                        'Swin/Twins)')
     parser.add_argument('--backbone-only', action='store_true',
                         help='segmentor inputs: write only the backbone (for init_cfg)')
     parser.add_argument('--force', action='store_true',
@@ -88,7 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         key = resolve_key(args.key_file)
         info = encrypt_model_checkpoint(args.input, args.output, key, mean=mean,
                                         std=std, patch_bias=args.patch_bias,
-                                        backbone_only=args.backbone_only, force=args.force)
+                                        backbone_only=args.backbone_only, force=args.force,
+                                        family=args.family, block_size=args.block_size)
     except PpencError as e:
         return fail(e)
     except OSError as e:
@@ -96,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     'the directory writable and free some space, or choose another OUT; '
                     'nothing was written.', RUN_FAILED)
     print(f'Wrote {info["output"]} checkpoint {info["dst"]} ({info["num_tensors"]} tensors, '
-          f'from a {info["source_layout"]} checkpoint), encrypted for key '
+          f'from a {info["source_layout"]} {info["family"]} checkpoint), encrypted for key '
           f'{info["key_fingerprint"]} with block size {info["block_size"]}, adapted for '
           f'mean={list(mean)} std={list(std)} (recorded in the checkpoint; a model with '
           'another normalisation refuses it).')

@@ -24,7 +24,7 @@ from ppenc.meta import same_values
 __all__ = ['EXACT_SEGMENTORS', 'REFUSED_SEGMENTORS', 'RESIZE_TRANSFORMS',
            'segmentor_problems', 'channel_problems', 'preprocessor_pad_problems',
            'pipeline_problems', 'normalization_problem', 'patch_embedding_problems',
-           'ADAPTABLE_BACKBONES', 'PADDING_META_KEY']
+           'ADAPTABLE_BACKBONES', 'NOT_ADAPTABLE', 'PADDING_META_KEY']
 
 #: Segmentor types proven exact: only the backbone reads the image; necks and heads read
 #: backbone features. Anything else is refused until proven (an allow-list, so a new
@@ -49,6 +49,24 @@ ADAPTABLE_BACKBONES = (
     '= patch size, in_channels=3): EncryptedVisionTransformer for mmseg\'s '
     'VisionTransformer (ViT, DeiT, SETR, Segmenter, DPT configs), EncryptedBEiT, '
     'EncryptedMAE, EncryptedSwinTransformer, EncryptedPCPVT, EncryptedSVT')
+#: Why a backbone family cannot be adapted, by class name (subclasses inherit it).
+NOT_ADAPTABLE = {
+    'ResNet': 'a convolutional network whose stem convolutions overlap (kernel 3 or 7, '
+              'stride 2)',
+    'MixVisionTransformer': "SegFormer's MiT, whose patch embeddings overlap (kernel 7, "
+                            'stride 4)',
+    'MSCAN': "SegNeXt's MSCAN, whose convolution stem overlaps (kernel 3, stride 2)",
+    'SwinTransformer': 'a Swin Transformer: use its own encrypted variant, '
+                       "type='EncryptedSwinTransformer' (block size 4)",
+    'PCPVT': "a Twins transformer: use its own encrypted variant, type='EncryptedPCPVT' "
+             "or 'EncryptedSVT' (block size 4)",
+    'BEiT': "a BEiT/MAE ViT: use its own encrypted variant, type='EncryptedBEiT' or "
+            "'EncryptedMAE'",
+    'TIMMBackbone': 'a timm model wrapper, whose layers EncryptedVisionTransformer does '
+                    'not implement (convert a timm ViT with tools/convert_timm_vit.py)',
+    'VPD': "VPD's diffusion model, whose VAE encoder starts with overlapping 3x3 "
+           'convolutions',
+}
 #: Meta key that mmseg's ``postprocess_result`` reads to crop a pad off the prediction.
 PADDING_META_KEY = 'img_padding_size'
 

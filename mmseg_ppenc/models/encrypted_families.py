@@ -18,9 +18,6 @@ from mmseg_ppenc.models.patch_adaptation import EncryptedBackboneMixin
 __all__ = ['EncryptedBEiT', 'EncryptedMAE', 'EncryptedSwinTransformer', 'EncryptedPCPVT',
            'EncryptedSVT']
 
-_BIAS_FIX = ('Its PatchEmbed is built with bias=True in mmseg; a subclass that removes the '
-             'bias cannot be adapted.')
-
 
 class _PatchSizeFromProjection:
     """``patch_size`` for backbones that do not store it (Swin, Twins): the kernel of the
@@ -46,7 +43,7 @@ class EncryptedBEiT(EncryptedBackboneMixin, BEiT):
         **kwargs: Every argument of ``mmseg.models.backbones.BEiT``.
     """
 
-    ppenc_bias_fix = _BIAS_FIX
+    ppenc_family = 'beit'
 
 
 @MODELS.register_module()
@@ -63,8 +60,7 @@ class EncryptedMAE(EncryptedBackboneMixin, MAE):
         **kwargs: Every argument of ``mmseg.models.backbones.MAE``.
     """
 
-    ppenc_pos_embed = ('pos_embed', 1)
-    ppenc_bias_fix = _BIAS_FIX
+    ppenc_family = 'mae'
 
 
 @MODELS.register_module()
@@ -82,8 +78,7 @@ class EncryptedSwinTransformer(_PatchSizeFromProjection, EncryptedBackboneMixin,
         **kwargs: Every argument of ``mmseg.models.backbones.SwinTransformer``.
     """
 
-    ppenc_pos_embed = ('absolute_pos_embed', 0)  # with use_abs_pos_embed=True
-    ppenc_bias_fix = _BIAS_FIX
+    ppenc_family = 'swin'
 
 
 @MODELS.register_module()
@@ -100,8 +95,7 @@ class EncryptedPCPVT(_PatchSizeFromProjection, EncryptedBackboneMixin, PCPVT):
         **kwargs: Every argument of ``mmseg.models.backbones.PCPVT``.
     """
 
-    ppenc_patch_embed = 'patch_embeds.0'
-    ppenc_bias_fix = _BIAS_FIX
+    ppenc_family = 'twins'
 
 
 @MODELS.register_module()
@@ -117,5 +111,4 @@ class EncryptedSVT(_PatchSizeFromProjection, EncryptedBackboneMixin, SVT):
         **kwargs: Every argument of ``mmseg.models.backbones.SVT``.
     """
 
-    ppenc_patch_embed = 'patch_embeds.0'
-    ppenc_bias_fix = _BIAS_FIX
+    ppenc_family = 'twins'

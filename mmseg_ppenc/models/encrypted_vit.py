@@ -26,7 +26,8 @@ class EncryptedVisionTransformer(EncryptedBackboneMixin, FastVisionTransformer):
     (:class:`~mmseg_ppenc.models.patch_adaptation.EncryptedBackboneMixin`, the same for
     every patch-projection backbone), so the model fed encrypted images computes what the
     plain model computes on plain images. The weights stay a stock ``VisionTransformer``
-    state dict, the same as :func:`mmseg_ppenc.adaptation.encrypt_vit_state_dict` gives.
+    state dict, the same as :func:`mmseg_ppenc.adaptation.encrypt_vit_state_dict` and
+    ``tools/encrypt_model.py`` give.
 
     The offset goes into the spatial entries of ``pos_embed`` (mmseg's ViT has no
     projection bias by default), or into the projection bias with ``patch_norm=True``,
@@ -42,6 +43,4 @@ class EncryptedVisionTransformer(EncryptedBackboneMixin, FastVisionTransformer):
             ``attn_impl`` of ``FastVisionTransformer``.
     """
 
-    ppenc_pos_embed = ('pos_embed', 1)  # entry 0 belongs to the class token
-    ppenc_offset_to_pos_embed = True
-    ppenc_bias_fix = 'Set patch_bias=True (or patch_norm=False).'
+    ppenc_family = 'vit'

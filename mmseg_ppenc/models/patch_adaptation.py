@@ -30,7 +30,13 @@ from mmengine.logging import print_log
 from mmseg.models.utils import PatchEmbed
 from torch import nn
 
-from mmseg_ppenc.adaptation import ProjectionSite, adapt_state_dict
+from mmseg_ppenc.adaptation import (
+    OVERLAP_FIX,
+    PATCH_FAMILIES,
+    ProjectionSite,
+    adapt_state_dict,
+    offset_site,
+)
 from mmseg_ppenc.core.checkpoint import check_checkpoint, read_checkpoint
 from mmseg_ppenc.core.exactness import normalization_problem
 from mmseg_ppenc.core.keyed import KeyedComponent, unwrap_model
@@ -40,13 +46,6 @@ from ppenc.meta import plain_floats
 
 __all__ = ['InputProjection', 'input_projection', 'projection_problems',
            'EncryptedBackboneMixin', 'bind_normalization', 'pretrained_checkpoint']
-
-_OVERLAP_FIX = ('The exact adaptation needs a non-overlapping patch projection as the first '
-                'layer (kernel = stride = the cipher block size, padding 0, dilation 1, '
-                'groups 1, 3 input channels), as in ViT/DeiT, BEiT, MAE (patch 16), Swin '
-                'and Twins (patch 4). Overlapping stems (MiT/SegFormer 7x7 stride 4, MSCAN, '
-                'ResNet) mix several cipher blocks in one output and cannot be adapted '
-                'exactly.')
 
 
 def pretrained_checkpoint(init_cfg) -> Optional[str]:
@@ -152,7 +151,7 @@ def input_projection(backbone: nn.Module, patch_embed: Optional[str] = None,
     if patch_embed is None:
         convs = [n for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
         if not convs:
-            raise ConfigError(f'{name} has no Conv2d input layer. ' + _OVERLAP_FIX)
+            raise ConfigError(f'{name} has no Conv2d input layer. ' + OVERLAP_FIX)
         path = convs[0]
         parent_path = path.rpartition('.')[0]
     else:
@@ -168,33 +167,19 @@ def input_projection(backbone: nn.Module, patch_embed: Optional[str] = None,
     if problems:
         raise ConfigError(f'{name} cannot be adapted exactly to block-encrypted images: its '
                           f'input layer {path} is {_describe(conv)}, and '
-                          + '; '.join(problems) + '. ' + _OVERLAP_FIX)
+                          + '; '.join(problems) + '. ' + OVERLAP_FIX)
     if not isinstance(parent, PatchEmbed) or parent.projection is not conv:
         raise ConfigError(f'{name}: its input layer {path} is not the projection of an '
                           'mmseg PatchEmbed, so what follows it is not known and the '
                           'adaptation cannot place its offset.')
     norm = parent.norm is not None
-    bias = conv.bias is not None
     pos = None
     if pos_embed is not None and isinstance(getattr(backbone, pos_embed[0], None),
                                             nn.Parameter):
         pos = pos_embed
-    weight = f'{path}.weight'
-    if norm:
-        if not bias:
-            raise ConfigError(
-                f'{name}: a {type(parent.norm).__name__} follows the input projection '
-                f'{path}, which has no bias, so the exact offset has nowhere to go (the '
-                f'norm would see it). {bias_fix}'.rstrip())
-        site = ProjectionSite(weight, f'{path}.bias')
-    elif pos is not None and (offset_to_pos_embed or not bias):
-        site = ProjectionSite(weight, pos[0], offset_skip=pos[1])
-    elif bias:
-        site = ProjectionSite(weight, f'{path}.bias')
-    else:
-        raise ConfigError(f'{name}: the input projection {path} has no bias and no '
-                          'absolute position embedding follows it, so the exact offset has '
-                          f'nowhere to go. {bias_fix}'.rstrip())
+    site = offset_site(path, conv.bias is not None,
+                       type(parent.norm).__name__ if norm else None, pos,
+                       offset_to_pos_embed, name, bias_fix)
     return InputProjection(path, site, int(conv.kernel_size[0]), norm)
 
 
@@ -229,14 +214,14 @@ class EncryptedBackboneMixin(KeyedComponent):
     ``KeyManagementHook`` and the start checks compare it, and the backbone's
     ``patch_size``, with ``BlockScramble``'s block size.
 
-    Class attributes a variant sets:
-
-    - ``ppenc_patch_embed``: module path of the input ``PatchEmbed`` (None: the module
-      holding the first ``Conv2d``);
-    - ``ppenc_pos_embed``: ``(name, extra tokens)`` of an absolute position embedding
-      added right after the projection, or None;
-    - ``ppenc_offset_to_pos_embed``: prefer the position embedding over the bias;
-    - ``ppenc_bias_fix``: how to give the backbone a projection bias (for messages).
+    A variant sets the class attribute ``ppenc_family``, the name of its
+    :class:`~mmseg_ppenc.adaptation.PatchFamily` in
+    :data:`~mmseg_ppenc.adaptation.PATCH_FAMILIES`: where its input ``PatchEmbed`` and
+    absolute position embedding are, whether the offset prefers the position embedding,
+    and how to give the projection a bias (for messages). The offline model encryption
+    (``tools/encrypt_model.py``) reads the same entry, so both find the same projection
+    and put the offset in the same place. Without one (None), the input projection is
+    the backbone's first ``Conv2d`` and the offset goes into its bias.
 
     Args:
         key_file (str, optional): Key file. Defaults to None (``$PPENC_KEY_FILE``).
@@ -247,10 +232,7 @@ class EncryptedBackboneMixin(KeyedComponent):
         *args, **kwargs: The arguments of the stock backbone.
     """
 
-    ppenc_patch_embed: Optional[str] = 'patch_embed'
-    ppenc_pos_embed: Optional[Tuple[str, int]] = None
-    ppenc_offset_to_pos_embed: bool = False
-    ppenc_bias_fix: str = ''
+    ppenc_family: Optional[str] = None
 
     def __init__(self,
                  *args,
@@ -266,9 +248,12 @@ class EncryptedBackboneMixin(KeyedComponent):
         if mean is not None and (len(mean) != 3 or len(std) != 3):
             raise ConfigError(f'mean and std need 3 values, got {list(mean)} and '
                               f'{list(std)}.')
-        self._ppenc_input = input_projection(
-            self, self.ppenc_patch_embed, self.ppenc_pos_embed,
-            self.ppenc_offset_to_pos_embed, self.ppenc_bias_fix)
+        if self.ppenc_family is None:
+            self._ppenc_input = input_projection(self)
+        else:
+            fam = PATCH_FAMILIES[self.ppenc_family]
+            self._ppenc_input = input_projection(self, fam.patch_embed, fam.pos_embed,
+                                                 fam.offset_to_pos_embed, fam.bias_fix)
         self.key_file = key_file
         # None until bound to the data preprocessor (see bind_normalization).
         self.norm_mean = None if mean is None else tuple(float(v) for v in mean)

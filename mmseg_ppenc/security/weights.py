@@ -48,7 +48,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from mmseg_ppenc.convert import MMSEG_MARKER, TIMM_MARKER, locate_vit
+from mmseg_ppenc.adaptation import locate_projection
+from mmseg_ppenc.convert import TIMM_MARKER
 from mmseg_ppenc.core.checkpoint import read_checkpoint, read_weights, state_dict_of
 from mmseg_ppenc.security.common import blocks_of
 from ppenc.errors import CheckpointReadError
@@ -76,7 +77,6 @@ _KEYLESS_TWINS = {
 }
 
 
-
 def load_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
     """Read a checkpoint file and return its state dict (``state_dict``/``model`` or raw).
 
@@ -91,13 +91,14 @@ def load_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
 
 
 def find_patch_weight(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The key of the patch-embedding projection weight (mmseg or timm naming).
+    """The key of the input patch-projection weight (mmseg naming of any supported
+    family, or timm's ViT naming; :func:`mmseg_ppenc.adaptation.locate_projection`).
 
     Raises:
-        KeyError: none or several found.
+        CheckpointLayoutError: (a ``KeyError``) none or several found.
     """
-    layout, prefix = locate_vit(state_dict)
-    return prefix + (MMSEG_MARKER if layout == 'mmseg' else TIMM_MARKER)
+    layout, prefix, patch_embed = locate_projection(state_dict)
+    return prefix + (f'{patch_embed}.projection.weight' if layout == 'mmseg' else TIMM_MARKER)
 
 
 def patch_embedding_matrix(state_dict: Mapping[str, torch.Tensor]) -> np.ndarray:

@@ -19,8 +19,6 @@ from mmengine.dataset import Compose
 from mmseg.models.backbones import (
     MAE,
     PCPVT,
-    SVT,
-    BEiT,
     MixVisionTransformer,
     ResNetV1c,
     SwinTransformer,
@@ -49,39 +47,25 @@ from ppenc.errors import CheckpointReadError, ConfigError, InvalidKeyError
 from ppenc.keys import KEY_ENV_VAR, SecretKey
 from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD, build_meta
 
+from family_models import (
+    BEIT_KW,
+    BLOCK,
+    FAMILIES,
+    NO_PRETRAINED,
+    NORM,
+    SVT_KW,
+    SWIN_KW,
+    TWINS_KW,
+    encrypted_model,
+    normalise,
+    plain_model,
+    rel,
+    save_state_dict,
+)
+
 register_all_modules(init_default_scope=True)
 # The stock backbones' own warning for the deprecated ``pretrained=`` the tests pass.
 pytestmark = pytest.mark.filterwarnings('ignore:DeprecationWarning. pretrained is deprecated')
-
-NORM = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-
-# Tiny models: (stock class, encrypted class, arguments, on-grid input sizes). Stock
-# mmseg cannot load a pre-trained checkpoint into a non-square BEiT/MAE or a Swin with
-# use_abs_pos_embed=True (its own limitations), so those get the weights copied and the
-# adaptation applied to the module's state dict (NO_PRETRAINED).
-BEIT_KW = dict(img_size=32, patch_size=16, embed_dims=32, num_layers=2, num_heads=2,
-               mlp_ratio=2, out_indices=(0, 1))
-SWIN_KW = dict(embed_dims=32, depths=(1, 1), num_heads=(1, 2), strides=(4, 2),
-               window_size=4, mlp_ratio=2, out_indices=(0, 1), drop_path_rate=0.)
-TWINS_KW = dict(embed_dims=[32, 64], patch_sizes=[4, 2], strides=[4, 2], num_heads=[1, 2],
-                mlp_ratios=[2, 2], depths=[1, 1], sr_ratios=[2, 1], out_indices=(0, 1))
-SVT_KW = dict(TWINS_KW, depths=[2, 2], windiow_sizes=[4, 4], drop_path_rate=0.)
-FAMILIES = {
-    'beit': (BEiT, EncryptedBEiT, BEIT_KW, [(32, 32)]),
-    'beit_wide': (BEiT, EncryptedBEiT, dict(BEIT_KW, img_size=(32, 64)), [(32, 64)]),
-    'beit_patch_norm': (BEiT, EncryptedBEiT, dict(BEIT_KW, patch_norm=True), [(32, 32)]),
-    'mae': (MAE, EncryptedMAE, BEIT_KW, [(32, 32)]),
-    'mae_wide': (MAE, EncryptedMAE, dict(BEIT_KW, img_size=(32, 64)), [(32, 64)]),
-    'swin': (SwinTransformer, EncryptedSwinTransformer, SWIN_KW, [(32, 32), (32, 64), (64, 48)]),
-    'swin_abs_pos': (SwinTransformer, EncryptedSwinTransformer,
-                     dict(SWIN_KW, use_abs_pos_embed=True, pretrain_img_size=32), [(32, 32)]),
-    'swin_no_patch_norm': (SwinTransformer, EncryptedSwinTransformer,
-                           dict(SWIN_KW, patch_norm=False), [(32, 32)]),
-    'pcpvt': (PCPVT, EncryptedPCPVT, TWINS_KW, [(32, 32), (32, 64)]),
-    'svt': (SVT, EncryptedSVT, SVT_KW, [(32, 32), (32, 64)]),
-}
-NO_PRETRAINED = {'beit_wide', 'mae_wide', 'swin_abs_pos'}
-BLOCK = {'beit': 16, 'mae': 16, 'swin': 4, 'pcpvt': 4, 'svt': 4}
 
 
 @pytest.fixture(scope='module')
@@ -89,55 +73,18 @@ def key(session_key_file):
     return SecretKey.load(session_key_file)
 
 
-def _normalise(img: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(img).permute(2, 0, 1).double()
-    m = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
-    s = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
-    return ((x - m) / s).float()[None]
-
-
-def _rel(a, b) -> float:
-    return ((a - b).norm() / a.norm()).item()
-
-
-def _plain(stock, kw, seed=0):
-    torch.manual_seed(seed)
-    model = stock(**kw)
-    model.init_weights()
-    with torch.no_grad():  # a projection bias (and norm bias, position embedding) != 0
-        for name, p in model.named_parameters():
-            if 'patch_embed' in name and name.endswith('bias'):
-                p.normal_(std=0.1)
-            if name.endswith('absolute_pos_embed') or name.endswith('pos_embed'):
-                p.normal_(std=0.1)
-    model.eval()  # BEiT's train() returns None, so not chained
-    return model
-
-
-def _save(model, path) -> str:
-    torch.save({'state_dict': model.state_dict()}, str(path))
-    return str(path)
-
-
-def _encrypted(enc_cls, kw, ckpt, key_file, **extra):
-    model = enc_cls(**kw, key_file=key_file, **NORM,
-                    init_cfg=dict(type='Pretrained', checkpoint=ckpt), **extra)
-    model.init_weights()
-    model.eval()
-    return model
-
-
 # --------------------------------------------------------------------------- exactness
 @pytest.mark.parametrize('family', list(FAMILIES))
-def test_encrypted_on_encrypted_equals_stock_on_plain(family, key, session_key_file, tmp_path):
+def test_encrypted_on_encrypted_equals_stock_onplain_model(family, key, session_key_file, tmp_path):
     stock, enc_cls, kw, shapes = FAMILIES[family]
-    plain = _plain(stock, kw)
+    plain = plain_model(stock, kw)
     if family in NO_PRETRAINED:
         enc = enc_cls(**kw, key_file=session_key_file)
         enc.load_state_dict(adapt_state_dict(plain.state_dict(), key, enc.projection_site))
         enc.eval()
     else:
-        enc = _encrypted(enc_cls, kw, _save(plain, tmp_path / 'plain.pth'), session_key_file)
+        enc = encrypted_model(enc_cls, kw, save_state_dict(plain, tmp_path / 'plain.pth'),
+                              session_key_file)
     block = BLOCK[family.split('_')[0]]
     assert enc.block_size == enc.patch_size == block
     rng = np.random.default_rng(0)
@@ -145,21 +92,22 @@ def test_encrypted_on_encrypted_equals_stock_on_plain(family, key, session_key_f
         img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
         scrambled = encrypt_image(img, key, block)
         with torch.no_grad():
-            want = plain(_normalise(img))
-            got = enc(_normalise(scrambled))
-            unadapted = plain(_normalise(scrambled))
+            want = plain(normalise(img))
+            got = enc(normalise(scrambled))
+            unadapted = plain(normalise(scrambled))
         assert len(want) == len(got) == len(kw['out_indices'])
         for a, b, c in zip(want, got, unadapted):
             assert a.shape == b.shape
-            assert _rel(a, b) <= 1e-5, (family, shape)
-            assert _rel(a, c) > 1e-2  # control: the adaptation is what makes it exact
+            assert rel(a, b) <= 1e-5, (family, shape)
+            assert rel(a, c) > 1e-2  # control: the adaptation is what makes it exact
 
 
 @pytest.mark.parametrize('family', ['beit', 'mae', 'swin', 'pcpvt', 'svt'])
 def test_only_the_input_projection_changes(family, session_key_file, tmp_path):
     stock, enc_cls, kw, _ = FAMILIES[family]
-    plain = _plain(stock, kw)
-    enc = _encrypted(enc_cls, kw, _save(plain, tmp_path / 'plain.pth'), session_key_file)
+    plain = plain_model(stock, kw)
+    enc = encrypted_model(enc_cls, kw, save_state_dict(plain, tmp_path / 'plain.pth'),
+                          session_key_file)
     a, b = plain.state_dict(), enc.state_dict()
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     site = enc.projection_site
@@ -169,7 +117,7 @@ def test_only_the_input_projection_changes(family, session_key_file, tmp_path):
         assert site.weight == 'patch_embeds.0.projection.weight'  # later stages untouched
 
 
-def test_segmentor_with_encrypted_swin_equals_plain(key, session_key_file, tmp_path):
+def test_segmentor_with_encrypted_swin_equalsplain_model(key, session_key_file, tmp_path):
     """UperNet-style segmentor through the data preprocessor: the encrypted Swin, bound to
     the preprocessor's normalisation, gives the plain segmentor's logits."""
     def seg(backbone_type):
@@ -206,7 +154,7 @@ def test_segmentor_with_encrypted_swin_equals_plain(key, session_key_file, tmp_p
         with torch.no_grad():
             return model._forward(data['inputs'])
 
-    assert _rel(logits(plain, img), logits(enc, encrypt_image(img, key, 4))) <= 1e-5
+    assert rel(logits(plain, img), logits(enc, encrypt_image(img, key, 4))) <= 1e-5
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -226,15 +174,16 @@ def test_stock_state_dict_loads_with_identical_keys(family, session_key_file):
 def test_already_encrypted_checkpoint_is_loaded_as_is(family, key, session_key_file,
                                                       tmp_path):
     stock, enc_cls, kw, _ = FAMILIES[family]
-    plain = _plain(stock, kw)
-    enc = _encrypted(enc_cls, kw, _save(plain, tmp_path / 'plain.pth'), session_key_file)
+    plain = plain_model(stock, kw)
+    enc = encrypted_model(enc_cls, kw, save_state_dict(plain, tmp_path / 'plain.pth'),
+                          session_key_file)
     sd = enc.state_dict()
     weight = sd[enc.projection_site.weight]
     path = str(tmp_path / 'enc.pth')
     rec = build_meta(key.fingerprint, 4, key.flip_compatible, list(IMAGENET_MEAN),
                      list(IMAGENET_STD), patch_embed_sha256=patch_embed_digest(weight))
     torch.save({'state_dict': sd, 'meta': {'ppenc': rec}}, path)
-    again = _encrypted(enc_cls, kw, path, session_key_file)
+    again = encrypted_model(enc_cls, kw, path, session_key_file)
     assert torch.equal(again.state_dict()[enc.projection_site.weight], weight)
     # A second init_weights() does not encrypt twice.
     again.init_weights()
@@ -244,12 +193,12 @@ def test_already_encrypted_checkpoint_is_loaded_as_is(family, key, session_key_f
     rec16 = dict(rec, block_size=16)
     torch.save({'state_dict': sd, 'meta': {'ppenc': rec16}}, path)
     with pytest.raises(InvalidKeyError, match='block size 16, but this model uses 4-pixel'):
-        _encrypted(enc_cls, kw, path, session_key_file)
+        encrypted_model(enc_cls, kw, path, session_key_file)
     # A record of another key is refused.
     torch.save({'state_dict': sd, 'meta': {'ppenc': dict(rec, key_fingerprint='0' * 16)}},
                path)
     with pytest.raises(InvalidKeyError, match='0' * 16):
-        _encrypted(enc_cls, kw, path, session_key_file)
+        encrypted_model(enc_cls, kw, path, session_key_file)
 
 
 def test_twins_input_projection_is_the_digested_patch_embedding():
@@ -263,7 +212,7 @@ def test_twins_input_projection_is_the_digested_patch_embedding():
 def test_adaptation_round_trip_and_vit_site(key, session_key_file):
     """adapt_state_dict is the one implementation (the ViT path uses it too), and its
     inverse restores the weights."""
-    plain = _plain(SwinTransformer, SWIN_KW).state_dict()
+    plain = plain_model(SwinTransformer, SWIN_KW).state_dict()
     site = ProjectionSite('patch_embed.projection.weight', 'patch_embed.projection.bias')
     enc = adapt_state_dict(plain, key, site)
     back = adapt_state_dict(enc, key, site, inverse=True)
@@ -352,7 +301,7 @@ def test_key_file_defaults_to_the_environment(monkeypatch, session_key_file, key
 
 
 def test_normalisation_is_needed_for_pretrained_weights(session_key_file, tmp_path):
-    ckpt = _save(_plain(PCPVT, TWINS_KW), tmp_path / 'p.pth')
+    ckpt = save_state_dict(plain_model(PCPVT, TWINS_KW), tmp_path / 'p.pth')
     model = EncryptedPCPVT(**TWINS_KW, key_file=session_key_file,
                            init_cfg=dict(type='Pretrained', checkpoint=ckpt))
     with pytest.raises(ConfigError, match='EncryptedPCPVT does not know the normalisation'):
