@@ -80,7 +80,7 @@ def test_cloud_workflow_end_to_end(tmp_path):
     torch.save(timm_vit.state_dict(), timm_path)
     enc_ckpt = str(server / 'vit_tiny_encrypted.pth')
     out = tool(['tools/encrypt_model.py', timm_path, enc_ckpt], client_env)
-    assert 'from a timm checkpoint' in out
+    assert 'from a timm vit checkpoint' in out
 
     # ---------------------------------------------------------------- server side
     hidden = str(tmp_path / 'vault')
