@@ -26,7 +26,7 @@ import torch
 from mmseg_ppenc.core.keyed import unwrap_model
 from ppenc.keys import KEY_ENV_VAR
 
-from . import textures
+from . import textures_v2 as textures
 from .common import METRICS, load_config, tiny_config_path
 from .pretrain import PRETRAIN_CROP
 
@@ -57,10 +57,10 @@ def _environ(**values: Optional[str]) -> Iterator[None]:
 def _mosaic_pipelines(encrypted: bool) -> Tuple[list, list]:
     """Train and test pipelines for the mosaics.
 
-    The tiny configs' random resizing and flipping are left out on purpose: resizing
-    changes a grating's period and a horizontal flip turns 45 degrees into 135, i.e. both
-    change the class. ``PhotoMetricDistortion`` stays: colour is meant to be
-    uninformative, and with 24 images a model could otherwise memorise region colours.
+    The tiny configs' random resizing is left out on purpose: it changes a grating's
+    period, i.e. the class (a flip would not, but it is left out as well, as in the first
+    version). ``PhotoMetricDistortion`` stays: colour is meant to be uninformative, and
+    with a few dozen images a model could otherwise memorise region colours.
     """
     train = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'),
              dict(type='RandomCrop', crop_size=PRETRAIN_CROP),
@@ -90,7 +90,7 @@ def make_finetune_config(decoder: str, setting: str, *, data_root: str,
     Args:
         decoder (str): ``'mla'``, ``'pup'`` or ``'naive'``.
         setting (str): ``'baseline'``, ``'conventional2'`` or ``'proposed'``.
-        data_root (str): Root of the mosaic data set (:func:`textures.make_texture_dataset`).
+        data_root (str): Root of the mosaic data set (:func:`textures_v2.make_dataset`).
         pretrained (str, optional): Plain pre-trained backbone checkpoint; None trains
             the backbone from scratch.
         work_dir (str): The run's work_dir.
@@ -120,6 +120,8 @@ def make_finetune_config(decoder: str, setting: str, *, data_root: str,
     cfg.log_level = 'INFO' if verbose else 'WARNING'
     cfg.model.backbone.init_cfg = (dict(type='Pretrained', checkpoint=pretrained)
                                    if pretrained else None)
+    # The test split is evaluated with the val metric (runner.test()).
+    cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
     for head in [cfg.model.decode_head] + list(cfg.model.get('auxiliary_head') or []):
         head.num_classes = textures.NUM_CLASSES
     cfg.optim_wrapper.optimizer.lr = float(lr)
@@ -140,7 +142,7 @@ def make_finetune_config(decoder: str, setting: str, *, data_root: str,
     root = data_root.rstrip('/\\') + os.sep
     for name, split, pipe in (('train_dataloader', 'train', train_pipe),
                               ('val_dataloader', 'val', test_pipe),
-                              ('test_dataloader', 'val', test_pipe)):
+                              ('test_dataloader', 'test', test_pipe)):
         loader = cfg.get(name)
         # Worker processes would compete with the main process for the two cores;
         # in-process loading is also the simplest way to keep runs reproducible.
@@ -186,7 +188,8 @@ def check_backbone_init(runner, expected: Dict[str, torch.Tensor], what: str) ->
 
 def finetune(cfg, key_file: str, expected_backbone: Optional[Dict[str, torch.Tensor]] = None,
              freeze_backbone: bool = False) -> dict:
-    """Train ``cfg`` with the mmengine Runner, then evaluate it on the val split.
+    """Train ``cfg`` with the mmengine Runner, then evaluate it on the val and the test
+    split.
 
     Args:
         cfg (mmengine.config.Config): From :func:`make_finetune_config`.
@@ -200,8 +203,9 @@ def finetune(cfg, key_file: str, expected_backbone: Optional[Dict[str, torch.Ten
 
     Returns:
         dict: ``aAcc``, ``mIoU``, ``mAcc`` (%, 2 decimals, from ``IoUMetric``),
-        ``final_loss`` (last logged), ``loss_curve`` ([iter, loss] pairs),
-        ``train_time_s``, ``val_time_s``.
+        on the val split; ``test`` (the same three on the test split); ``final_loss``
+        (last logged), ``loss_curve`` ([iter, loss] pairs), ``train_time_s``,
+        ``val_time_s`` (val and test).
     """
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
@@ -229,12 +233,14 @@ def finetune(cfg, key_file: str, expected_backbone: Optional[Dict[str, torch.Ten
         runner.train()
         t1 = time.time()
         metrics = runner.val()
+        test_metrics = runner.test()
         t2 = time.time()
     if freeze_backbone:
         check_backbone_init(runner, start, cfg.experiment_name + ' (frozen backbone)')
     curve = _loss_curve(runner.log_dir)
     out = {m: round(float(metrics[m]), 2) for m in METRICS}
-    out.update(final_loss=curve[-1][1] if curve else None, loss_curve=curve,
+    out.update(test={m: round(float(test_metrics[m]), 2) for m in METRICS},
+               final_loss=curve[-1][1] if curve else None, loss_curve=curve,
                train_time_s=round(t1 - t0, 1), val_time_s=round(t2 - t1, 1))
     del runner
     return out

@@ -13,28 +13,32 @@ breaks the match between the pre-trained patch embedding and its input. That pat
 needs pre-training to be worth a lot. This driver rebuilds the experiment at toy scale
 so that it is:
 
-1. **Data** (:mod:`textures`): texture mosaics. Eight classes that differ only by the
-   orientation and period of a grating inside each 16x16 block; colour, contrast and
-   brightness are random per region, so they carry no information. A scarce fine-tuning
-   set (24 images of 64x128 by default), like Cityscapes against ImageNet.
-2. **Pre-training stand-in for ImageNet** (:func:`pretrain.pretrain_backbone`): the tiny
-   configs' own ViT backbone learns, on an unlimited stream of *plain* mosaics with
-   continuous orientations and periods, to decode every pixel's orientation bin and
-   period bin from the tokens. A related task, not the fine-tuning labels.
-3. **Fine-tuning** (:func:`finetune.finetune`): the nine tiny configs
+This is the second version of the miniature (``docs/table1.md`` keeps the design log of
+both versions). It is built so that the outcome is not fixed by the design:
+
+1. **Distant pre-training** (:func:`pretrain.pretrain_backbone`, :mod:`textures_v2`): the
+   tiny configs' own ViT classifies *plain single-texture images* by orientation (an
+   image-level task, mean-pooled tokens). The fine-tuning task is segmentation of
+   mosaics of large regions in another domain (square-wave gratings and plaids), whose
+   classes (pattern x period range, orientation random) are not a function of the
+   pre-training labels (:func:`textures_v2.label_dependence`).
+2. **Fine-tuning** (:func:`finetune.finetune`): the nine tiny configs
    ``configs/ppenc/tiny/setr_tiny_{mla,pup,naive}_synthetic_{baseline,conventional2,
    proposed}.py`` in the real mmengine ``Runner``, with the data set swapped for the
-   mosaics (:func:`finetune.make_finetune_config`), all from the same pre-trained
+   mosaics (:func:`finetune.make_finetune_config`), from the seed's pre-trained
    checkpoint (``init_cfg=Pretrained``; ``EncryptedVisionTransformer`` encrypts it with
-   the key for proposed). A fourth cell, **scratch**, is the baseline without pre-training: how
-   much pre-training is worth here, and the floor conventional 2 can fall to.
-4. **Seeds**: every cell is run once per seed; a seed sets the fine-tuning seed *and*
-   the key (one key file per seed). Data and pre-training stay fixed. Results are the
-   per-seed values, their mean and their sample standard deviation.
-5. **Frozen backbone**: the same grid with the backbone frozen after initialisation and
-   only the decoder trained. Conventional 2 cannot re-learn its patch embedding there,
-   which shows the mechanism directly.
-6. **Evaluation**: the configs' ``IoUMetric`` (aAcc / mIoU / mAcc) on the val split.
+   the key for proposed). A fourth cell, **scratch**, is the baseline without
+   pre-training.
+3. **Independent seeds**: a seed draws its own train / val / test images, its own
+   pre-training run, its own key and the fine-tuning seed.
+4. **Tune on val, report on test**: the val split was used only to choose the design
+   (criterion: baseline − scratch); the tables report the test split.
+5. **Statistics** (:mod:`stats`): per-seed paired differences with a 95 % t-interval and
+   a TOST equivalence test of proposed − baseline at a margin fixed before the run
+   (``plan.json``).
+6. **Frozen backbone** (one decoder by default): only the decoder trains. Its baseline
+   cell is the *frozen probe before fine-tuning*: how much of the task the pre-trained
+   features already solve.
 
 Outputs: ``table1.md``, ``table1.json`` (per decoder and cell: per-seed mIoU, mean,
 std, and the other metrics; key fingerprints, never key bytes) and ``table1.png``
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import os.path as osp
 import platform
@@ -62,16 +67,17 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ppenc.keys import InvalidKeyError, SecretKey
 
-from . import textures
+from . import textures_v2
 from .common import (CELLS, DECODERS, SETTINGS, TITLES, default_config_dir,
                      tiny_config_path)
 from .finetune import evaluate_at_init, finetune, make_finetune_config
 from .pretrain import load_backbone_config, pretrain_backbone
-from .table1_report import (PAPER_TABLE1, compare, format_markdown, plot_miou, summarise,
-                            write_outputs)
+from .table1_report import (PAPER_TABLE1, compare, format_markdown, paired_statistics,
+                            plot_miou, summarise, write_outputs)
 
 __all__ = [
     'DECODERS', 'SETTINGS', 'CELLS', 'TITLES', 'ExperimentConfig', 'default_config_dir',
@@ -89,22 +95,28 @@ class ExperimentConfig:
 
     Args:
         out_dir (str): Output directory. Defaults to ``'work_dirs/table1'``.
-        seeds (Sequence[int]): One full grid per seed; a seed sets the fine-tuning seed
-            and selects the key. Defaults to ``(0, 1, 2)``.
+        seeds (Sequence[int]): One full grid per seed. A seed draws its own train, val
+            and test images, its own pre-training run, its own key and the fine-tuning
+            seed. Defaults to ``(0, 1, 2, 3, 4)``.
         iters (int): Fine-tuning iterations per run (batch size 8, from the configs).
-            Defaults to 200.
+            Defaults to 300.
         lr (float): Fine-tuning SGD learning rate (poly decay). Defaults to 0.01.
-        pretrain_iters (int): Pre-training iterations. Defaults to 1500.
-        pretrain_batch_size (int): Mosaics per pre-training step. Defaults to 32.
+        pretrain_iters (int): Pre-training iterations per seed. Defaults to 1000.
+        pretrain_batch_size (int): Images per pre-training step. Defaults to 32.
         pretrain_lr (float): AdamW peak learning rate of pre-training. Defaults to 1e-3.
         decoders (Sequence[str]): Subset of :data:`DECODERS`. Defaults to all three.
         cells (Sequence[str]): Subset of :data:`CELLS`. Defaults to all four.
         frozen (bool): Also run the frozen-backbone grid. Defaults to True.
-        num_train (int): Fine-tuning images. Defaults to 24.
-        num_val (int): Validation images. Defaults to 32.
+        frozen_decoders (Sequence[str]): Decoders of the frozen grid (those of
+            ``decoders`` among them). Defaults to ``('mla',)``.
+        num_train (int): Fine-tuning images per seed. Defaults to 96.
+        num_val (int): Validation images per seed (tuning only). Defaults to 32.
+        num_test (int): Test images per seed (the reported figures). Defaults to 32.
         height (int): Image height (multiple of 16, at least 64). Defaults to 64.
         width (int): Image width (multiple of 16, at least 64). Defaults to 128.
-        data_seed (int): Seed of the data set and of pre-training. Defaults to 0.
+        tost_margin (float): Equivalence margin of the TOST for proposed − baseline, in
+            mIoU, fixed before the run (written to ``plan.json``). Defaults to 3.0.
+        alpha (float): Level of each one-sided test. Defaults to 0.05.
         key_dir (str, optional): Directory of the per-seed key files
             ``table1_seed<N>.key``; missing ones are created (mode 600), present ones
             reused. Defaults to None (``<out_dir>/keys``).
@@ -121,20 +133,23 @@ class ExperimentConfig:
     """
 
     out_dir: str = 'work_dirs/table1'
-    seeds: Sequence[int] = (0, 1, 2)
-    iters: int = 200
+    seeds: Sequence[int] = (0, 1, 2, 3, 4)
+    iters: int = 300
     lr: float = 0.01
-    pretrain_iters: int = 1500
+    pretrain_iters: int = 1000
     pretrain_batch_size: int = 32
     pretrain_lr: float = 1e-3
     decoders: Sequence[str] = DECODERS
     cells: Sequence[str] = CELLS
     frozen: bool = True
-    num_train: int = 24
+    frozen_decoders: Sequence[str] = ('mla',)
+    num_train: int = 96
     num_val: int = 32
+    num_test: int = 32
     height: int = 64
     width: int = 128
-    data_seed: int = 0
+    tost_margin: float = 3.0
+    alpha: float = 0.05
     key_dir: Optional[str] = None
     threads: Optional[int] = 1
     log_interval: int = 50
@@ -143,7 +158,7 @@ class ExperimentConfig:
 
     #: What ``--quick`` changes: every stage at toy sizes, for the tests.
     QUICK = dict(seeds=(0, 1), iters=4, pretrain_iters=6, pretrain_batch_size=8,
-                 num_train=4, num_val=2, log_interval=2)
+                 num_train=4, num_val=2, num_test=2, log_interval=2)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the expected and the actual value of a bad field."""
@@ -157,7 +172,14 @@ class ExperimentConfig:
         if (not seeds or len(set(seeds)) != len(seeds)
                 or any(isinstance(s, bool) or int(s) != s or s < 0 for s in seeds)):
             raise ValueError(f'seeds must be distinct non-negative integers, got {seeds}.')
-        for name in ('iters', 'pretrain_batch_size', 'num_train', 'num_val',
+        bad = [d for d in self.frozen_decoders if d not in DECODERS]
+        if bad:
+            raise ValueError(f'frozen_decoders must be among {list(DECODERS)}, got '
+                             f'{list(self.frozen_decoders)}.')
+        if not self.tost_margin > 0 or not 0 < self.alpha < 0.5:
+            raise ValueError(f'need tost_margin > 0 and 0 < alpha < 0.5, got '
+                             f'{self.tost_margin}, {self.alpha}.')
+        for name in ('iters', 'pretrain_batch_size', 'num_train', 'num_val', 'num_test',
                      'log_interval'):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}.')
@@ -232,11 +254,40 @@ def _loadavg() -> Optional[List[float]]:
         return None
 
 
+def _write_plan(exp: ExperimentConfig, out_dir: str) -> dict:
+    """Write ``plan.json``: the settings, the TOST margin and level, before any run."""
+    plan = asdict(exp)
+    plan.update(decoders=list(exp.decoders), cells=list(exp.cells),
+                seeds=[int(s) for s in exp.seeds], frozen_decoders=list(exp.frozen_decoders),
+                key_dir=None, config_dir=None, out_dir=None, written=time.strftime(
+                    '%Y-%m-%dT%H:%M:%S%z'),
+                tost=dict(comparison='proposed - baseline, test mIoU, per-seed pairs',
+                          margin=float(exp.tost_margin), alpha=float(exp.alpha)))
+    plan.pop('verbose')
+    with open(osp.join(out_dir, 'plan.json'), 'w') as f:
+        json.dump(plan, f, indent=1)
+    return plan
+
+
+def _pretrain_summary(per_seed: Dict[int, dict]) -> dict:
+    """One pre-training record: the shared settings and the per-seed accuracies' mean."""
+    first = next(iter(per_seed.values()))
+    out = {k: first[k] for k in ('description', 'iters', 'batch_size', 'lr', 'images_seen')}
+    for k in first:
+        if k.startswith('heldout_'):
+            out[k] = round(float(np.mean([v[k] for v in per_seed.values()])), 2)
+    out['per_seed'] = {str(s): v for s, v in per_seed.items()}
+    out['time_s'] = round(sum(v['time_s'] for v in per_seed.values()), 1)
+    return out
+
+
 def run_experiment(exp: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole miniature Table I and write ``table1.{md,json,png}`` to ``out_dir``.
 
-    Steps: keys, data, pre-training, then for every seed, decoder and cell one fine-tune
-    and evaluation with the mmengine Runner (and the same with a frozen backbone).
+    For every seed: its key, its data (train / val / test), its pre-training, then one
+    fine-tune and evaluation per decoder and cell with the mmengine Runner (and the
+    frozen-backbone grid for ``frozen_decoders``). ``plan.json`` (settings and the TOST
+    margin) is written before anything runs.
 
     Args:
         exp (ExperimentConfig): The settings.
@@ -244,99 +295,123 @@ def run_experiment(exp: ExperimentConfig, log: Callable[[str], None] = print) ->
 
     Returns:
         dict: Everything written to ``table1.json``: ``decoders`` and ``frozen``
-        (``{decoder: {cell: summarise(...)}}``), ``seeds``, ``seconds``, ``settings``,
-        ``key_fingerprints``, ``pretrain``, ``backbone``, ``timings``, ``machine``,
-        ``versions``.
+        (``{decoder: {cell: summarise(...)}}``, val figures with a ``test`` part),
+        ``paired``, ``tost``, ``frozen_before_finetune``, ``seeds``, ``seconds``,
+        ``settings``, ``key_fingerprints``, ``pretrain``, ``label_dependence``,
+        ``backbone``, ``timings``, ``machine``, ``versions``.
     """
     exp.validate()
     t_start = time.time()
     load_start = _loadavg()
     out_dir = exp.out_dir
     os.makedirs(out_dir, exist_ok=True)
+    plan = _write_plan(exp, out_dir)
     seeds = [int(s) for s in exp.seeds]
+    frozen_decoders = [d for d in exp.decoders if d in exp.frozen_decoders]
+    grids = [('decoders', list(exp.decoders))]
+    if exp.frozen and frozen_decoders:
+        grids.append(('frozen', frozen_decoders))
+    per_cell: Dict[str, Dict[str, Dict[str, List[dict]]]] = {g: {} for g, _ in grids}
+    pre_stats: Dict[int, dict] = {}
+    chance: Dict[int, float] = {}
+    t_data = t_ft = 0.0
+    batch_size = None
+    total = len(seeds) * sum(len(ds) for _, ds in grids) * len(exp.cells)
+    k = 0
     with _torch_threads(exp.threads):
         keys = prepare_keys(exp.key_dir or osp.join(out_dir, 'keys'), seeds, log)
-
-        t0 = time.time()
-        data_root = osp.join(out_dir, 'data', f'mosaics_s{exp.data_seed}_{exp.num_train}x'
-                             f'{exp.num_val}_{exp.height}x{exp.width}')
-        # The directory name fixes the file set; the writer refuses foreign files.
-        textures.make_texture_dataset(data_root, exp.num_train, exp.num_val,
-                                      (exp.height, exp.width), seed=exp.data_seed)
-        t_data = time.time() - t0
-        log(f'data: {exp.num_train} train / {exp.num_val} val mosaics of '
-            f'{exp.height}x{exp.width} in {data_root} ({t_data:.1f} s)')
-
         backbone_cfg, pre_cfg = load_backbone_config(exp.config_dir)
-        ckpt = osp.join(out_dir, 'pretrained_tiny_vit.pth')
-        log(f'pre-training {_backbone_summary(backbone_cfg)} for {exp.pretrain_iters} '
-            'iterations on plain mosaics')
-        pre_stats = pretrain_backbone(backbone_cfg, pre_cfg, ckpt, exp.pretrain_iters,
-                                      exp.data_seed, exp.pretrain_batch_size,
-                                      exp.pretrain_lr, [k for _, k in keys.values()], log)
-        log(f'pre-training done in {pre_stats["time_s"]:.0f} s: held-out orientation / '
-            f'period accuracy {pre_stats["heldout_orientation_acc"]:.1f} / '
-            f'{pre_stats["heldout_period_acc"]:.1f} %')
-        plain_state = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
         from mmseg_ppenc.adaptation import encrypt_vit_state_dict
-
-        grids = [('decoders', False)] + ([('frozen', True)] if exp.frozen else [])
-        runs = [(g, seed, d, c) for g, _ in grids for seed in seeds
-                for d in exp.decoders for c in exp.cells]
-        per_cell: Dict[str, Dict[str, Dict[str, List[dict]]]] = {g: {} for g, _ in grids}
-        batch_size = None
-        t_ft = time.time()
-        for k, (grid, seed, decoder, cell) in enumerate(runs, 1):
+        for seed in seeds:
             key_file, key = keys[seed]
-            pretrained = cell != 'scratch'
-            setting = 'baseline' if cell == 'scratch' else cell
-            cfg = make_finetune_config(
-                decoder, setting, data_root=data_root,
-                pretrained=osp.abspath(ckpt) if pretrained else None,
-                work_dir=osp.join(out_dir, 'runs', grid, f'seed{seed}',
-                                  f'{decoder}_{cell}'),
-                iters=exp.iters, seed=seed, lr=exp.lr, log_interval=exp.log_interval,
-                verbose=exp.verbose, config_dir=exp.config_dir)
-            batch_size = int(cfg.train_dataloader.batch_size)
-            expected = None
-            if pretrained:
-                expected = (encrypt_vit_state_dict(plain_state, key, pre_cfg['mean'],
-                                                   pre_cfg['std'], prefix='')
-                            if setting == 'proposed' else plain_state)
-            tag = (f'[{k}/{len(runs)}] {"frozen " if grid == "frozen" else ""}seed {seed} '
-                   f'{TITLES[decoder]} / {TITLES[cell]}')
-            res = finetune(cfg, key_file, expected, freeze_backbone=grid == 'frozen')
-            res.update(seed=seed, key_fingerprint=key.fingerprint,
-                       backbone_type=cfg.model.backbone.type)
-            per_cell[grid].setdefault(decoder, {}).setdefault(cell, []).append(res)
-            log(f'{tag}: aAcc {res["aAcc"]:.2f}  mIoU {res["mIoU"]:.2f}  mAcc '
-                f'{res["mAcc"]:.2f}  (final loss {res["final_loss"]}, '
-                f'{res["train_time_s"] + res["val_time_s"]:.0f} s)')
-        t_ft = time.time() - t_ft
+            t0 = time.time()
+            data_root = osp.join(out_dir, 'data', f'seed{seed}_{exp.num_train}x'
+                                 f'{exp.num_val}x{exp.num_test}_{exp.height}x{exp.width}')
+            # The directory name fixes the file set; the writer refuses foreign files.
+            written = textures_v2.make_dataset(
+                data_root, dict(train=exp.num_train, val=exp.num_val, test=exp.num_test),
+                (exp.height, exp.width), seed=seed)
+            chance[seed] = textures_v2.chance_miou(
+                np.asarray(Image.open(p.replace(f'{os.sep}img_dir{os.sep}',
+                                                f'{os.sep}ann_dir{os.sep}')))
+                for p in written['test'])
+            t_data += time.time() - t0
+            ckpt = osp.join(out_dir, f'pretrained_tiny_vit_seed{seed}.pth')
+            log(f'seed {seed}: data in {data_root}; pre-training '
+                f'{_backbone_summary(backbone_cfg)} for {exp.pretrain_iters} iterations')
+            pre_stats[seed] = pretrain_backbone(
+                backbone_cfg, pre_cfg, ckpt, exp.pretrain_iters, seed,
+                exp.pretrain_batch_size, exp.pretrain_lr, [key], log)
+            log(f'seed {seed}: pre-training done in {pre_stats[seed]["time_s"]:.0f} s, '
+                f'held-out orientation accuracy '
+                f'{pre_stats[seed]["heldout_orientation_acc"]:.1f} %')
+            plain_state = torch.load(ckpt, map_location='cpu',
+                                     weights_only=True)['state_dict']
+            t1 = time.time()
+            for grid, decoders in grids:
+                for decoder in decoders:
+                    for cell in exp.cells:
+                        k += 1
+                        pretrained = cell != 'scratch'
+                        setting = 'baseline' if cell == 'scratch' else cell
+                        cfg = make_finetune_config(
+                            decoder, setting, data_root=data_root,
+                            pretrained=osp.abspath(ckpt) if pretrained else None,
+                            work_dir=osp.join(out_dir, 'runs', grid, f'seed{seed}',
+                                              f'{decoder}_{cell}'),
+                            iters=exp.iters, seed=seed, lr=exp.lr,
+                            log_interval=exp.log_interval, verbose=exp.verbose,
+                            config_dir=exp.config_dir)
+                        batch_size = int(cfg.train_dataloader.batch_size)
+                        expected = None
+                        if pretrained:
+                            expected = (encrypt_vit_state_dict(
+                                plain_state, key, pre_cfg['mean'], pre_cfg['std'],
+                                prefix='') if setting == 'proposed' else plain_state)
+                        res = finetune(cfg, key_file, expected,
+                                       freeze_backbone=grid == 'frozen')
+                        res.update(seed=seed, key_fingerprint=key.fingerprint,
+                                   backbone_type=cfg.model.backbone.type)
+                        per_cell[grid].setdefault(decoder, {}).setdefault(
+                            cell, []).append(res)
+                        log(f'[{k}/{total}] {"frozen " if grid == "frozen" else ""}seed '
+                            f'{seed} {TITLES[decoder]} / {TITLES[cell]}: val mIoU '
+                            f'{res["mIoU"]:.2f}, test mIoU {res["test"]["mIoU"]:.2f} '
+                            f'(final loss {res["final_loss"]}, '
+                            f'{res["train_time_s"] + res["val_time_s"]:.0f} s)')
+            t_ft += time.time() - t1
 
-    settings = asdict(exp)
-    settings.update(decoders=list(exp.decoders), cells=list(exp.cells), seeds=seeds,
-                    batch_size=batch_size, key_dir=None)
-    settings.pop('verbose')
+    settings = dict(plan)
+    settings.update(batch_size=batch_size)
+    grids_out = {g: {d: {c: summarise(v) for c, v in row.items()}
+                     for d, row in per_cell.get(g, {}).items()}
+                 for g in ('decoders', 'frozen')}
+    pre = _pretrain_summary(pre_stats)
     result = dict(
-        experiment='Table I in miniature (Sueyoshi, Nishikawa, Kiya, arXiv 2507.12730)',
+        experiment='Table I in miniature, version 2 (Sueyoshi, Nishikawa, Kiya, '
+                   'arXiv 2507.12730)',
         seeds=seeds,
-        decoders={d: {c: summarise(v) for c, v in row.items()}
-                  for d, row in per_cell['decoders'].items()},
-        frozen={d: {c: summarise(v) for c, v in row.items()}
-                for d, row in per_cell.get('frozen', {}).items()},
+        decoders=grids_out['decoders'],
+        frozen=grids_out['frozen'],
         seconds=None,
         settings=settings,
         key_fingerprints={str(s): keys[s][1].fingerprint for s in seeds},
         backbone=dict(config=backbone_cfg, summary=_backbone_summary(backbone_cfg)),
-        pretrain=dict(pre_stats, checkpoint=osp.basename(ckpt)),
-        timings=dict(data_s=round(t_data, 1), pretrain_s=pre_stats['time_s'],
+        pretrain=pre,
+        chance_test_miou=dict(
+            what='expected test mIoU of uniform random guessing per pixel',
+            per_seed={str(k): round(v, 2) for k, v in chance.items()},
+            mean=round(float(np.mean(list(chance.values()))), 2)),
+        label_dependence=textures_v2.label_dependence(textures_v2.ft_region_label_pairs(
+            20000, np.random.default_rng(12345))),
+        timings=dict(data_s=round(t_data, 1), pretrain_s=pre['time_s'],
                      finetune_s=round(t_ft, 1)),
         machine=dict(cpu_count=os.cpu_count(), torch_threads=exp.threads or
                      torch.get_num_threads(), loadavg_start=load_start,
                      loadavg_end=_loadavg()),
         versions=_versions(),
     )
+    result.update(paired_statistics(result, exp.tost_margin, exp.alpha))
     result['seconds'] = round(time.time() - t_start, 1)
     write_outputs(result, out_dir)
     return result
@@ -356,10 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--out-dir', default=d.out_dir,
                    help=f'output directory (default: {d.out_dir})')
     p.add_argument('--seeds', type=int, nargs='+', default=None,
-                   help=f'seeds; each sets the fine-tuning seed and the key '
+                   help=f'seeds; each draws its own data, pre-training, key and fine-tuning seed '
                    f'(default: {" ".join(map(str, d.seeds))})')
     p.add_argument('--iters', type=int, default=None,
                    help=f'fine-tuning iterations per run (default: {d.iters})')
+    p.add_argument('--lr', type=float, default=None,
+                   help=f'fine-tuning SGD learning rate (default: {d.lr})')
     p.add_argument('--pretrain-iters', type=int, default=None,
                    help=f'pre-training iterations (default: {d.pretrain_iters})')
     p.add_argument('--decoders', nargs='+', choices=DECODERS, default=list(DECODERS),
@@ -370,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f'fine-tuning images (default: {d.num_train})')
     p.add_argument('--val', type=int, default=None,
                    help=f'validation images (default: {d.num_val})')
+    p.add_argument('--test', type=int, default=None,
+                   help=f'test images (default: {d.num_test})')
+    p.add_argument('--frozen-decoders', nargs='+', choices=DECODERS, default=None,
+                   help=f'decoders of the frozen grid (default: '
+                   f'{" ".join(d.frozen_decoders)})')
     p.add_argument('--no-frozen', dest='frozen', action='store_false',
                    help='skip the frozen-backbone grid')
     p.add_argument('--key-dir', default=None,
@@ -402,8 +484,10 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The :class:`ExperimentConfig` of parsed flags: defaults, then ``--quick``, then
     every flag given explicitly."""
     values = dict(ExperimentConfig.QUICK) if args.quick else {}
-    explicit = dict(seeds=args.seeds, iters=args.iters, pretrain_iters=args.pretrain_iters,
-                    num_train=args.train, num_val=args.val)
+    explicit = dict(seeds=args.seeds, iters=args.iters, lr=args.lr,
+                    pretrain_iters=args.pretrain_iters,
+                    num_train=args.train, num_val=args.val, num_test=args.test,
+                    frozen_decoders=args.frozen_decoders)
     values.update({k: v for k, v in explicit.items() if v is not None})
     return ExperimentConfig(out_dir=args.out_dir, decoders=args.decoders, cells=args.cells,
                             frozen=args.frozen, key_dir=args.key_dir, threads=args.threads,
