@@ -14,6 +14,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from mmseg_ppenc.compat import replace_syncbn
 from mmseg_ppenc.transforms import PACK_META_KEYS
 
 CROP = (64, 64)
@@ -106,7 +107,8 @@ def tta_pipeline(kind: str, ratios=(0.75, 1.25), block_size: Optional[int] = Non
 
 
 def toy_run(cfg: Config, kind: str, data_root: str, work_dir: str) -> Config:
-    """Point a shrunk config at the toy data and make its run one step at lr 0, in place.
+    """Point a shrunk config at the toy data and make its run one step at lr 0, in place:
+    no auxiliary head, BN instead of SyncBN, 64-pixel crops and slide windows.
 
     lr 0: the weights after the one training step are the initial ones, so a test
     compares the models the two settings start from.
@@ -120,6 +122,13 @@ def toy_run(cfg: Config, kind: str, data_root: str, work_dir: str) -> Config:
     Returns:
         Config: ``cfg``.
     """
+    m = cfg.model
+    m.auxiliary_head = None
+    replace_syncbn(m)
+    m.data_preprocessor.size = CROP
+    cfg.data_preprocessor = m.data_preprocessor
+    if m.test_cfg.get('mode') == 'slide':
+        m.test_cfg.update(crop_size=CROP, stride=(32, 32))
     train, test = pipelines(kind)
     if kind == 'city':
         prefix = dict(img_path='leftImg8bit/{}', seg_map_path='gtFine/{}')

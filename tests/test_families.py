@@ -22,9 +22,8 @@ import pytest
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from mmseg_ppenc.compat import replace_syncbn
 from mmseg_ppenc.runner import use_tta
-from recipe import (CROP, apply_recipe, assert_same_predictions, predictions, save_weights,
+from recipe import (apply_recipe, assert_same_predictions, predictions, save_weights,
                     shrink_family_backbone, stock_config, toy_run, train_and_test,
                     tta_pipeline)
 
@@ -45,12 +44,6 @@ def shrink(cfg: Config, data_root: str, work_dir: str) -> Config:
     widths = shrink_family_backbone(m)
     m.backbone.init_cfg = None
     m.decode_head.update(in_channels=widths, channels=16, dropout_ratio=0.0)
-    m.auxiliary_head = None
-    replace_syncbn(m)
-    m.data_preprocessor.size = CROP
-    cfg.data_preprocessor = m.data_preprocessor
-    if m.test_cfg.get('mode') == 'slide':
-        m.test_cfg.update(crop_size=CROP, stride=(32, 32))
     toy_run(cfg, 'ade', data_root, work_dir)
     cfg.tta_pipeline = tta_pipeline('ade')
     return cfg

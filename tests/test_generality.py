@@ -27,7 +27,6 @@ from mmengine.runner import Runner
 
 from ppenc.meta import IMAGENET_MEAN, IMAGENET_STD
 from mmseg_ppenc.adaptation import encrypt_vit_state_dict
-from mmseg_ppenc.compat import replace_syncbn
 from ppenc.errors import ConfigError, GridError, InvalidKeyError
 from mmseg_ppenc.core.exactness import segmentor_problems
 from ppenc.meta import build_meta
@@ -92,12 +91,6 @@ def _shrink(cfg: Config, kind: str, data_root: str, work_dir: str) -> Config:
     if m.get('neck', None) and m.neck.type == 'MultiLevelNeck':
         m.neck.out_channels = 32
         m.decode_head.in_channels = [32] * 4
-    m.auxiliary_head = None
-    replace_syncbn(m)
-    m.data_preprocessor.size = CROP
-    cfg.data_preprocessor = m.data_preprocessor
-    if m.test_cfg.get('mode') == 'slide':
-        m.test_cfg.update(crop_size=CROP, stride=(32, 32))
     toy_run(cfg, kind, data_root, work_dir)
     cfg.optim_wrapper.pop('paramwise_cfg', None)
     return cfg

@@ -31,7 +31,7 @@ import numpy as np
 __all__ = [
     'CLASSES', 'CLASS_NAMES', 'NUM_CLASSES', 'NUM_ORIENT_BINS', 'NUM_PERIOD_BINS',
     'PERIOD_RANGE', 'render_mosaic', 'render_labelled', 'sample_pretrain_batch',
-    'make_texture_dataset', 'dataset_metainfo'
+    'make_texture_dataset', 'write_dataset', 'dataset_metainfo'
 ]
 
 #: Fine-tuning classes: (orientation in degrees, period in pixels). Four orientations,
@@ -185,11 +185,39 @@ def make_texture_dataset(root: str, num_train: int, num_val: int,
         FileExistsError: A split directory already holds files this call would not write
             (they would be read as part of the split).
     """
+    counts = {split: n for split, n in (('train', num_train), ('val', num_val))
+              if split in splits}
+    return write_dataset(root, counts, render_labelled, STREAMS, size, seed)
+
+
+def write_dataset(root: str, counts: Dict[str, int],
+                  render: Callable[[int, int, np.random.Generator],
+                                   Tuple[np.ndarray, np.ndarray]],
+                  streams: Dict[str, int], size: Tuple[int, int], seed: int
+                  ) -> Dict[str, List[str]]:
+    """Write rendered (image, label) pairs as an mmseg ``BaseSegDataset`` folder.
+
+    ``root/img_dir/<split>/<index>.png`` (RGB) and ``root/ann_dir/<split>/<index>.png``
+    (class ids). Image ``i`` of a split is ``render`` with the random stream
+    ``(seed, streams[split], i)``, so it depends on nothing else.
+
+    Args:
+        root (str): Data root; must not hold other images of these splits.
+        counts (dict): ``{split: images}``.
+        render (Callable): ``render(h, w, rng) -> (image, label)``.
+        streams (dict): ``{split: stream id}``.
+        size (tuple[int, int]): ``(height, width)``.
+        seed (int): Base seed.
+
+    Returns:
+        dict: ``{split: [image paths]}``.
+
+    Raises:
+        FileExistsError: A split directory already holds files this call would not write.
+    """
     h, w = size
     out: Dict[str, List[str]] = {}
-    for split, count in (('train', num_train), ('val', num_val)):
-        if split not in splits:
-            continue
+    for split, count in counts.items():
         names = {f'{i:05d}.png' for i in range(count)}
         for sub in ('img_dir', 'ann_dir'):
             d = osp.join(root, sub, split)
@@ -200,8 +228,7 @@ def make_texture_dataset(root: str, num_train: int, num_val: int,
                                       f'contain (e.g. {extra[0]}); use an empty directory.')
         out[split] = []
         for i in range(count):
-            img, label = render_labelled(h, w, np.random.default_rng(
-                (int(seed), STREAMS[split], i)))
+            img, label = render(h, w, np.random.default_rng((int(seed), streams[split], i)))
             img_path = osp.join(root, 'img_dir', split, f'{i:05d}.png')
             _write_png(img_path, img)
             _write_png(osp.join(root, 'ann_dir', split, f'{i:05d}.png'), label)

@@ -25,12 +25,12 @@ a seed draws its own train, val and test images and its own pre-training stream.
 """
 from __future__ import annotations
 
-import os
-import os.path as osp
 from collections import Counter
 from typing import Dict, Hashable, Iterable, List, Tuple
 
 import numpy as np
+
+from .textures import write_dataset
 
 __all__ = [
     'NUM_PT_CLASSES', 'PT_PERIOD_RANGE', 'PATTERNS', 'PERIOD_CLASSES', 'CLASSES',
@@ -213,11 +213,6 @@ def dataset_metainfo() -> dict:
     return dict(classes=CLASS_NAMES, palette=palette)
 
 
-def _write_png(path: str, array: np.ndarray) -> None:
-    from PIL import Image
-    Image.fromarray(array).save(path, format='PNG', compress_level=1)
-
-
 def make_dataset(root: str, counts: Dict[str, int], size: Tuple[int, int] = (64, 128),
                  seed: int = 0) -> Dict[str, List[str]]:
     """Write the fine-tuning set as an mmseg ``BaseSegDataset`` folder.
@@ -237,24 +232,5 @@ def make_dataset(root: str, counts: Dict[str, int], size: Tuple[int, int] = (64,
     Raises:
         FileExistsError: A split directory already holds files this call would not write.
     """
-    h, w = size
-    out: Dict[str, List[str]] = {}
-    for split, count in counts.items():
-        names = {f'{i:05d}.png' for i in range(count)}
-        for sub in ('img_dir', 'ann_dir'):
-            d = osp.join(root, sub, split)
-            os.makedirs(d, exist_ok=True)
-            extra = sorted(set(os.listdir(d)) - names)
-            if extra:
-                raise FileExistsError(f'{d} holds {len(extra)} files this data set does not '
-                                      f'contain (e.g. {extra[0]}); use an empty directory.')
-        out[split] = []
-        for i in range(count):
-            img, label = render_labelled(h, w, np.random.default_rng(
-                (int(seed), STREAMS[split], i)))
-            img_path = osp.join(root, 'img_dir', split, f'{i:05d}.png')
-            _write_png(img_path, img)
-            _write_png(osp.join(root, 'ann_dir', split, f'{i:05d}.png'), label)
-            out[split].append(img_path)
-    return out
+    return write_dataset(root, counts, render_labelled, STREAMS, size, seed)
 
